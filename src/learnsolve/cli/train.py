@@ -1,0 +1,12 @@
+"""`learnsolve-train`: not implemented yet (lands with its own issue)."""
+
+import sys
+
+
+def main() -> int:
+    print("learnsolve-train: not implemented yet; see README.md for what works today.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Canonical vector layout and per-system reductions.
+
+Every solver in :mod:`learnsolve.linalg` works on right-hand-side blocks of shape ``(B, n, k)``:
+``B`` independent matrices (a batch sharing one sparsity pattern, or 1), ``n`` unknowns and ``k``
+right-hand sides per matrix. A block-diagonal matrix assembled from a PyG batch is one matrix
+(``B = 1``) made of ``G`` independent diagonal blocks; the solvers treat every block as its own
+system, so Krylov scalars (step lengths, residual norms, convergence flags) have shape
+``(B, G, k)`` everywhere. :class:`Reducer` computes those per-system inner products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class Reducer:
+    """Per-system inner products over the ``n`` axis of ``(B, n, k)`` blocks.
+
+    ``segment`` (n,) int64 maps each row to its diagonal block (``None``: one block). Scalars
+    returned by :meth:`dot` have shape ``(B, G, k)``; :meth:`expand` broadcasts them back to rows.
+    Cost: one pass over the vectors (``index_add`` for blocks).
+    """
+
+    def __init__(self, segment: Tensor | None = None, num_segments: int = 1):
+        self.segment = segment
+        self.G = 1 if segment is None else int(num_segments)
+
+    def dot(self, u: Tensor, v: Tensor) -> Tensor:
+        if self.segment is None:
+            if u.shape[0] == 1 and u.shape[2] == 1 and v.shape == u.shape:
+                return torch.dot(u.reshape(-1), v.reshape(-1)).reshape(1, 1, 1)
+            return (u * v).sum(1, keepdim=True)
+        prod = u * v
+        out = prod.new_zeros(prod.shape[0], self.G, prod.shape[2])
+        return out.index_add(1, self.segment, prod)
+
+    def norm(self, u: Tensor) -> Tensor:
+        if self.segment is None:
+            return torch.linalg.vector_norm(u, dim=1, keepdim=True)
+        return self.dot(u, u).clamp_min(0).sqrt()
+
+    def expand(self, s: Tensor) -> Tensor:
+        """(B, G, k) -> something broadcastable against (B, n, k)."""
+        if self.segment is None:
+            return s
+        return s.index_select(1, self.segment)
+
+
+@dataclass
+class Layout:
+    """How a user's right-hand side maps to the canonical ``(B, n, k)`` block and back."""
+
+    shape: tuple[int, ...]  # the user's b shape (or the broadcast output shape)
+    batched: bool  # a leading batch axis is present in the user's shape
+    vector: bool  # no trailing k axis in the user's shape
+    blocks: int | None  # number of diagonal blocks (PyG batch) or None
+
+    def unpack(self, X: Tensor) -> Tensor:
+        return X.reshape(self.shape)
+
+    def system_shape(self, B: int, G: int, k: int) -> tuple[int, ...]:
+        """Shape of per-system quantities (convergence flags, iterations) for the user."""
+        shp: list[int] = []
+        if self.batched:
+            shp.append(B)
+        if self.blocks is not None:
+            shp.append(G)
+        if not self.vector:
+            shp.append(k)
+        return tuple(shp)
+
+
+def canonicalize(b: Tensor, n: int, op_batch: int | None, blocks: int | None, name: str = "b"):
+    """Return ``(X, layout)`` with ``X`` of shape (B, n, k) following torch.linalg.solve's rules.
+
+    Unbatched operator: ``(n,)`` vector, ``(n, k)`` matrix, ``(B, n, k)`` a batch of matrices sharing A.
+    Operator with batch ``B``: ``(B, n)`` one vector per system, ``(B, n, k)``, or ``(n,)`` shared by all.
+    """
+    if not isinstance(b, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(b).__name__}")
+    shp = tuple(b.shape)
+    expect = (
+        f"(n,), (n, k) or (B, n, k) with n = {n}"
+        if op_batch is None
+        else f"({op_batch}, {n}), ({op_batch}, {n}, k) or ({n},) for a batch of {op_batch} matrices"
+    )
+    if op_batch is None:
+        if b.ndim == 1 and shp[0] == n:
+            return b.reshape(1, n, 1), Layout(shp, False, True, blocks)
+        if b.ndim == 2 and shp[0] == n:
+            return b.unsqueeze(0), Layout(shp, False, False, blocks)
+        if b.ndim == 3 and shp[1] == n:
+            return b, Layout(shp, True, False, blocks)
+    else:
+        if b.ndim == 1 and shp[0] == n:
+            X = b.reshape(1, n, 1).expand(op_batch, n, 1)
+            return X, Layout((op_batch, n), True, True, blocks)
+        if b.ndim == 2 and shp == (op_batch, n):
+            return b.unsqueeze(-1), Layout(shp, True, True, blocks)
+        if b.ndim == 3 and shp[0] == op_batch and shp[1] == n:
+            return b, Layout(shp, True, False, blocks)
+    raise ValueError(f"{name} has shape {shp}, expected {expect}")

@@ -1,0 +1,488 @@
+"""Batched Krylov methods: cg, fcg, minres, bicgstab, gmres.
+
+All methods solve ``A X = B`` for canonical blocks ``B`` of shape (Bs, n, k) and treat every
+(matrix, diagonal block, right-hand side) triple as an independent system with its own Krylov
+scalars and its own convergence flag: a system that has converged (or broken down) is frozen, so a
+batched solve returns exactly what a loop over the systems would. Convergence test, per system:
+
+    ||b - A x||_2 <= max(rtol * ||b||_2, atol)
+
+on the recursively updated residual (MINRES with a preconditioner tracks it explicitly, GMRES uses
+the Givens estimate, which equals the true residual in exact arithmetic).
+
+When autograd is recording (``backward="unrolled"``) the iterations are written out of place so
+that gradients can flow through every step; otherwise vectors are updated in place.
+
+Costs per iteration (N = size of the block, M = preconditioner application):
+cg 1 SpMV + 1 M + 3 axpy + 2 dots; fcg(m) 1 SpMV + 1 M + (m + 2) dots; minres 1 SpMV + 1 M;
+bicgstab 2 SpMV + 2 M; gmres(restart) 1 SpMV + 1 M + j dots at inner step j.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._layout import Layout, Reducer, canonicalize
+from .operator import LinearOperator, as_operator
+
+Precond = Callable[[Tensor], Tensor]
+METHODS = ("cg", "fcg", "minres", "bicgstab", "gmres")
+
+
+def default_rtol(dtype: torch.dtype) -> float:
+    """Relative tolerance used when none is given: tight for float64, loose for low precision."""
+    if dtype == torch.float64:
+        return 1e-10
+    if dtype == torch.float32:
+        return 1e-5
+    return 1e-2
+
+
+@dataclass
+class SolveInfo:
+    """Statistics of one (batched) solve.
+
+    ``iterations``, ``converged`` have the per-system shape (batch, blocks and right-hand sides as
+    the caller laid them out; a scalar for a single system). ``residual_history`` has shape
+    (niter + 1, *system shape) and holds residual 2-norms. ``breakdown`` names the first breakdown
+    seen (None if none); ``breakdown_mask`` says which systems broke down. ``adjoint`` is filled by
+    the backward pass of :func:`learnsolve.linalg.solve`.
+    """
+
+    method: str
+    iterations: Tensor
+    converged: Tensor
+    residual_history: Tensor
+    b_norm: Tensor
+    rtol: float
+    atol: float
+    breakdown: str | None = None
+    breakdown_mask: Tensor | None = None
+    adjoint: SolveInfo | None = field(default=None, repr=False)
+
+    @property
+    def niter(self) -> int:
+        return int(self.iterations.max()) if self.iterations.numel() else 0
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+    @property
+    def residual_norm(self) -> Tensor:
+        return self.residual_history[-1]
+
+    @property
+    def relative_residual(self) -> Tensor:
+        b = self.b_norm
+        return self.residual_norm / torch.where(b > 0, b, torch.ones_like(b))
+
+    def summary(self) -> str:
+        nconv = int(self.converged.sum())
+        tot = self.converged.numel()
+        worst = float(self.relative_residual.max()) if tot else 0.0
+        s = (f"{self.method}: {nconv}/{tot} systems converged in <= {self.niter} iterations "
+             f"(worst relative residual {worst:.3e}, rtol {self.rtol:.1e})")
+        if self.breakdown:
+            s += f"; breakdown: {self.breakdown}"
+        return s
+
+    def _reshaped(self, shape: tuple[int, ...]) -> SolveInfo:
+        h = self.residual_history
+        bm = self.breakdown_mask
+        return SolveInfo(self.method, self.iterations.reshape(shape), self.converged.reshape(shape),
+                         h.reshape(h.shape[0], *shape), self.b_norm.reshape(shape), self.rtol, self.atol,
+                         self.breakdown, None if bm is None else bm.reshape(shape))
+
+
+class _Monitor:
+    """Per-system convergence bookkeeping shared by all methods (scalars of shape (B, G, k))."""
+
+    def __init__(self, method, rnorm0: Tensor, bnorm: Tensor, rtol: float, atol: float, maxiter: int):
+        self.method = method
+        self.rtol, self.atol, self.maxiter = rtol, atol, maxiter
+        self.bnorm = bnorm.detach()
+        self.tol = torch.clamp(rtol * self.bnorm, min=atol)
+        r = rnorm0.detach()
+        self.hist = [r]
+        self.converged = r <= self.tol
+        self.broken = torch.zeros_like(self.converged)
+        self.active = ~self.converged
+        self.iters = torch.zeros(r.shape, dtype=torch.int64, device=r.device)
+        self.reason: str | None = None
+        self.it = 0
+
+    def check(self, bad: Tensor, reason: str) -> None:
+        new = bad & self.active
+        if bool(new.any()):
+            self.broken |= new
+            self.active &= ~new
+            if self.reason is None:
+                self.reason = reason
+
+    def update(self, rnorm: Tensor) -> None:
+        r = rnorm.detach()
+        self.it += 1
+        self.iters += self.active.to(torch.int64)
+        self.hist.append(r)
+        self.check(~torch.isfinite(r), "the residual became NaN/Inf")
+        self.converged |= self.active & (r <= self.tol)
+        self.active &= ~self.converged
+
+    def done(self) -> bool:
+        return self.it >= self.maxiter or not bool(self.active.any())
+
+    def info(self) -> SolveInfo:
+        return SolveInfo(self.method, self.iters, self.converged, torch.stack(self.hist), self.bnorm,
+                         self.rtol, self.atol, self.reason, self.broken)
+
+
+def _safe(den: Tensor, ok: Tensor) -> Tensor:
+    """den where it can be divided by, 1 elsewhere (masked systems; keeps autograd free of 0/0)."""
+    return torch.where(ok & (den != 0), den, torch.ones_like(den))
+
+
+def _axpy(Y: Tensor, a: Tensor, X: Tensor, inplace: bool) -> Tensor:
+    """Y + a X (a broadcastable to Y)."""
+    return Y.addcmul_(a, X) if inplace else Y + a * X
+
+
+# ------------------------------------------------------------------------------------------------
+# cores on canonical blocks
+# ------------------------------------------------------------------------------------------------
+
+def _start(mv, Bm: Tensor, X0: Tensor | None):
+    if X0 is None:
+        return torch.zeros_like(Bm), Bm.clone()
+    X = X0.clone()
+    return X, Bm - mv(X)
+
+
+def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
+    inplace = not torch.is_grad_enabled()
+    X, R = _start(mv, Bm, X0)
+    mon = _Monitor("cg", red.norm(R), red.norm(Bm), rtol, atol, maxiter)
+    Z = M(R) if M is not None else R
+    rz = red.dot(R, Z)
+    if M is not None:
+        mon.check(rz < 0, "r^T M r < 0: the preconditioner is not positive definite")
+    P = Z.clone()
+    while not mon.done():
+        AP = mv(P)
+        pAp = red.dot(P, AP)
+        mon.check(~(pAp > 0), "p^T A p <= 0: A is not positive definite (use minres, bicgstab or gmres)")
+        act = mon.active
+        alpha = torch.where(act, rz / _safe(pAp, act), torch.zeros_like(rz))
+        ea = red.expand(alpha)
+        X = _axpy(X, ea, P, inplace)
+        R = _axpy(R, -ea, AP, inplace)
+        rnorm = red.norm(R)
+        mon.update(rnorm)
+        if callback is not None:
+            callback(X, mon.it)
+        if mon.done():
+            break
+        if M is None:
+            Z, rz_new = R, rnorm * rnorm
+        else:
+            Z = M(R)
+            rz_new = red.dot(R, Z)
+            mon.check(rz_new < 0, "r^T M r < 0: the preconditioner is not positive definite")
+        act = mon.active
+        beta = red.expand(torch.where(act, rz_new / _safe(rz, act), torch.zeros_like(rz)))
+        P = P.mul_(beta).add_(Z) if inplace else Z + beta * P
+        rz = rz_new
+    return X, mon.info()
+
+
+def _fcg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, truncation: int = 1):
+    """Flexible CG (Notay 2000): each direction is A-orthogonalised against the last ``truncation``
+    ones and the step is ``alpha = p^T r / p^T A p``, so M may change between iterations (a network)."""
+    X, R = _start(mv, Bm, X0)
+    mon = _Monitor("fcg", red.norm(R), red.norm(Bm), rtol, atol, maxiter)
+    window: deque = deque(maxlen=max(int(truncation), 1))
+    while not mon.done():
+        Z = M(R) if M is not None else R
+        P = Z
+        for Pj, APj, dj in window:
+            act = mon.active
+            c = torch.where(act, red.dot(Z, APj) / _safe(dj, act), torch.zeros_like(dj))
+            P = P - red.expand(c) * Pj
+        AP = mv(P)
+        pAp = red.dot(P, AP)
+        mon.check(~(pAp > 0), "p^T A p <= 0: A is not positive definite or the preconditioner "
+                  "returned a zero direction")
+        act = mon.active
+        alpha = torch.where(act, red.dot(P, R) / _safe(pAp, act), torch.zeros_like(pAp))
+        ea = red.expand(alpha)
+        X = X + ea * P
+        R = R - ea * AP
+        mon.update(red.norm(R))
+        if callback is not None:
+            callback(X, mon.it)
+        window.append((P, AP, pAp))
+    return X, mon.info()
+
+
+def _minres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
+    """Preconditioned MINRES (Paige & Saunders 1975) for symmetric, possibly indefinite A and SPD M.
+
+    Without M the residual norm is the Givens estimate |phibar|; with M the true residual is carried
+    along recursively (A w is updated from A v), so the test is in the 2-norm for both."""
+    X, R1 = _start(mv, Bm, X0)
+    rn0 = red.norm(R1)
+    mon = _Monitor("minres", rn0, red.norm(Bm), rtol, atol, maxiter)
+    Y = M(R1) if M is not None else R1
+    b1sq = red.dot(R1, Y)
+    mon.check(b1sq < 0, "r^T M r < 0: the preconditioner is not positive definite")
+    beta = b1sq.clamp_min(0).sqrt()
+    zero = torch.zeros_like(beta)
+    oldb, dbar, epsln, phibar = zero, zero, zero, beta
+    cs, sn = -torch.ones_like(beta), zero
+    W = W2 = torch.zeros_like(R1)
+    R2 = R1
+    track = M is not None
+    if track:
+        Rt = R1
+        AW = AW2 = torch.zeros_like(R1)
+    first = True
+    while not mon.done():
+        act = mon.active
+        V = red.expand(1.0 / _safe(beta, act)) * Y
+        AV = mv(V)
+        Y = AV
+        if not first:
+            Y = Y - red.expand(beta / _safe(oldb, act)) * R1
+        alfa = red.dot(V, Y)
+        Y = Y - red.expand(alfa / _safe(beta, act)) * R2
+        R1, R2 = R2, Y
+        Y = M(R2) if M is not None else R2
+        oldb = beta
+        bsq = red.dot(R2, Y)
+        mon.check(bsq < 0, "r^T M r < 0: the preconditioner is not positive definite")
+        beta = bsq.clamp_min(0).sqrt()
+        oldeps = epsln
+        delta = cs * dbar + sn * alfa
+        gbar = sn * dbar - cs * alfa
+        epsln = sn * beta
+        dbar = -cs * beta
+        gamma = torch.sqrt(gbar * gbar + beta * beta)
+        gamma = torch.where(gamma > 0, gamma, torch.full_like(gamma, torch.finfo(gamma.dtype).tiny))
+        cs = gbar / gamma
+        sn = beta / gamma
+        phi = torch.where(mon.active, cs * phibar, zero)
+        phibar = sn * phibar
+        W1, W2 = W2, W
+        W = (V - red.expand(oldeps) * W1 - red.expand(delta) * W2) * red.expand(1.0 / gamma)
+        X = X + red.expand(phi) * W
+        if track:
+            AW1, AW2 = AW2, AW
+            AW = (AV - red.expand(oldeps) * AW1 - red.expand(delta) * AW2) * red.expand(1.0 / gamma)
+            Rt = Rt - red.expand(phi) * AW
+            rnorm = red.norm(Rt)
+        else:
+            rnorm = phibar.abs()
+        first = False
+        mon.update(rnorm)
+        if callback is not None:
+            callback(X, mon.it)
+    return X, mon.info()
+
+
+def _bicgstab(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
+    """Right-preconditioned BiCGStab (van der Vorst 1992); one iteration = 2 SpMV + 2 M."""
+    X, R = _start(mv, Bm, X0)
+    mon = _Monitor("bicgstab", red.norm(R), red.norm(Bm), rtol, atol, maxiter)
+    Rhat = R.clone()
+    one = torch.ones_like(mon.tol)
+    rho_prev, alpha, omega = one, one, one
+    P = V = torch.zeros_like(R)
+    Mf = M if M is not None else (lambda t: t)
+    first = True
+    while not mon.done():
+        act = mon.active
+        rho = red.dot(Rhat, R)
+        mon.check(rho == 0, "rho = <r0, r> = 0 (BiCGStab breakdown)")
+        act = mon.active
+        if first:
+            P = R
+        else:
+            beta = torch.where(act, (rho / _safe(rho_prev, act)) * (alpha / _safe(omega, act)), 0 * rho)
+            P = R + red.expand(beta) * (P - red.expand(omega) * V)
+        Phat = Mf(P)
+        V = mv(Phat)
+        rv = red.dot(Rhat, V)
+        mon.check(rv == 0, "<r0, A M p> = 0 (BiCGStab breakdown)")
+        act = mon.active
+        alpha = torch.where(act, rho / _safe(rv, act), 0 * rho)
+        S = R - red.expand(alpha) * V
+        snorm = red.norm(S)
+        half = act & (snorm <= mon.tol)  # converged after the half step
+        Shat = Mf(S)
+        T = mv(Shat)
+        tt = red.dot(T, T)
+        full = act & ~half
+        omega = torch.where(full, red.dot(T, S) / _safe(tt, full), 0 * rho)
+        X = X + red.expand(alpha) * Phat + red.expand(omega) * Shat
+        R = S - red.expand(omega) * T
+        rnorm = torch.where(half, snorm, red.norm(R))
+        first = False
+        rho_prev = rho
+        mon.update(rnorm)
+        mon.check(full & (omega == 0) & ~mon.converged, "omega = 0 (BiCGStab stagnation)")
+        if callback is not None:
+            callback(X, mon.it)
+    return X, mon.info()
+
+
+def _gmres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, restart: int = 30):
+    """Restarted flexible GMRES (right preconditioning, Saad 1993): modified Gram-Schmidt Arnoldi,
+    Givens rotations per system; the preconditioned vectors Z_j are stored, so M may be nonlinear.
+    Each system stops at its own inner step; the true residual is recomputed at every restart."""
+    X, R = _start(mv, Bm, X0)
+    bnorm = red.norm(Bm)
+    beta = red.norm(R)
+    mon = _Monitor("gmres", beta, bnorm, rtol, atol, maxiter)
+    Mf = M if M is not None else (lambda t: t)
+    m = max(1, int(restart))
+    cycle = 0
+    while not mon.done():
+        if cycle > 0:
+            R = Bm - mv(X)
+            beta = red.norm(R)
+            # the Givens estimate can drift from the true residual: re-test with the true one
+            mon.converged |= mon.active & (beta.detach() <= mon.tol)
+            mon.active &= ~mon.converged
+            if mon.done():
+                break
+        cycle += 1
+        act0 = mon.active.clone()
+        Vs = [R * red.expand(1.0 / _safe(beta, act0))]
+        Zs: list[Tensor] = []
+        Hcols: list[list[Tensor]] = []  # rotated columns (the R factor)
+        cs_list: list[Tensor] = []
+        sn_list: list[Tensor] = []
+        g = [beta]
+        use: list[Tensor] = []
+        live = act0.clone()
+        for j in range(m):
+            Z = Mf(Vs[j])
+            Zs.append(Z)
+            Wv = mv(Z)
+            h = []
+            for i in range(j + 1):
+                hij = red.dot(Wv, Vs[i])
+                Wv = Wv - red.expand(hij) * Vs[i]
+                h.append(hij)
+            hn = red.norm(Wv)
+            Vs.append(Wv * red.expand(1.0 / _safe(hn, live)))
+            for i in range(j):
+                a, b = h[i], h[i + 1]
+                h[i] = cs_list[i] * a + sn_list[i] * b
+                h[i + 1] = -sn_list[i] * a + cs_list[i] * b
+            den = torch.sqrt(h[j] * h[j] + hn * hn)
+            ok = den > 0
+            dsafe = torch.where(ok, den, torch.ones_like(den))
+            c = torch.where(ok, h[j] / dsafe, torch.ones_like(den))
+            s = torch.where(ok, hn / dsafe, torch.zeros_like(den))
+            h[j] = c * h[j] + s * hn
+            cs_list.append(c)
+            sn_list.append(s)
+            g.append(-s * g[j])
+            g[j] = c * g[j]
+            Hcols.append(h)
+            use.append(live.clone())
+            resid = g[j + 1].abs()
+            mon.update(torch.where(live, resid, mon.hist[-1]))
+            live = live & mon.active
+            if not bool(live.any()) or mon.it >= mon.maxiter:
+                break
+        # back substitution R y = g, per system over its own number of columns
+        k = len(Hcols)
+        ys: list[Tensor | None] = [None] * k
+        for i in range(k - 1, -1, -1):
+            acc = g[i]
+            for jj in range(i + 1, k):
+                acc = acc - Hcols[jj][i] * ys[jj]
+            rii = Hcols[i][i]
+            ys[i] = torch.where(use[i], acc / _safe(rii, use[i]), torch.zeros_like(acc))
+            mon.check(use[i] & (rii == 0), "singular Hessenberg matrix (GMRES breakdown)")
+        for i in range(k):
+            X = X + red.expand(ys[i]) * Zs[i]
+        if callback is not None:
+            callback(X, mon.it)
+    return X, mon.info()
+
+
+_CORES = {"cg": _cg, "fcg": _fcg, "minres": _minres, "bicgstab": _bicgstab, "gmres": _gmres}
+
+
+def run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, X0: Tensor | None,
+               rtol: float, atol: float, maxiter: int, callback=None, **options):
+    """Run a Krylov method on canonical blocks; returns (X, SolveInfo in (B, G, k) shape)."""
+    if method not in _CORES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or 'direct'")
+    return _CORES[method](op.mv, Bm, M, X0, op.reducer(), rtol, atol, maxiter, callback, **options)
+
+
+def default_maxiter(method: str, n: int) -> int:
+    return max(10 * n, 100) if method != "bicgstab" else max(5 * n, 50)
+
+
+# ------------------------------------------------------------------------------------------------
+# public entry points (no autograd Function: gradients, if any, flow through the iterations)
+# ------------------------------------------------------------------------------------------------
+
+def _public(method: str, A, b: Tensor, M, x0, rtol, atol, maxiter, callback, **options):
+    from .precond import resolve_preconditioner
+
+    op = as_operator(A)
+    n = op.shape[0]
+    Bm, layout = canonicalize(b, n, op.batch_size, None if op.blocks is None else op.blocks.numel() - 1)
+    X0 = None if x0 is None else canonicalize(x0, n, op.batch_size, None, name="x0")[0].expand_as(Bm)
+    Mf = resolve_preconditioner(M, op)
+    apply = None if Mf is None else Mf.apply if hasattr(Mf, "apply") else Mf
+    X, info = run_method(method, op, Bm, apply, X0, default_rtol(b.dtype) if rtol is None else float(rtol),
+                         float(atol), default_maxiter(method, n) if maxiter is None else int(maxiter),
+                         callback, **options)
+    return layout.unpack(X), info._reshaped(_system_shape(layout, info))
+
+
+def _system_shape(layout: Layout, info: SolveInfo) -> tuple[int, ...]:
+    B, G, k = info.converged.shape
+    return layout.system_shape(B, G, k)
+
+
+def cg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
+    """Preconditioned conjugate gradients for SPD A (and SPD M). Returns ``(x, SolveInfo)``."""
+    return _public("cg", A, b, M, x0, rtol, atol, maxiter, callback)
+
+
+def fcg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None, truncation: int = 1):
+    """Flexible CG: M may be nonlinear or change between iterations (e.g. a network)."""
+    return _public("fcg", A, b, M, x0, rtol, atol, maxiter, callback, truncation=truncation)
+
+
+def minres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
+    """MINRES for symmetric (possibly indefinite) A with an SPD preconditioner M."""
+    return _public("minres", A, b, M, x0, rtol, atol, maxiter, callback)
+
+
+def bicgstab(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
+    """BiCGStab for general (nonsymmetric) A, right preconditioned."""
+    return _public("bicgstab", A, b, M, x0, rtol, atol, maxiter, callback)
+
+
+def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None, restart: int = 30):
+    """Restarted (flexible) GMRES for general A, right preconditioned; ``maxiter`` counts inner steps."""
+    return _public("gmres", A, b, M, x0, rtol, atol, maxiter, callback, restart=restart)
+
+
+__all__ = ["SolveInfo", "cg", "fcg", "minres", "bicgstab", "gmres", "default_rtol", "METHODS", "run_method",
+           "math"]

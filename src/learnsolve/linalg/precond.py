@@ -1,0 +1,397 @@
+"""Preconditioners with an explicit transpose.
+
+Every preconditioner applies ``M^{-1}`` (``apply``) and ``M^{-T}`` (``apply_transpose``) to canonical
+(B, n, k) blocks; ``.T`` is the transposed preconditioner used by adjoint solves. Triangular solves
+(IC(0), ILU(0), learned ``L L^T`` factors) share one compiled CSR kernel (``_kernels.csr_trsv``) and
+are differentiable w.r.t. the factor's values and the right-hand side:
+
+    y = T^{-1} x:   grad_x = T^{-T} g,   grad_T[e] = -(T^{-T} g)[row_e] * y[col_e]   (O(nnz))
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _kernels
+from .operator import DenseOperator, LinearOperator
+from .sparse import CSRPattern, SparseMatrix, edge_products
+
+
+class FactorizationError(RuntimeError):
+    """An incomplete factorisation broke down (zero or negative pivot)."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
+
+
+class Preconditioner(abc.ABC):
+    """Applies M^{-1} and M^{-T} to canonical blocks (B, n, k)."""
+
+    linear: bool = True
+    symmetric: bool = False
+
+    @abc.abstractmethod
+    def apply(self, R: Tensor) -> Tensor: ...
+
+    def apply_transpose(self, R: Tensor) -> Tensor:
+        if self.symmetric:
+            return self.apply(R)
+        raise NotImplementedError(f"{type(self).__name__} has no transpose")
+
+    @property
+    def T(self) -> Preconditioner:
+        return self if self.symmetric else _Transposed(self)
+
+    def __call__(self, R: Tensor) -> Tensor:
+        return self.apply(R)
+
+
+class _Transposed(Preconditioner):
+    def __init__(self, p: Preconditioner):
+        self.p = p
+        self.linear = p.linear
+
+    def apply(self, R):
+        return self.p.apply_transpose(R)
+
+    def apply_transpose(self, R):
+        return self.p.apply(R)
+
+    @property
+    def T(self):
+        return self.p
+
+
+class FunctionPreconditioner(Preconditioner):
+    """Wraps a callable on canonical blocks; ``transpose`` (optional) applies M^{-T}.
+
+    ``symmetric=True`` declares M^{-T} = M^{-1}. ``linear=False`` marks a nonlinear map (a network):
+    use it with ``fcg`` or ``gmres`` (flexible), not with ``cg``.
+    """
+
+    def __init__(self, fn, transpose=None, *, symmetric: bool = False, linear: bool = True):
+        self.fn, self.fnT = fn, transpose
+        self.symmetric, self.linear = symmetric, linear
+
+    def apply(self, R):
+        return self.fn(R)
+
+    def apply_transpose(self, R):
+        if self.fnT is not None:
+            return self.fnT(R)
+        return super().apply_transpose(R)
+
+
+# ------------------------------------------------------------------------------------------------
+# triangular solves
+# ------------------------------------------------------------------------------------------------
+
+def _np_pattern(pattern: CSRPattern):
+    if "np" not in pattern._cache:
+        pattern._cache["np"] = (pattern.crow.cpu().numpy(), pattern.col.cpu().numpy())
+    return pattern._cache["np"]
+
+
+def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
+    Bv, Bx = vals2d.shape[0], X.shape[0]
+    n, k = X.shape[1], X.shape[2]
+    if X.device.type != "cpu":
+        # GPU: dense fallback (cuSPARSE triangular solves are future work); O(n^2) memory.
+        T = mat.with_values(vals2d).to_dense()
+        if unit:
+            T = T.tril(-1) if lower else T.triu(1)
+            T = T + torch.eye(n, dtype=T.dtype, device=T.device)
+        else:
+            T = T.tril() if lower else T.triu()
+        return torch.linalg.solve_triangular(T, X, upper=not lower, unitriangular=unit)
+    indptr, indices = _np_pattern(mat.pattern)
+    data = vals2d.detach().contiguous().numpy()
+    if Bv == 1 and Bx > 1:
+        b = X.detach().permute(1, 0, 2).reshape(1, n, Bx * k).contiguous()
+    elif Bv > 1 and Bx == 1:
+        b = X.detach().expand(Bv, n, k).contiguous()
+    else:
+        b = X.detach().contiguous()
+    bn = b.numpy()
+    out = np.empty_like(bn)
+    bad = _kernels.csr_trsv(indptr, indices, data, bn, lower, unit, out)
+    if bad >= 0:
+        raise FactorizationError(f"triangular factor has a zero or missing diagonal in row {bad}", int(bad))
+    Y = torch.from_numpy(out)
+    if Bv == 1 and Bx > 1:
+        Y = Y.reshape(n, Bx, k).permute(1, 0, 2)
+    return Y
+
+
+class _TriSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
+        Y = _trsv_raw(mat, vals2d, X, lower, unit)
+        ctx.mat, ctx.lower, ctx.unit, ctx.bx = mat, lower, unit, X.shape[0]
+        ctx.save_for_backward(vals2d, Y)
+        return Y
+
+    @staticmethod
+    def backward(ctx, G):
+        vals2d, Y = ctx.saved_tensors
+        mat, lower, unit = ctx.mat, ctx.lower, ctx.unit
+        patT, perm = mat.pattern.transpose()
+        matT = SparseMatrix(patT, vals2d.index_select(1, perm))
+        GX = _tri_solve(matT, matT._vals2d, G, not lower, unit)
+        gv = None
+        if ctx.needs_input_grad[1]:
+            r, c = mat.pattern.row, mat.pattern.col
+            used = (c < r) if lower else (c > r)
+            if not unit:
+                used = used | (c == r)
+            gv = -edge_products(mat.pattern, GX, Y) * used.to(GX.dtype)
+            if gv.shape[0] != vals2d.shape[0]:
+                gv = gv.sum(0, keepdim=True)
+        if GX.shape[0] != ctx.bx:
+            GX = GX.sum(0, keepdim=True)
+        return None, gv, GX, None, None
+
+
+def _tri_solve(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
+    if torch.is_grad_enabled() and (vals2d.requires_grad or X.requires_grad):
+        return _TriSolve.apply(mat, vals2d, X, lower, unit)
+    return _trsv_raw(mat, vals2d, X, lower, unit)
+
+
+def triangular_solve(T: SparseMatrix, b: Tensor, lower: bool = True, unit_diagonal: bool = False) -> Tensor:
+    """Solve ``T y = b`` with the triangle of T (entries on the other side are ignored).
+
+    b: (n,), (n, k) or batched like :meth:`SparseMatrix.matvec`. Differentiable w.r.t. T's values and b.
+    Cost: O(nnz) per right-hand side (compiled, sequential in the row dimension).
+    """
+    from ._layout import canonicalize
+
+    X, layout = canonicalize(b, T.shape[0], T.batch_size, None)
+    return layout.unpack(_tri_solve(T, T._vals2d, X, lower, unit_diagonal))
+
+
+# ------------------------------------------------------------------------------------------------
+# concrete preconditioners
+# ------------------------------------------------------------------------------------------------
+
+def _as_sparse(op: LinearOperator, what: str) -> SparseMatrix:
+    if isinstance(op, SparseMatrix):
+        return op
+    if isinstance(op, DenseOperator):
+        return SparseMatrix.from_dense(op.A)
+    raise TypeError(f"{what} needs an explicit matrix (SparseMatrix or dense tensor), got {type(op).__name__}")
+
+
+class Jacobi(Preconditioner):
+    """M = diag(A). Cost: one elementwise product. Differentiable w.r.t. A's diagonal."""
+
+    symmetric = True
+
+    def __init__(self, A: LinearOperator | Tensor):
+        d = A.diagonal() if isinstance(A, LinearOperator) else A
+        zero = (d == 0)
+        if bool(zero.any()):
+            row = int(zero.nonzero()[0, -1])
+            raise ValueError(f"Jacobi: A has a zero diagonal entry in row {row}; use ilu0, amg or a shift")
+        inv = 1.0 / d
+        self.inv_diag = inv.unsqueeze(-1) if inv.ndim == 2 else inv.reshape(1, -1, 1)
+
+    def apply(self, R):
+        return R * self.inv_diag
+
+
+class LLT(Preconditioner):
+    """M = L L^T for a lower-triangular sparse factor L (diagonal included and nonzero).
+
+    M^{-1} r = L^{-T} L^{-1} r: two compiled triangular solves, O(nnz(L)) each, differentiable
+    w.r.t. L's values (learned factors)."""
+
+    symmetric = True
+
+    def __init__(self, L: SparseMatrix):
+        if not isinstance(L, SparseMatrix):
+            raise TypeError(f"LLT expects a SparseMatrix factor, got {type(L).__name__}")
+        if L.shape[0] != L.shape[1]:
+            raise ValueError(f"LLT factor must be square, got {L.shape}")
+        self.L = L
+        self.LT = L.T
+
+    def apply(self, R):
+        Y = _tri_solve(self.L, self.L._vals2d, R, True, False)
+        return _tri_solve(self.LT, self.LT._vals2d, Y, False, False)
+
+
+class IC0(LLT):
+    """Zero-fill incomplete Cholesky of an SPD A: M = L L^T with L on tril(A)'s pattern.
+
+    ``shift``: factor ``A + shift * diag(A)`` instead; ``"auto"`` retries with shifts
+    1e-3, 1e-2, ... 10 after a breakdown (Manteuffel's shifted IC). The shift used is ``self.shift``.
+    A breakdown that is not retried raises :class:`FactorizationError` naming the row.
+    Setup O(nnz * row length), compiled.
+    """
+
+    def __init__(self, A: LinearOperator, shift: float | str = 0.0):
+        S = _as_sparse(A, "IC(0)").detach()
+        low = S.tril()
+        indptr, indices = _np_pattern(low.pattern)
+        base = low._vals2d.cpu().numpy()
+        pos = low.pattern.diag_positions().cpu().numpy()
+        shifts = [0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0] if shift == "auto" else [float(shift)]
+        for s in shifts:
+            data = base.copy()
+            if s:
+                data[:, pos[pos >= 0]] *= 1.0 + s
+            L, info = _kernels.ic0(indptr, indices, np.ascontiguousarray(data))
+            if int(info.max()) < 0:
+                break
+        else:
+            row = int(info[info >= 0].min())
+            raise FactorizationError(
+                f"IC(0) broke down at row {row} (non-positive pivot{'' if shift == 0 else f', shift {s}'}): "
+                "A may not be SPD; pass shift='auto' (or a float) to factor A + shift*diag(A), "
+                "or use ilu0/jacobi", row)
+        self.shift = s
+        vals = torch.from_numpy(L).to(S.device)
+        vals = vals if S.batch_size is not None else vals[0]
+        super().__init__(low.with_values(vals))
+
+
+class ILU0(Preconditioner):
+    """Zero-fill incomplete LU, M = L U on A's pattern (L unit lower). apply_transpose uses U^T L^T."""
+
+    def __init__(self, A: LinearOperator):
+        S = _as_sparse(A, "ILU(0)").detach()
+        indptr, indices = _np_pattern(S.pattern)
+        LU, info = _kernels.ilu0(indptr, indices, np.ascontiguousarray(S._vals2d.cpu().numpy()))
+        if int(info.max()) >= 0:
+            row = int(info[info >= 0].min())
+            raise FactorizationError(f"ILU(0) broke down: zero or missing pivot in row {row}", row)
+        vals = torch.from_numpy(LU).to(S.device)
+        self.LU = S.with_values(vals if S.batch_size is not None else vals[0])
+        self.LUT = self.LU.T
+
+    def apply(self, R):
+        Y = _tri_solve(self.LU, self.LU._vals2d, R, True, True)
+        return _tri_solve(self.LU, self.LU._vals2d, Y, False, False)
+
+    def apply_transpose(self, R):
+        # M^T = U^T L^T: U^T is the lower triangle (with diagonal) of LU^T, L^T its unit upper part.
+        Y = _tri_solve(self.LUT, self.LUT._vals2d, R, True, False)
+        return _tri_solve(self.LUT, self.LUT._vals2d, Y, False, True)
+
+
+class LowRankDiagonal(Preconditioner):
+    """M = D + U V^T (D diagonal, U, V of rank r), applied with the Woodbury identity
+
+        M^{-1} r = D^{-1} r - D^{-1} U (I + V^T D^{-1} U)^{-1} V^T D^{-1} r.
+
+    D: (n,) or (B, n); U, V: (n, r) or (B, n, r). Cost O(n r + r^3); differentiable in D, U, V.
+    ``V=None`` means V = U (symmetric M). M^{-T} swaps U and V.
+    """
+
+    def __init__(self, D: Tensor, U: Tensor, V: Tensor | None = None):
+        if bool((D == 0).any()):
+            raise ValueError("LowRankDiagonal: D has zero entries; keep D > 0 (e.g. softplus)")
+        self.symmetric = V is None
+        V = U if V is None else V
+        self.D = D if D.ndim == 2 else D.unsqueeze(0)
+        self.U = U if U.ndim == 3 else U.unsqueeze(0)
+        self.V = V if V.ndim == 3 else V.unsqueeze(0)
+        if self.U.shape != self.V.shape or self.U.shape[:2] != self.D.shape:
+            raise ValueError(f"LowRankDiagonal: shapes D {tuple(D.shape)}, U {tuple(U.shape)}, "
+                             f"V {tuple(V.shape)} do not match (n,), (n, r), (n, r)")
+
+    def _apply(self, R, U, V):
+        Dinv = (1.0 / self.D).unsqueeze(-1)  # (B, n, 1)
+        DR = Dinv * R
+        r = U.shape[-1]
+        C = torch.eye(r, dtype=R.dtype, device=R.device) + V.mT @ (Dinv * U)
+        return DR - Dinv * (U @ torch.linalg.solve(C, V.mT @ DR))
+
+    def apply(self, R):
+        return self._apply(R, self.U, self.V)
+
+    def apply_transpose(self, R):
+        return self._apply(R, self.V, self.U)
+
+
+class AMG(Preconditioner):
+    """Algebraic multigrid V-cycle from pyamg (baseline; CPU, float64, not differentiable).
+
+    kind: "sa" (smoothed aggregation) or "rs" (Ruge-Stueben). For nonsymmetric A the transpose
+    builds a second hierarchy on A^T on first use."""
+
+    def __init__(self, A: LinearOperator, kind: str = "sa", **kwargs):
+        import pyamg
+
+        if kind not in ("sa", "rs"):
+            raise ValueError(f"AMG kind must be 'sa' or 'rs', got {kind!r}")
+        self.S = _as_sparse(A, "AMG").detach()
+        self.kind, self.kwargs = kind, kwargs
+        self.symmetric = self.S.is_symmetric(rtol=1e-12)
+        self._pyamg = pyamg
+        self._ml = self._build(self.S)
+        self._mlT = None
+
+    def _build(self, S: SparseMatrix):
+        make = (self._pyamg.smoothed_aggregation_solver if self.kind == "sa"
+                else self._pyamg.ruge_stuben_solver)
+        B = S.batch_size or 1
+        return [make(S.to_scipy(i if S.batch_size is not None else None).astype(np.float64), **self.kwargs)
+                .aspreconditioner() for i in range(B)]
+
+    def _run(self, mls, R):
+        Rn = R.detach().cpu().to(torch.float64).numpy()
+        out = np.empty_like(Rn)
+        for b in range(Rn.shape[0]):
+            P = mls[b if len(mls) > 1 else 0]
+            for c in range(Rn.shape[2]):
+                out[b, :, c] = P.matvec(np.ascontiguousarray(Rn[b, :, c]))
+        return torch.from_numpy(out).to(dtype=R.dtype, device=R.device)
+
+    def apply(self, R):
+        return self._run(self._ml, R)
+
+    def apply_transpose(self, R):
+        if self.symmetric:
+            return self.apply(R)
+        if self._mlT is None:
+            self._mlT = self._build(self.S.T)
+        return self._run(self._mlT, R)
+
+
+PRECONDITIONERS = {
+    "jacobi": Jacobi,
+    "ic0": IC0,
+    "ilu0": ILU0,
+    "amg": AMG,
+    "amg_sa": lambda A, **kw: AMG(A, kind="sa", **kw),
+    "amg_rs": lambda A, **kw: AMG(A, kind="rs", **kw),
+}
+
+
+def make_preconditioner(name: str, A: LinearOperator, **kwargs) -> Preconditioner:
+    """Build a named preconditioner (jacobi, ic0, ilu0, amg, amg_sa, amg_rs) for A (values detached)."""
+    if name not in PRECONDITIONERS:
+        raise ValueError(f"unknown preconditioner {name!r}; choose one of {', '.join(PRECONDITIONERS)}")
+    if isinstance(A, SparseMatrix):
+        A = A.detach()
+    elif isinstance(A, DenseOperator):
+        A = DenseOperator(A.A.detach())
+    return PRECONDITIONERS[name](A, **kwargs)
+
+
+def resolve_preconditioner(M, op: LinearOperator):
+    """None | name | Preconditioner | callable -> None | Preconditioner."""
+    if M is None or isinstance(M, Preconditioner):
+        return M
+    if isinstance(M, str):
+        return make_preconditioner(M, op)
+    if callable(M):
+        return FunctionPreconditioner(M, symmetric=True)
+    raise TypeError(f"precond must be None, a name, a Preconditioner or a callable, got {type(M).__name__}")
