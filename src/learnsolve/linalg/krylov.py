@@ -20,7 +20,6 @@ bicgstab 2 SpMV + 2 M; gmres(restart) 1 SpMV + 1 M + j dots at inner step j.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,20 +119,20 @@ class _Monitor:
 
     def check(self, bad: Tensor, reason: str) -> None:
         new = bad & self.active
-        if bool(new.any()):
-            self.broken |= new
-            self.active &= ~new
+        if bool(new.any()):  # out of place: autograd may hold the previous masks
+            self.broken = self.broken | new
+            self.active = self.active & ~new
             if self.reason is None:
                 self.reason = reason
 
     def update(self, rnorm: Tensor) -> None:
         r = rnorm.detach()
         self.it += 1
-        self.iters += self.active.to(torch.int64)
+        self.iters = self.iters + self.active.to(torch.int64)
         self.hist.append(r)
         self.check(~torch.isfinite(r), "the residual became NaN/Inf")
-        self.converged |= self.active & (r <= self.tol)
-        self.active &= ~self.converged
+        self.converged = self.converged | (self.active & (r <= self.tol))
+        self.active = self.active & ~self.converged
 
     def done(self) -> bool:
         return self.it >= self.maxiter or not bool(self.active.any())
@@ -296,46 +295,53 @@ def _minres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
 
 
 def _bicgstab(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
-    """Right-preconditioned BiCGStab (van der Vorst 1992); one iteration = 2 SpMV + 2 M."""
+    """Right-preconditioned BiCGStab (van der Vorst 1992); one iteration = 2 SpMV + 2 M.
+
+    A system whose shadow residual becomes orthogonal to r or to A M p (rho = 0, <r0, A M p> = 0)
+    or whose omega vanishes is restarted with r0 := r (common with unit-vector right-hand sides on
+    sparse structures); a breakdown right after a restart is reported."""
     X, R = _start(mv, Bm, X0)
     mon = _Monitor("bicgstab", red.norm(R), red.norm(Bm), rtol, atol, maxiter)
-    Rhat = R.clone()
-    one = torch.ones_like(mon.tol)
-    rho_prev, alpha, omega = one, one, one
+    Rhat = R
+    zero = torch.zeros_like(mon.tol)
+    rho_prev, alpha, omega = zero + 1, zero + 1, zero + 1
     P = V = torch.zeros_like(R)
     Mf = M if M is not None else (lambda t: t)
-    first = True
+    restart = torch.ones_like(mon.active)
     while not mon.done():
-        act = mon.active
         rho = red.dot(Rhat, R)
-        mon.check(rho == 0, "rho = <r0, r> = 0 (BiCGStab breakdown)")
+        restart = restart | (mon.active & (rho == 0))
+        if bool(restart.any()):
+            er = red.expand(restart)
+            Rhat = torch.where(er, R, Rhat)
+            rho = torch.where(restart, red.dot(R, R), rho)
         act = mon.active
-        if first:
-            P = R
-        else:
-            beta = torch.where(act, (rho / _safe(rho_prev, act)) * (alpha / _safe(omega, act)), 0 * rho)
-            P = R + red.expand(beta) * (P - red.expand(omega) * V)
+        ok = act & ~restart
+        beta = torch.where(ok, (rho / _safe(rho_prev, ok)) * (alpha / _safe(omega, ok)), zero)
+        P = R + red.expand(beta) * (P - red.expand(omega) * V)
         Phat = Mf(P)
         V = mv(Phat)
         rv = red.dot(Rhat, V)
-        mon.check(rv == 0, "<r0, A M p> = 0 (BiCGStab breakdown)")
+        mon.check(restart & (rv == 0), "<r0, A M p> = 0 right after a restart (BiCGStab breakdown)")
         act = mon.active
-        alpha = torch.where(act, rho / _safe(rv, act), 0 * rho)
+        skip = act & (rv == 0)  # restart next iteration
+        go = act & ~skip
+        alpha = torch.where(go, rho / _safe(rv, go), zero)
         S = R - red.expand(alpha) * V
         snorm = red.norm(S)
-        half = act & (snorm <= mon.tol)  # converged after the half step
+        half = go & (snorm <= mon.tol)  # converged after the half step
         Shat = Mf(S)
         T = mv(Shat)
-        tt = red.dot(T, T)
-        full = act & ~half
-        omega = torch.where(full, red.dot(T, S) / _safe(tt, full), 0 * rho)
+        full = go & ~half
+        omega = torch.where(full, red.dot(T, S) / _safe(red.dot(T, T), full), zero)
         X = X + red.expand(alpha) * Phat + red.expand(omega) * Shat
         R = S - red.expand(omega) * T
         rnorm = torch.where(half, snorm, red.norm(R))
-        first = False
-        rho_prev = rho
         mon.update(rnorm)
-        mon.check(full & (omega == 0) & ~mon.converged, "omega = 0 (BiCGStab stagnation)")
+        stalled = full & (omega == 0) & ~mon.converged
+        mon.check(stalled & restart, "omega = 0 right after a restart (BiCGStab stagnation)")
+        restart = skip | stalled
+        rho_prev = rho
         if callback is not None:
             callback(X, mon.it)
     return X, mon.info()
@@ -357,8 +363,8 @@ def _gmres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, rest
             R = Bm - mv(X)
             beta = red.norm(R)
             # the Givens estimate can drift from the true residual: re-test with the true one
-            mon.converged |= mon.active & (beta.detach() <= mon.tol)
-            mon.active &= ~mon.converged
+            mon.converged = mon.converged | (mon.active & (beta.detach() <= mon.tol))
+            mon.active = mon.active & ~mon.converged
             if mon.done():
                 break
         cycle += 1
@@ -484,5 +490,4 @@ def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=Non
     return _public("gmres", A, b, M, x0, rtol, atol, maxiter, callback, restart=restart)
 
 
-__all__ = ["SolveInfo", "cg", "fcg", "minres", "bicgstab", "gmres", "default_rtol", "METHODS", "run_method",
-           "math"]
+__all__ = ["SolveInfo", "cg", "fcg", "minres", "bicgstab", "gmres", "default_rtol", "METHODS", "run_method"]

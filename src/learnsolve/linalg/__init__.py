@@ -1,0 +1,68 @@
+"""learnsolve.linalg: the differentiable solver core (no Lightning, Hydra or PyG).
+
+Public API:
+
+- operators: :class:`SparseMatrix` (batched CSR, O(nnz) gradients), :class:`LinearOperator`,
+  :class:`DenseOperator`, :class:`MatrixFreeOperator`, :func:`as_operator`
+- Krylov methods returning ``(x, SolveInfo)``: :func:`cg`, :func:`fcg`, :func:`minres`,
+  :func:`bicgstab`, :func:`gmres`
+- the differentiable solve: :func:`solve` (implicit / unrolled / truncated backward)
+- preconditioners with transposes: :class:`Jacobi`, :class:`IC0`, :class:`ILU0`, :class:`LLT`,
+  :class:`LowRankDiagonal`, :class:`AMG`, :class:`FunctionPreconditioner`,
+  :func:`make_preconditioner`, :func:`triangular_solve`
+- direct factorisations: :class:`DenseLU`, :class:`SparseLU`
+"""
+
+from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
+from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
+from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
+from .precond import (
+    AMG,
+    IC0,
+    ILU0,
+    LLT,
+    FactorizationError,
+    FunctionPreconditioner,
+    Jacobi,
+    LowRankDiagonal,
+    Preconditioner,
+    make_preconditioner,
+    triangular_solve,
+)
+from .solve import AdjointOptions, ConvergenceError, ConvergenceWarning, solve
+from .sparse import CSRPattern, SparseMatrix
+
+__all__ = [
+    "AMG",
+    "AdjointOptions",
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "CSRPattern",
+    "DenseLU",
+    "DenseOperator",
+    "FactorizationError",
+    "FunctionPreconditioner",
+    "IC0",
+    "ILU0",
+    "Jacobi",
+    "LLT",
+    "LinearOperator",
+    "LowRankDiagonal",
+    "MatrixFreeOperator",
+    "Preconditioner",
+    "SingularMatrixError",
+    "SolveInfo",
+    "SparseLU",
+    "SparseMatrix",
+    "as_operator",
+    "bicgstab",
+    "cg",
+    "default_rtol",
+    "factorize",
+    "fcg",
+    "gmres",
+    "make_preconditioner",
+    "minres",
+    "solve",
+    "triangular_solve",
+]

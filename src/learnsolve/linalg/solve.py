@@ -1,0 +1,326 @@
+"""``solve(A, b)``: one differentiable linear solve for dense, sparse and matrix-free A.
+
+Implicit differentiation (default). With x = A^{-1} b and an upstream gradient g = dL/dx:
+
+    A^T lambda = g                  (one adjoint solve: transposed operator, transposed preconditioner)
+    dL/db      = lambda
+    dL/dA      = -lambda x^T        dense
+    dL/dvalues = -lambda[row] x[col] (summed over right-hand sides)   sparse, O(nnz)
+    dL/dtheta  = -vjp of A(theta) x at lambda                           matrix-free
+
+The backward pass calls the same autograd Function on the transposed problem and forms the
+parameter gradient from differentiable operations, so it can be differentiated again (double
+backward, Hessian-vector products). The forward iterations are not recorded: memory is O(n)
+whatever the iteration count.
+
+``backward="unrolled"`` records every iteration (memory grows linearly with them);
+``backward="truncated"`` returns the same converged solution but differentiates only the last
+``unroll_steps`` iterations (restarted from the detached iterate ``x_{N-k}``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._layout import canonicalize
+from .direct import factorize
+from .krylov import METHODS, SolveInfo, default_maxiter, default_rtol, run_method
+from .operator import DenseOperator, LinearOperator, as_operator
+from .precond import resolve_preconditioner
+from .sparse import SparseMatrix
+
+ALL_METHODS = (*METHODS, "direct")
+BACKWARD_MODES = ("implicit", "unrolled", "truncated")
+ON_FAIL = ("raise", "warn", "ignore")
+
+
+class ConvergenceError(RuntimeError):
+    """A forward or adjoint solve did not reach its tolerance; ``.info`` holds the SolveInfo."""
+
+    def __init__(self, message: str, info: SolveInfo):
+        super().__init__(message)
+        self.info = info
+
+
+class ConvergenceWarning(RuntimeWarning):
+    pass
+
+
+@dataclass
+class AdjointOptions:
+    """Options of the adjoint solve A^T lambda = g (defaults: those of the forward solve).
+
+    ``warm_start``: start from the previous adjoint solution of the same solve when that lowers the
+    initial residual (repeated backward passes, Hessian-vector products)."""
+
+    method: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    maxiter: int | None = None
+    warm_start: bool = True
+
+
+@dataclass
+class _Spec:
+    """Everything about one solve except the differentiable tensors (A's parameters and b)."""
+
+    op: LinearOperator
+    method: str
+    precond: Any
+    rtol: float
+    atol: float
+    maxiter: int
+    options: dict
+    on_fail: str
+    x0: Tensor | None
+    adjoint: AdjointOptions
+    reshape: Any  # SolveInfo -> SolveInfo in the caller's system shape
+    label: str = "forward"
+    factor: Any = None
+    transposed_factor: bool = False
+    sink: Any = None  # callable receiving this solve's SolveInfo
+    _T: _Spec | None = field(default=None, repr=False)
+    _last: Tensor | None = field(default=None, repr=False)
+    warm_start: bool = False
+
+    def transposed(self) -> _Spec:
+        if self._T is None:
+            a = self.adjoint
+            method = a.method or self.method
+            back = AdjointOptions(self.method, self.rtol, self.atol, self.maxiter, a.warm_start)
+            P = self.precond
+            T = _Spec(
+                op=self.op.T, method=method, precond=None if P is None else P.T,
+                rtol=self.rtol if a.rtol is None else a.rtol, atol=self.atol if a.atol is None else a.atol,
+                maxiter=self.maxiter if a.maxiter is None else a.maxiter,
+                options=self.options if method == self.method else {}, on_fail=self.on_fail, x0=None,
+                adjoint=back, reshape=self.reshape, label="adjoint" if self.label == "forward" else "forward",
+                factor=self.factor, transposed_factor=not self.transposed_factor, warm_start=a.warm_start)
+            T._T = self
+            if method != self.method:
+                T.factor = None
+            self._T = T
+        return self._T
+
+    def run(self, op: LinearOperator, Bm: Tensor) -> tuple[Tensor, SolveInfo]:
+        if not bool(Bm.any()):  # zero right-hand side: zero solution, no iterations
+            X, info = torch.zeros_like(Bm), _trivial_info(self.method, Bm, op, self.rtol, self.atol)
+        elif self.method == "direct":
+            if self.factor is None:
+                self.factor, self.transposed_factor = factorize(op), False
+                if self._T is not None:
+                    self._T.factor, self._T.transposed_factor = self.factor, True
+            X = self.factor.solve(Bm, transpose=self.transposed_factor)
+            info = _direct_info(op, X, Bm, self.rtol, self.atol)
+        else:
+            X0 = self.x0
+            if self.warm_start and self._last is not None and self._last.shape == Bm.shape:
+                r0 = (Bm - op.mv(self._last)).norm()
+                X0 = self._last if bool(r0 < Bm.norm()) else X0
+            M = None if self.precond is None else self.precond.apply
+            X, info = run_method(self.method, op, Bm, M, X0, self.rtol, self.atol, self.maxiter, **self.options)
+            if self.warm_start:
+                self._last = X.detach()
+        info = self.reshape(info)
+        if self.sink is not None:
+            self.sink(info)
+        _check(info, self.on_fail, self.label)
+        return X, info
+
+
+def _trivial_info(method, Bm, op, rtol, atol) -> SolveInfo:
+    shape = (Bm.shape[0], op.reducer().G, Bm.shape[2])
+    z = torch.zeros(shape, dtype=Bm.dtype, device=Bm.device)
+    return SolveInfo(method, torch.zeros(shape, dtype=torch.int64, device=Bm.device),
+                     torch.ones(shape, dtype=torch.bool, device=Bm.device), z.unsqueeze(0), z, rtol, atol)
+
+
+def _direct_info(op, X, Bm, rtol, atol) -> SolveInfo:
+    red = op.reducer()
+    r = red.norm(Bm - op.mv(X))
+    bn = red.norm(Bm)
+    # a direct solve succeeds unless A is singular (non-finite result); its accuracy is whatever A's
+    # conditioning allows, reported in residual_history
+    return SolveInfo("direct", torch.zeros(r.shape, dtype=torch.int64, device=r.device),
+                     torch.isfinite(r), r.unsqueeze(0), bn, rtol, atol)
+
+
+def _check(info: SolveInfo, on_fail: str, label: str) -> None:
+    if info.all_converged or on_fail == "ignore":
+        return
+    msg = (f"{label} solve did not converge: {info.summary()}. Raise maxiter, loosen rtol, use a "
+           f"preconditioner, or pass on_fail='warn'/'ignore'")
+    if on_fail == "raise":
+        raise ConvergenceError(msg, info)
+    warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+
+
+class _ImplicitSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec: _Spec, Bm: Tensor, *params: Tensor) -> Tensor:
+        op = spec.op.with_params(params)
+        X, _ = spec.run(op, Bm)
+        ctx.spec = spec
+        ctx.save_for_backward(X, *params)
+        return X
+
+    @staticmethod
+    def backward(ctx, G: Tensor):
+        X, *params = ctx.saved_tensors
+        spec: _Spec = ctx.spec
+        op = spec.op.with_params(params)
+        opT = op.T
+        tspec = spec.transposed()
+        Lam = _ImplicitSolve.apply(tspec, G.contiguous(), *opT.params())
+        need = ctx.needs_input_grad[2:]
+        grads: tuple = (None,) * len(params)
+        if any(need):
+            grads = tuple(g if nd else None for g, nd in zip(op.vjp_params(-Lam, X), need))
+        return (None, Lam, *grads)
+
+
+def _validate_operator(op: LinearOperator, b: Tensor) -> None:
+    n, m = op.shape
+    if n != m:
+        raise ValueError(f"A must be square, got shape {op.shape}")
+    if n == 0:
+        raise ValueError("A is an empty (0 x 0) system")
+    if not isinstance(b, Tensor):
+        raise TypeError(f"b must be a torch.Tensor, got {type(b).__name__}")
+    if not (b.dtype.is_floating_point and op.dtype.is_floating_point):
+        raise TypeError(f"A and b must be floating point, got A {op.dtype} and b {b.dtype}")
+    if b.dtype != op.dtype:
+        raise TypeError(f"dtype mismatch: A is {op.dtype}, b is {b.dtype}; cast one (e.g. b.to(A.dtype))")
+    if b.device != op.device:
+        raise ValueError(f"device mismatch: A is on {op.device}, b is on {b.device}; move one of them")
+    if isinstance(op, SparseMatrix):
+        vals = op.values
+    elif isinstance(op, DenseOperator):
+        vals = op.A
+    else:
+        vals = None
+    if vals is not None and not bool(torch.isfinite(vals).all()):
+        raise ValueError("A contains NaN or Inf")
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("b contains NaN or Inf")
+
+
+def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = None, atol: float = 0.0,
+          maxiter: int | None = None, x0: Tensor | None = None, backward: str = "implicit",
+          unroll_steps: int | None = None, adjoint: AdjointOptions | dict | None = None, on_fail: str = "raise",
+          return_info: bool = False, **options):
+    """Solve ``A x = b`` differentiably.
+
+    Args:
+        A: dense tensor (n, n) / (B, n, n), :class:`SparseMatrix` (values (nnz,) or (B, nnz), or a
+            block-diagonal PyG batch), :class:`MatrixFreeOperator`, torch sparse or scipy sparse matrix.
+        b: (n,), (n, k), or batched like ``torch.linalg.solve`` ((B, n), (B, n, k)).
+        method: "cg" | "fcg" | "minres" | "bicgstab" | "gmres" | "direct".
+        precond: None, a :class:`Preconditioner`, a name ("jacobi", "ic0", "ilu0", "amg"), or a callable
+            on (B, n, k) blocks (taken as symmetric and linear; wrap it in ``FunctionPreconditioner``
+            to give its transpose or mark it nonlinear).
+        rtol, atol: stop when ||b - A x|| <= max(rtol ||b||, atol) per system; rtol defaults by dtype
+            (1e-10 float64, 1e-5 float32).
+        maxiter: iteration cap (default 10 n).
+        x0: initial guess (same shape as b); does not receive a gradient.
+        backward: "implicit" | "unrolled" | "truncated" (with ``unroll_steps``).
+        adjoint: :class:`AdjointOptions` or dict(method=, rtol=, atol=, maxiter=, warm_start=).
+        on_fail: "raise" (:class:`ConvergenceError`) | "warn" | "ignore", for forward and adjoint.
+        return_info: also return the forward :class:`SolveInfo` (``info.adjoint`` is set by backward).
+        options: method options (``restart`` for gmres, ``truncation`` for fcg).
+
+    Cost: one Krylov solve forward, one adjoint solve backward, plus O(nnz) for the values gradient.
+    """
+    op = as_operator(A)
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS)}")
+    if backward not in BACKWARD_MODES:
+        raise ValueError(f"unknown backward mode {backward!r}; choose one of {', '.join(BACKWARD_MODES)}")
+    if on_fail not in ON_FAIL:
+        raise ValueError(f"on_fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
+    if backward == "truncated" and (unroll_steps is None or int(unroll_steps) < 1):
+        raise ValueError("backward='truncated' needs unroll_steps >= 1")
+    _validate_operator(op, b)
+    n = op.shape[0]
+    nblocks = None if op.blocks is None else op.blocks.numel() - 1
+    Bm, layout = canonicalize(b, n, op.batch_size, nblocks)
+    X0 = None
+    if x0 is not None:
+        if x0.shape != b.shape:
+            raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected b's shape {tuple(b.shape)}")
+        X0 = canonicalize(x0.detach(), n, op.batch_size, nblocks, name="x0")[0]
+    if isinstance(adjoint, dict):
+        adjoint = AdjointOptions(**adjoint)
+    adjoint = adjoint or AdjointOptions()
+    if adjoint.method is not None and adjoint.method not in ALL_METHODS:
+        raise ValueError(f"unknown adjoint method {adjoint.method!r}; choose one of {', '.join(ALL_METHODS)}")
+    M = resolve_preconditioner(precond, op) if method != "direct" else None
+    if M is not None and not M.linear and method in ("cg", "minres", "bicgstab"):
+        raise ValueError(f"a nonlinear preconditioner breaks {method}: use method='fcg' or 'gmres'")
+    rtol_ = default_rtol(b.dtype) if rtol is None else float(rtol)
+    maxiter_ = default_maxiter(method, n) if maxiter is None else int(maxiter)
+    forward_info: list[SolveInfo] = []
+
+    def reshape(info: SolveInfo) -> SolveInfo:
+        B, G, k = info.converged.shape
+        return info._reshaped(layout.system_shape(B, G, k))
+
+    def sink(info: SolveInfo) -> None:
+        forward_info.append(info)
+
+    spec = _Spec(op=op, method=method, precond=M, rtol=rtol_, atol=float(atol), maxiter=maxiter_,
+                 options=options, on_fail=on_fail, x0=X0, adjoint=adjoint, reshape=reshape, sink=sink)
+
+    def adjoint_sink(info: SolveInfo) -> None:
+        if forward_info:
+            forward_info[0].adjoint = info
+
+    if backward == "implicit" or method == "direct":
+        spec.transposed().sink = adjoint_sink
+        X = _ImplicitSolve.apply(spec, Bm, *op.params())
+    elif backward == "unrolled":
+        X, _ = _unrolled(spec, op, Bm)
+    else:
+        X = _truncated(spec, op, Bm, int(unroll_steps))
+    x = layout.unpack(X)
+    if return_info:
+        return x, forward_info[0]
+    return x
+
+
+def _unrolled(spec: _Spec, op: LinearOperator, Bm: Tensor):
+    """Run the method with autograd recording every iteration."""
+    M = None if spec.precond is None else spec.precond.apply
+    X, info = run_method(spec.method, op, Bm, M, spec.x0, spec.rtol, spec.atol, spec.maxiter, **spec.options)
+    info = spec.reshape(info)
+    spec.sink(info)
+    _check(info, spec.on_fail, "forward")
+    return X, info
+
+
+def _truncated(spec: _Spec, op: LinearOperator, Bm: Tensor, k: int) -> Tensor:
+    """Converged solution, gradient of the last k iterations restarted from the detached x_{N-k}."""
+    snaps: deque = deque(maxlen=k + 1)
+    snaps.append((0, spec.x0 if spec.x0 is not None else torch.zeros_like(Bm)))
+    M = None if spec.precond is None else spec.precond.apply
+    with torch.no_grad():
+        opd = op.with_params([p.detach() for p in op.params()])
+        Xf, info = run_method(spec.method, opd, Bm.detach(), M, spec.x0, spec.rtol, spec.atol, spec.maxiter,
+                              callback=lambda X, it: snaps.append((it, X.clone())), **spec.options)
+    info = spec.reshape(info)
+    spec.sink(info)
+    _check(info, spec.on_fail, "forward")
+    N = info.niter
+    it0, Xs = max((s for s in snaps if s[0] <= max(N - k, 0)), key=lambda s: s[0], default=snaps[0])
+    steps = max(N - it0, 1)
+    Xt, _ = run_method(spec.method, op, Bm, M, Xs.detach(), spec.rtol, spec.atol, steps, **spec.options)
+    return Xf + (Xt - Xt.detach())
+
+
+__all__ = ["solve", "AdjointOptions", "ConvergenceError", "ConvergenceWarning"]
