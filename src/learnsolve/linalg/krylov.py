@@ -164,7 +164,6 @@ def _start(mv, Bm: Tensor, X0: Tensor | None):
 
 
 def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
-    inplace = not torch.is_grad_enabled()
     X, R = _start(mv, Bm, X0)
     mon = _Monitor("cg", red.norm(R), red.norm(Bm), rtol, atol, maxiter)
     Z = M(R) if M is not None else R
@@ -172,8 +171,13 @@ def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
     if M is not None:
         mon.check(rz < 0, "r^T M r < 0: the preconditioner is not positive definite")
     P = Z.clone()
+    inplace = None
     while not mon.done():
         AP = mv(P)
+        if inplace is None:
+            # out of place only when autograd records something (b, x0, A's or M's parameters require
+            # grad): grad mode alone, e.g. a plain cg() call, keeps the faster in-place updates
+            inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (X, R, P, AP)))
         pAp = red.dot(P, AP)
         mon.check(~(pAp > 0), "p^T A p <= 0: A is not positive definite (use minres, bicgstab or gmres)")
         act = mon.active
@@ -195,7 +199,7 @@ def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
             mon.check(rz_new < 0, "r^T M r < 0: the preconditioner is not positive definite")
         act = mon.active
         beta = red.expand(torch.where(act, rz_new / _safe(rz, act), torch.zeros_like(rz)))
-        P = P.mul_(beta).add_(Z) if inplace else Z + beta * P
+        P = torch.addcmul(Z, beta, P, out=P) if inplace else Z + beta * P  # one pass: P <- Z + beta P
         rz = rz_new
     return X, mon.info()
 

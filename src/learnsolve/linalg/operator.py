@@ -192,14 +192,12 @@ class MatrixFreeOperator(LinearOperator):
         return self._matvec(X, *self._params)
 
     def _vjp_matvec(self, Y: Tensor, *params: Tensor) -> Tensor:
-        # A^T Y = d/dZ <Y, A Z>; create_graph keeps it differentiable for double backward.
-        need_graph = torch.is_grad_enabled() and (Y.requires_grad or any(p.requires_grad for p in params))
-        with torch.enable_grad():
-            B = self.batch_size or Y.shape[0]
-            Z = torch.zeros(max(B, Y.shape[0]), self.shape[1], Y.shape[2], dtype=Y.dtype, device=Y.device,
-                            requires_grad=True)
-            out = self._matvec(Z, *params)
-            (g,) = torch.autograd.grad(out, Z, Y, create_graph=need_graph)
+        """A^T Y as the vjp of the (linear) matvec; torch.func keeps the outer graph intact, so the
+        result stays differentiable w.r.t. Y and params for double backward."""
+        B = max(self.batch_size or 1, Y.shape[0])
+        Z = torch.zeros(B, self.shape[1], Y.shape[2], dtype=Y.dtype, device=Y.device)
+        _, vjp_fn = torch.func.vjp(lambda Z_: self._matvec(Z_, *params), Z)
+        (g,) = vjp_fn(Y)
         return g
 
     @property
@@ -220,16 +218,23 @@ class MatrixFreeOperator(LinearOperator):
         return op
 
     def vjp_params(self, U, X):
+        # torch.func.vjp differentiates w.r.t. the params only: X and U (which themselves depend on
+        # the params through the solve) are constants at this level, yet the result stays
+        # differentiable w.r.t. them at the outer level (double backward). Plain autograd.grad
+        # would walk back through X's solve node and recurse.
         idx = [i for i, p in enumerate(self._params) if p.requires_grad]
         out: list[Tensor | None] = [None] * len(self._params)
         if not idx:
             return tuple(out)
-        need_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            val = (U * self._matvec(X, *self._params)).sum()
-            grads = torch.autograd.grad(val, [self._params[i] for i in idx], create_graph=need_graph,
-                                        allow_unused=True)
-        for i, g in zip(idx, grads):
+
+        def f(*ps):
+            full = list(self._params)
+            for i, p in zip(idx, ps):
+                full[i] = p
+            return self._matvec(X, *full)
+
+        _, vjp_fn = torch.func.vjp(f, *[self._params[i] for i in idx])
+        for i, g in zip(idx, vjp_fn(U)):
             out[i] = g
         return tuple(out)
 

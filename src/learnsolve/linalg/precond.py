@@ -130,11 +130,14 @@ def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: b
 
 class _TriSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
-        Y = _trsv_raw(mat, vals2d, X, lower, unit)
+    def forward(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
+        return _trsv_raw(mat, vals2d, X, lower, unit)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mat, vals2d, X, lower, unit = inputs
         ctx.mat, ctx.lower, ctx.unit, ctx.bx = mat, lower, unit, X.shape[0]
-        ctx.save_for_backward(vals2d, Y)
-        return Y
+        ctx.save_for_backward(vals2d, output)
 
     @staticmethod
     def backward(ctx, G):
@@ -323,8 +326,11 @@ class LowRankDiagonal(Preconditioner):
 class AMG(Preconditioner):
     """Algebraic multigrid V-cycle from pyamg (baseline; CPU, float64, not differentiable).
 
-    kind: "sa" (smoothed aggregation) or "rs" (Ruge-Stueben). For nonsymmetric A the transpose
-    builds a second hierarchy on A^T on first use."""
+    kind: "sa" (smoothed aggregation) or "rs" (Ruge-Stueben). For nonsymmetric A,
+    ``apply_transpose`` is the exact transpose M^{-T} of the V-cycle: the same hierarchy transposed
+    (A_l^T, P_l := R_l^T, R_l := P_l^T) with transposed, swapped smoothers (Gauss-Seidel / SOR
+    sweeps; other smoothers fall back to a second hierarchy built on A^T, a preconditioner for A^T
+    that is not exactly M^{-T})."""
 
     def __init__(self, A: LinearOperator, kind: str = "sa", **kwargs):
         import pyamg
@@ -338,12 +344,45 @@ class AMG(Preconditioner):
         self._ml = self._build(self.S)
         self._mlT = None
 
-    def _build(self, S: SparseMatrix):
-        make = (self._pyamg.smoothed_aggregation_solver if self.kind == "sa"
+    def _make(self):
+        return (self._pyamg.smoothed_aggregation_solver if self.kind == "sa"
                 else self._pyamg.ruge_stuben_solver)
+
+    def _build(self, S: SparseMatrix):
         B = S.batch_size or 1
-        return [make(S.to_scipy(i if S.batch_size is not None else None).astype(np.float64), **self.kwargs)
-                .aspreconditioner() for i in range(B)]
+        self._hier = [self._make()(S.to_scipy(i if S.batch_size is not None else None).astype(np.float64),
+                                   **self.kwargs) for i in range(B)]
+        return [ml.aspreconditioner() for ml in self._hier]
+
+    def _build_transposed(self):
+        import inspect
+
+        from pyamg.multilevel import MultilevelSolver
+        from pyamg.relaxation.smoothing import change_smoothers
+
+        defaults = inspect.signature(self._make()).parameters
+        pre = _transpose_smoother(self.kwargs.get("postsmoother", defaults["postsmoother"].default))
+        post = _transpose_smoother(self.kwargs.get("presmoother", defaults["presmoother"].default))
+        if pre is _NOT_TRANSPOSABLE or post is _NOT_TRANSPOSABLE:
+            return self._build_on(self.S.T)
+        out = []
+        for ml in self._hier:
+            levels = []
+            for i, lv in enumerate(ml.levels):
+                t = MultilevelSolver.Level()
+                t.A = lv.A.T.asformat(lv.A.format)
+                if i < len(ml.levels) - 1:
+                    t.P, t.R = lv.R.T.asformat(lv.R.format), lv.P.T.asformat(lv.P.format)
+                levels.append(t)
+            mlT = MultilevelSolver(levels, coarse_solver=self.kwargs.get("coarse_solver", "pinv"))
+            change_smoothers(mlT, presmoother=pre, postsmoother=post)
+            out.append(mlT.aspreconditioner())
+        return out
+
+    def _build_on(self, S: SparseMatrix):
+        B = S.batch_size or 1
+        return [self._make()(S.to_scipy(i if S.batch_size is not None else None).astype(np.float64),
+                             **self.kwargs).aspreconditioner() for i in range(B)]
 
     def _run(self, mls, R):
         Rn = R.detach().cpu().to(torch.float64).numpy()
@@ -361,8 +400,33 @@ class AMG(Preconditioner):
         if self.symmetric:
             return self.apply(R)
         if self._mlT is None:
-            self._mlT = self._build(self.S.T)
+            self._mlT = self._build_transposed()
         return self._run(self._mlT, R)
+
+
+_NOT_TRANSPOSABLE = object()
+
+
+def _transpose_smoother(spec):
+    """pyamg smoother spec whose sweep on A^T is the transpose of ``spec``'s sweep on A.
+
+    (D + L)^{-T} = (D + L^T)^{-1}: a forward Gauss-Seidel / SOR sweep on A transposes to a backward
+    sweep on A^T and vice versa; a symmetric sweep stays symmetric. Other smoothers: _NOT_TRANSPOSABLE.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        name, opts = spec, {}
+    elif isinstance(spec, tuple) and len(spec) in (1, 2):
+        name, opts = spec[0], dict(spec[1]) if len(spec) == 2 else {}
+    else:
+        return _NOT_TRANSPOSABLE
+    flip = {"forward": "backward", "backward": "forward", "symmetric": "symmetric"}
+    if name not in ("gauss_seidel", "block_gauss_seidel", "sor") or "Dinv" in opts \
+            or opts.get("sweep", "forward") not in flip:
+        return _NOT_TRANSPOSABLE
+    opts["sweep"] = flip[opts.get("sweep", "forward")]
+    return (name, opts)
 
 
 PRECONDITIONERS = {

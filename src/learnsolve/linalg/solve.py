@@ -85,6 +85,7 @@ class _Spec:
     factor: Any = None
     transposed_factor: bool = False
     sink: Any = None  # callable receiving this solve's SolveInfo
+    adjoint_sink: Any = None  # sink of the transposed spec, attached when that spec is built
     _T: _Spec | None = field(default=None, repr=False)
     _last: Tensor | None = field(default=None, repr=False)
     warm_start: bool = False
@@ -101,7 +102,8 @@ class _Spec:
                 maxiter=self.maxiter if a.maxiter is None else a.maxiter,
                 options=self.options if method == self.method else {}, on_fail=self.on_fail, x0=None,
                 adjoint=back, reshape=self.reshape, label="adjoint" if self.label == "forward" else "forward",
-                factor=self.factor, transposed_factor=not self.transposed_factor, warm_start=a.warm_start)
+                factor=self.factor, transposed_factor=not self.transposed_factor, warm_start=a.warm_start,
+                sink=self.adjoint_sink)
             T._T = self
             if method != self.method:
                 T.factor = None
@@ -185,6 +187,15 @@ class _ImplicitSolve(torch.autograd.Function):
         return (None, Lam, *grads)
 
 
+def _all_finite(t: Tensor) -> bool:
+    """No NaN/Inf in t: one reduction pass (min and max propagate NaN and expose +-Inf), where
+    ``isfinite(t).all()`` makes several passes with temporaries the size of t."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def _validate_operator(op: LinearOperator, b: Tensor) -> None:
     n, m = op.shape
     if n != m:
@@ -205,9 +216,9 @@ def _validate_operator(op: LinearOperator, b: Tensor) -> None:
         vals = op.A
     else:
         vals = None
-    if vals is not None and not bool(torch.isfinite(vals).all()):
+    if vals is not None and not _all_finite(vals):
         raise ValueError("A contains NaN or Inf")
-    if not bool(torch.isfinite(b).all()):
+    if not _all_finite(b):
         raise ValueError("b contains NaN or Inf")
 
 
@@ -282,7 +293,8 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
             forward_info[0].adjoint = info
 
     if backward == "implicit" or method == "direct":
-        spec.transposed().sink = adjoint_sink
+        # the transposed spec (A^T: a values gather for sparse A) is built by the first backward only
+        spec.adjoint_sink = adjoint_sink
         X = _ImplicitSolve.apply(spec, Bm, *op.params())
     elif backward == "unrolled":
         X, _ = _unrolled(spec, op, Bm)

@@ -165,11 +165,17 @@ def _reduce_batch(g: Tensor, B: int) -> Tensor:
 
 
 class _SpMM(torch.autograd.Function):
+    # forward/setup_context split: usable inside torch.func transforms (matrix-free vjp)
     @staticmethod
-    def forward(ctx, mat: SparseMatrix, vals2d: Tensor, X: Tensor) -> Tensor:
+    def forward(mat: SparseMatrix, vals2d: Tensor, X: Tensor) -> Tensor:
+        A = mat._csr() if vals2d is mat._vals2d else _torch_csr(mat.pattern, vals2d)
+        return _spmm_raw(A, vals2d.shape[0], mat.shape, X)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mat, vals2d, X = inputs
         ctx.mat = mat
         ctx.save_for_backward(vals2d, X)
-        return _spmm_raw(mat._csr(), vals2d.shape[0], mat.shape, X)
 
     @staticmethod
     def backward(ctx, G: Tensor):

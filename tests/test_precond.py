@@ -1,0 +1,685 @@
+"""Preconditioners and the triangular-solve kernel against dense references.
+
+References: numpy.linalg.cholesky / solve / inv, scipy.linalg.solve_triangular, straightforward
+dense IC(0) / ILU(0) implementations written here, scipy.sparse.linalg.spsolve, and
+torch.autograd.gradcheck / gradgradcheck in float64. Transposes are checked against the transpose
+of the dense matrix of the preconditioner (M^{-T} = (M^{-1})^T), on NONSYMMETRIC matrices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.linalg
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from learnsolve.linalg import (
+    AMG,
+    IC0,
+    ILU0,
+    LLT,
+    DenseOperator,
+    FactorizationError,
+    FunctionPreconditioner,
+    Jacobi,
+    LowRankDiagonal,
+    Preconditioner,
+    SparseMatrix,
+    cg,
+    gmres,
+    make_preconditioner,
+    triangular_solve,
+)
+
+F64 = torch.float64
+MATRICES = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "matrices"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The matrices here are tiny: one intra-op thread avoids OpenMP barrier stalls (a 40 x 40 CSR
+    SpMV took ~8 ms with 2 threads on 2 cores shared with other processes, 0.1 ms with 1), which keeps
+    the module fast and its run time stable. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers and dense references
+# ------------------------------------------------------------------------------------------------
+
+def _csr(A):
+    A = sp.csr_matrix(A)
+    A.sum_duplicates()
+    A.eliminate_zeros()
+    A.sort_indices()
+    return A
+
+
+def _random_spd(n, density, rng):
+    R = sp.random(n, n, density=density, random_state=rng, format="csr")
+    R.data = rng.uniform(-1.0, 1.0, R.nnz)
+    S = sp.triu(R, 1)
+    S = S + S.T
+    rowsum = np.abs(S).sum(axis=1).A.ravel()
+    return _csr(S + sp.diags(rowsum + rng.uniform(0.1, 1.0, n)))
+
+
+def _random_nonsym(n, density, rng):
+    R = sp.random(n, n, density=density, random_state=rng, format="csr")
+    R.data = rng.uniform(-1.0, 1.0, R.nnz)
+    R = R - sp.diags(R.diagonal())
+    rowsum = np.abs(R).sum(axis=1).A.ravel()
+    return _csr(R + sp.diags(rng.choice([-1.0, 1.0], n) * (rowsum + rng.uniform(0.5, 1.5, n))))
+
+
+def _tridiag(n, rng, symmetric):
+    lo = rng.uniform(-1.0, -0.2, n - 1)
+    up = lo if symmetric else rng.uniform(-1.5, 0.5, n - 1)
+    d = rng.uniform(2.5, 4.0, n)
+    return _csr(sp.diags([lo, d, up], [-1, 0, 1]))
+
+
+def _poisson2d(m, rng=None):
+    """5-point Laplacian; with rng, variable coefficients (still SPD, M-matrix)."""
+    if rng is None:
+        T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(m, m))
+        Id = sp.identity(m)
+        return _csr(sp.kron(Id, T) + sp.kron(T, Id))
+    n = m * m
+    idx = np.arange(n).reshape(m, m)
+    rows, cols, vals = [], [], []
+    for a, b in [(idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])]:
+        w = rng.uniform(0.1, 10.0, a.size)
+        rows += [a.ravel(), b.ravel()]
+        cols += [b.ravel(), a.ravel()]
+        vals += [-w, -w]
+    off = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    return _csr(off + sp.diags(-np.asarray(off.sum(axis=1)).ravel() + 0.1))
+
+
+def _convection_diffusion(m, c=0.6):
+    """Nonsymmetric upwind convection-diffusion on an m x m grid."""
+    A = _poisson2d(m)
+    C = sp.diags([-1.0, 1.0], [-1, 0], shape=(m, m))
+    Id = sp.identity(m)
+    return _csr(A + c * (sp.kron(Id, C) + sp.kron(C, Id)))
+
+
+def _dense_ic0(A):
+    """Right-looking IC(0) on a dense copy, updating only entries of tril(A)'s pattern."""
+    mask = np.tril(A != 0)
+    L = np.where(mask, np.tril(A), 0.0)
+    n = L.shape[0]
+    for k in range(n):
+        L[k, k] = np.sqrt(L[k, k])
+        L[k + 1:, k] = np.where(mask[k + 1:, k], L[k + 1:, k] / L[k, k], 0.0)
+        for j in range(k + 1, n):
+            L[j:, j] -= np.where(mask[j:, j], L[j:, k] * L[j, k], 0.0)
+    return L
+
+
+def _dense_ilu0(A):
+    """Right-looking (KIJ) ILU(0) on a dense copy restricted to A's pattern: (unit L, U)."""
+    mask = A != 0
+    W = A.astype(np.float64).copy()
+    n = W.shape[0]
+    for k in range(n):
+        for i in range(k + 1, n):
+            if mask[i, k]:
+                W[i, k] /= W[k, k]
+                W[i, k + 1:] -= np.where(mask[i, k + 1:], W[i, k] * W[k, k + 1:], 0.0)
+    return np.tril(W, -1) + np.eye(n), np.triu(W)
+
+
+def _dense_of(apply, n, dtype=F64):
+    """The n x n matrix of a linear map on canonical (1, n, k) blocks."""
+    return apply(torch.eye(n, dtype=dtype).unsqueeze(0))[0].numpy()
+
+
+def _blk(x):
+    """numpy (n,) or (n, k) -> canonical (1, n, k) block."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    return t.reshape(1, -1, 1) if t.ndim == 1 else t.unsqueeze(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# triangular_solve
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("unit", [False, True])
+def test_triangular_solve_vs_scipy(lower, unit):
+    rng = np.random.default_rng(0)
+    A = _random_nonsym(30, 0.15, rng)  # full matrix: the other triangle must be ignored
+    S = SparseMatrix.from_scipy(A)
+    D = A.toarray()
+    T = np.tril(D) if lower else np.triu(D)
+    for shape in [(30,), (30, 3), (2, 30, 3)]:
+        b = rng.standard_normal(shape)
+        y = triangular_solve(S, torch.from_numpy(b), lower=lower, unit_diagonal=unit)
+        assert y.shape == b.shape
+        ref = scipy.linalg.solve_triangular(T, b if b.ndim < 3 else np.concatenate(list(b), axis=1),
+                                            lower=lower, unit_diagonal=unit)
+        if b.ndim == 3:
+            ref = np.stack(np.split(ref, 2, axis=1))
+        np.testing.assert_allclose(y.numpy(), ref, rtol=1e-11, atol=1e-12)
+
+
+def test_triangular_solve_batched_values():
+    rng = np.random.default_rng(1)
+    A = _random_nonsym(20, 0.2, rng)
+    S = SparseMatrix.from_scipy(A)
+    vals = torch.stack([S.values, S.values * torch.from_numpy(rng.uniform(0.5, 1.5, S.nnz))])
+    Sb = S.with_values(vals)
+    b_shared = rng.standard_normal(20)
+    b_each = rng.standard_normal((2, 20, 2))
+    y1 = triangular_solve(Sb, torch.from_numpy(b_shared))
+    y2 = triangular_solve(Sb, torch.from_numpy(b_each), lower=False)
+    for i in range(2):
+        Di = Sb.to_dense()[i].numpy()
+        np.testing.assert_allclose(y1[i].numpy(), scipy.linalg.solve_triangular(np.tril(Di), b_shared, lower=True),
+                                   rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(y2[i].numpy(), scipy.linalg.solve_triangular(np.triu(Di), b_each[i], lower=False),
+                                   rtol=1e-11, atol=1e-12)
+
+
+def test_triangular_solve_zero_diagonal_names_row():
+    D = np.array([[2.0, 0, 0, 0], [1, 3, 0, 0], [0, 1, 0, 0], [1, 0, 1, 4]])
+    D[2, 2] = 0.0  # missing (not stored) diagonal in row 2
+    S = SparseMatrix.from_scipy(sp.csr_matrix(D))
+    with pytest.raises(FactorizationError, match="row 2") as e:
+        triangular_solve(S, torch.ones(4, dtype=F64))
+    assert e.value.row == 2
+    # a unit-diagonal solve does not need the diagonal
+    y = triangular_solve(S, torch.ones(4, dtype=F64), unit_diagonal=True)
+    np.testing.assert_allclose(y.numpy(), scipy.linalg.solve_triangular(D, np.ones(4), lower=True,
+                                                                        unit_diagonal=True), rtol=1e-14)
+
+
+@pytest.mark.parametrize("lower,unit", [(True, False), (False, False), (True, True)])
+def test_triangular_solve_gradcheck(lower, unit):
+    rng = np.random.default_rng(2)
+    A = _random_nonsym(5, 0.5, rng)
+    S = SparseMatrix.from_scipy(A)
+    v = S.values.clone().requires_grad_(True)
+    b = torch.from_numpy(rng.standard_normal((5, 2))).requires_grad_(True)
+
+    def f(v, b):
+        return triangular_solve(S.with_values(v), b, lower=lower, unit_diagonal=unit)
+
+    assert gradcheck(f, (v, b))
+    assert gradgradcheck(f, (v, b))
+
+
+def test_triangular_solve_gradcheck_batched_values_shared_rhs():
+    rng = np.random.default_rng(3)
+    S = SparseMatrix.from_scipy(_random_nonsym(4, 0.5, rng))
+    v = torch.stack([S.values, 1.3 * S.values]).requires_grad_(True)
+    b = torch.from_numpy(rng.standard_normal(4)).requires_grad_(True)  # shared by both matrices
+    assert gradcheck(lambda v, b: triangular_solve(S.with_values(v), b), (v, b))
+    assert gradgradcheck(lambda v, b: triangular_solve(S.with_values(v), b), (v, b))
+
+
+def test_triangular_solve_values_gradient_matches_dense():
+    rng = np.random.default_rng(4)
+    A = _random_nonsym(15, 0.2, rng)
+    S = SparseMatrix.from_scipy(A)
+    v = S.values.clone().requires_grad_(True)
+    b = torch.from_numpy(rng.standard_normal(15))
+    w = torch.from_numpy(rng.standard_normal(15))
+    (triangular_solve(S.with_values(v), b) @ w).backward()
+    Td = torch.from_numpy(np.tril(A.toarray())).requires_grad_(True)
+    (torch.linalg.solve_triangular(Td, b.unsqueeze(1), upper=False)[:, 0] @ w).backward()
+    r, c = S.pattern.row.long(), S.pattern.col.long()
+    ref = torch.where(c <= r, Td.grad[r, c], torch.zeros(()))  # upper entries are unused: zero gradient
+    torch.testing.assert_close(v.grad, ref.to(F64), rtol=1e-11, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Jacobi
+# ------------------------------------------------------------------------------------------------
+
+def test_jacobi_apply_sparse_dense_batched():
+    rng = np.random.default_rng(5)
+    A = _random_nonsym(12, 0.3, rng)
+    R = rng.standard_normal((1, 12, 3))
+    d = A.diagonal()
+    for op in (SparseMatrix.from_scipy(A), DenseOperator(torch.from_numpy(A.toarray()))):
+        P = Jacobi(op)
+        np.testing.assert_allclose(P.apply(torch.from_numpy(R)).numpy(), R / d[None, :, None], rtol=1e-15)
+        np.testing.assert_allclose(P.apply_transpose(torch.from_numpy(R)).numpy(), R / d[None, :, None], rtol=1e-15)
+        assert P.T is P
+    S = SparseMatrix.from_scipy(A)
+    Sb = S.with_values(torch.stack([S.values, 2 * S.values]))
+    Rb = rng.standard_normal((2, 12, 1))
+    out = Jacobi(Sb).apply(torch.from_numpy(Rb)).numpy()
+    np.testing.assert_allclose(out[0, :, 0], Rb[0, :, 0] / d, rtol=1e-15)
+    np.testing.assert_allclose(out[1, :, 0], Rb[1, :, 0] / (2 * d), rtol=1e-15)
+
+
+def test_jacobi_zero_diagonal_error():
+    D = np.diag([1.0, 2.0, 0.0, 4.0])
+    D[2, 1] = 1.0
+    with pytest.raises(ValueError, match="zero diagonal entry in row 2"):
+        Jacobi(SparseMatrix.from_scipy(sp.csr_matrix(D)))
+
+
+# ------------------------------------------------------------------------------------------------
+# IC(0) and L L^T
+# ------------------------------------------------------------------------------------------------
+
+def test_ic0_exact_on_tridiagonal_matches_cholesky():
+    rng = np.random.default_rng(6)
+    A = _tridiag(25, rng, symmetric=True)  # no fill: IC(0) is the exact Cholesky factor
+    P = IC0(SparseMatrix.from_scipy(A))
+    L = P.L.to_dense().numpy()
+    np.testing.assert_allclose(L, np.linalg.cholesky(A.toarray()), rtol=1e-13, atol=1e-14)
+    assert P.shift == 0.0
+    R = rng.standard_normal((25, 3))
+    np.testing.assert_allclose(P.apply(_blk(R))[0].numpy(), np.linalg.solve(A.toarray(), R), rtol=1e-11,
+                               atol=1e-13)
+    assert P.symmetric and P.T is P
+
+
+def test_ic0_matches_reference_on_variable_poisson_and_batch():
+    rng = np.random.default_rng(7)
+    A1, A2 = _poisson2d(6, rng), _poisson2d(6, rng)  # same pattern, different coefficients
+    assert (A1 != 0).toarray().tolist() == (A2 != 0).toarray().tolist()
+    S = SparseMatrix.from_scipy(A1)
+    Sb = S.with_values(torch.stack([S.values, torch.from_numpy(A2.data)]))
+    Pb = IC0(Sb)
+    Ls = Pb.L.to_dense().numpy()
+    R = rng.standard_normal((2, 36, 2))
+    out = Pb.apply(torch.from_numpy(R)).numpy()
+    for i, A in enumerate((A1, A2)):
+        Lref = _dense_ic0(A.toarray())
+        np.testing.assert_allclose(Ls[i], Lref, rtol=1e-12, atol=1e-14)
+        # zero fill: L lives exactly on tril(A)'s pattern, and L L^T = A there
+        np.testing.assert_array_equal(Ls[i] != 0, np.tril(A.toarray()) != 0)
+        LLt = Ls[i] @ Ls[i].T
+        on = A.toarray() != 0
+        np.testing.assert_allclose(LLt[on], A.toarray()[on], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out[i], np.linalg.solve(Lref @ Lref.T, R[i]), rtol=1e-10, atol=1e-12)
+    # the unbatched factor equals the first batch member's; a dense operator gives the same factor
+    np.testing.assert_allclose(IC0(S).L.to_dense().numpy(), Ls[0], rtol=0, atol=0)
+    Pd = IC0(DenseOperator(torch.from_numpy(A1.toarray())))
+    np.testing.assert_allclose(Pd.L.to_dense().numpy(), Ls[0], rtol=1e-15, atol=0)
+
+
+def _breakdown_matrix():
+    """SPD-looking diagonal with an indefinite 2x2 block in rows 3, 4: IC(0) breaks down at row 4.
+
+    Pivot of row 4 after shifting by s * diag: (1 + s) - 1.05^2 / (1 + s) > 0 iff s > 0.05, so the
+    smallest shift of the ladder 1e-3, 1e-2, 1e-1, ... that works is 0.1."""
+    D = np.diag([2.0, 3.0, 1.5, 1.0, 1.0, 2.0])
+    D[3, 4] = D[4, 3] = 1.05
+    D[0, 1] = D[1, 0] = 0.5
+    return D
+
+
+def test_ic0_breakdown_names_row_and_auto_shift():
+    D = _breakdown_matrix()
+    S = SparseMatrix.from_scipy(sp.csr_matrix(D))
+    with pytest.raises(FactorizationError, match="row 4") as e:
+        IC0(S)
+    assert e.value.row == 4
+    assert "shift" in str(e.value)
+    P = IC0(S, shift="auto")
+    assert P.shift == pytest.approx(0.1)
+    # the factor is IC(0) (= exact Cholesky here, no fill) of A + shift * diag(A)
+    As = D + P.shift * np.diag(np.diag(D))
+    np.testing.assert_allclose(P.L.to_dense().numpy(), np.linalg.cholesky(As), rtol=1e-13, atol=1e-14)
+    P2 = IC0(S, shift=0.5)
+    assert P2.shift == 0.5
+    np.testing.assert_allclose(P2.L.to_dense().numpy(), np.linalg.cholesky(D + 0.5 * np.diag(np.diag(D))),
+                               rtol=1e-13, atol=1e-14)
+    with pytest.raises(FactorizationError, match="row 4"):
+        IC0(S, shift=0.01)  # too small a fixed shift still breaks down
+
+
+def test_ic0_negative_diagonal_fails_even_with_auto_shift():
+    D = np.diag([1.0, 2.0, -1.0, 3.0])
+    with pytest.raises(FactorizationError, match="row 2") as e:
+        IC0(SparseMatrix.from_scipy(sp.csr_matrix(D)), shift="auto")
+    assert e.value.row == 2
+
+
+def _lower_factor(n, rng, density=0.4):
+    L = sp.tril(sp.random(n, n, density=density, random_state=rng), -1).tocsr()
+    L.data = rng.uniform(-0.5, 0.5, L.nnz)
+    return _csr(L + sp.diags(rng.uniform(1.0, 2.0, n)))
+
+
+def test_llt_apply_vs_dense():
+    rng = np.random.default_rng(8)
+    L = _lower_factor(20, rng, 0.2)
+    P = LLT(SparseMatrix.from_scipy(L))
+    R = rng.standard_normal((20, 4))
+    M = L.toarray() @ L.toarray().T
+    np.testing.assert_allclose(P.apply(_blk(R))[0].numpy(), np.linalg.solve(M, R), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(P.apply_transpose(_blk(R))[0].numpy(), np.linalg.solve(M, R), rtol=1e-10,
+                               atol=1e-12)
+    with pytest.raises(TypeError, match="SparseMatrix"):
+        LLT(torch.from_numpy(L.toarray()))
+    with pytest.raises(ValueError, match="square"):
+        LLT(SparseMatrix.from_scipy(sp.csr_matrix(np.ones((2, 3)))))
+
+
+def test_llt_gradcheck_factor_values_and_rhs():
+    rng = np.random.default_rng(9)
+    L = SparseMatrix.from_scipy(_lower_factor(5, rng))
+    v = L.values.clone().requires_grad_(True)
+    R = torch.from_numpy(rng.standard_normal((1, 5, 2))).requires_grad_(True)
+
+    def f(v, R):
+        return LLT(L.with_values(v)).apply(R)
+
+    assert gradcheck(f, (v, R))
+    assert gradgradcheck(f, (v, R))
+
+
+# ------------------------------------------------------------------------------------------------
+# ILU(0)
+# ------------------------------------------------------------------------------------------------
+
+def test_ilu0_exact_on_tridiagonal_nonsymmetric():
+    rng = np.random.default_rng(10)
+    A = _tridiag(20, rng, symmetric=False)  # no fill: ILU(0) is the exact LU without pivoting
+    P = ILU0(SparseMatrix.from_scipy(A))
+    LU = P.LU.to_dense().numpy()
+    L, U = np.tril(LU, -1) + np.eye(20), np.triu(LU)
+    np.testing.assert_allclose(L @ U, A.toarray(), rtol=1e-13, atol=1e-14)
+    R = rng.standard_normal((20, 2))
+    np.testing.assert_allclose(P.apply(_blk(R))[0].numpy(), np.linalg.solve(A.toarray(), R), rtol=1e-11)
+    np.testing.assert_allclose(P.apply_transpose(_blk(R))[0].numpy(), np.linalg.solve(A.toarray().T, R),
+                               rtol=1e-11)
+
+
+def test_ilu0_matches_reference_and_transpose_on_nonsymmetric():
+    rng = np.random.default_rng(11)
+    A = _random_nonsym(40, 0.1, rng)
+    Ad = A.toarray()
+    assert np.abs(Ad - Ad.T).max() > 0.1
+    P = ILU0(SparseMatrix.from_scipy(A))
+    Lr, Ur = _dense_ilu0(Ad)
+    LU = P.LU.to_dense().numpy()
+    np.testing.assert_allclose(np.tril(LU, -1) + np.eye(40), Lr, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(np.triu(LU), Ur, rtol=1e-12, atol=1e-13)
+    M = Lr @ Ur
+    Minv = _dense_of(P.apply, 40)
+    MinvT = _dense_of(P.apply_transpose, 40)
+    np.testing.assert_allclose(Minv, np.linalg.inv(M), rtol=1e-9, atol=1e-11)
+    # the transpose is M^{-T}, not M^{-1} (which differs a lot for this nonsymmetric matrix)
+    np.testing.assert_allclose(MinvT, np.linalg.inv(M).T, rtol=1e-9, atol=1e-11)
+    assert np.abs(Minv - Minv.T).max() > 1e-2
+    # the transposed preconditioner object applies M^{-T} and transposes back
+    np.testing.assert_allclose(_dense_of(P.T.apply, 40), MinvT, rtol=0, atol=0)
+    assert P.T.T is P
+
+
+def test_ilu0_batched():
+    rng = np.random.default_rng(12)
+    A = _random_nonsym(15, 0.2, rng)
+    S = SparseMatrix.from_scipy(A)
+    v2 = S.values * torch.from_numpy(rng.uniform(0.8, 1.2, S.nnz))
+    Pb = ILU0(S.with_values(torch.stack([S.values, v2])))
+    R = torch.from_numpy(rng.standard_normal((2, 15, 1)))
+    out, outT = Pb.apply(R).numpy(), Pb.apply_transpose(R).numpy()
+    for i, vals in enumerate((S.values, v2)):
+        Lr, Ur = _dense_ilu0(S.with_values(vals).to_dense().numpy())
+        np.testing.assert_allclose(out[i], np.linalg.solve(Lr @ Ur, R[i].numpy()), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(outT[i], np.linalg.solve((Lr @ Ur).T, R[i].numpy()), rtol=1e-10, atol=1e-12)
+
+
+def test_ilu0_zero_pivot_errors():
+    # U_11 = 1 - 1 * 1 = 0: breakdown in row 1
+    D = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
+    with pytest.raises(FactorizationError, match="row 1") as e:
+        ILU0(SparseMatrix.from_scipy(sp.csr_matrix(D)))
+    assert e.value.row == 1
+    # missing diagonal in row 0
+    D2 = np.array([[0.0, 1.0], [1.0, 1.0]])
+    with pytest.raises(FactorizationError, match="row 0"):
+        ILU0(SparseMatrix.from_scipy(sp.csr_matrix(D2)))
+
+
+# ------------------------------------------------------------------------------------------------
+# low rank + diagonal (Woodbury)
+# ------------------------------------------------------------------------------------------------
+
+def test_low_rank_diagonal_vs_dense_inverse():
+    rng = np.random.default_rng(13)
+    n, r = 12, 3
+    D = rng.uniform(0.5, 2.0, n)
+    U, V = rng.standard_normal((n, r)), rng.standard_normal((n, r))
+    P = LowRankDiagonal(torch.from_numpy(D), torch.from_numpy(U), torch.from_numpy(V))
+    M = np.diag(D) + U @ V.T
+    R = rng.standard_normal((n, 2))
+    np.testing.assert_allclose(P.apply(_blk(R))[0].numpy(), np.linalg.solve(M, R), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(P.apply_transpose(_blk(R))[0].numpy(), np.linalg.solve(M.T, R), rtol=1e-9,
+                               atol=1e-11)
+    np.testing.assert_allclose(_dense_of(P.T.apply, n), np.linalg.inv(M).T, rtol=1e-9, atol=1e-11)
+    assert not P.symmetric
+    # V = None: M = D + U U^T, symmetric
+    Ps = LowRankDiagonal(torch.from_numpy(D), torch.from_numpy(U))
+    assert Ps.symmetric and Ps.T is Ps
+    np.testing.assert_allclose(_dense_of(Ps.apply, n), np.linalg.inv(np.diag(D) + U @ U.T), rtol=1e-9,
+                               atol=1e-11)
+
+
+def test_low_rank_diagonal_batched():
+    rng = np.random.default_rng(14)
+    B, n, r = 2, 8, 2
+    D = rng.uniform(0.5, 2.0, (B, n))
+    U, V = rng.standard_normal((B, n, r)), rng.standard_normal((B, n, r))
+    P = LowRankDiagonal(torch.from_numpy(D), torch.from_numpy(U), torch.from_numpy(V))
+    R = rng.standard_normal((B, n, 3))
+    out, outT = P.apply(torch.from_numpy(R)).numpy(), P.apply_transpose(torch.from_numpy(R)).numpy()
+    for i in range(B):
+        M = np.diag(D[i]) + U[i] @ V[i].T
+        np.testing.assert_allclose(out[i], np.linalg.solve(M, R[i]), rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(outT[i], np.linalg.solve(M.T, R[i]), rtol=1e-9, atol=1e-11)
+
+
+def test_low_rank_diagonal_errors():
+    with pytest.raises(ValueError, match="zero"):
+        LowRankDiagonal(torch.tensor([1.0, 0.0], dtype=F64), torch.ones(2, 1, dtype=F64))
+    with pytest.raises(ValueError, match="shapes"):
+        LowRankDiagonal(torch.ones(3, dtype=F64), torch.ones(3, 2, dtype=F64), torch.ones(3, 1, dtype=F64))
+
+
+def test_low_rank_diagonal_gradcheck():
+    rng = np.random.default_rng(15)
+    n, r = 5, 2
+    D = torch.from_numpy(rng.uniform(1.0, 2.0, n)).requires_grad_(True)
+    U = torch.from_numpy(0.5 * rng.standard_normal((n, r))).requires_grad_(True)
+    V = torch.from_numpy(0.5 * rng.standard_normal((n, r))).requires_grad_(True)
+    R = torch.from_numpy(rng.standard_normal((1, n, 2)))
+
+    def f(D, U, V):
+        P = LowRankDiagonal(D, U, V)
+        return P.apply(R), P.apply_transpose(R)
+
+    assert gradcheck(f, (D, U, V))
+    assert gradgradcheck(f, (D, U, V))
+
+
+# ------------------------------------------------------------------------------------------------
+# AMG
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["sa", "rs"])
+def test_amg_symmetric_poisson(kind):
+    rng = np.random.default_rng(16)
+    A = _poisson2d(16, rng)
+    S = SparseMatrix.from_scipy(A)
+    P = AMG(S, kind=kind)
+    assert P.symmetric
+    Minv = _dense_of(P.apply, 256)
+    np.testing.assert_allclose(Minv, Minv.T, rtol=0, atol=1e-12 * np.abs(Minv).max())
+    np.testing.assert_allclose(_dense_of(P.apply_transpose, 256), Minv, rtol=0, atol=0)
+    # a V-cycle is a convergent iteration: spectral radius of I - M^{-1} A well below 1
+    rho = np.abs(np.linalg.eigvals(np.eye(256) - Minv @ A.toarray())).max()
+    assert rho < 0.5
+    b = torch.from_numpy(rng.standard_normal(256))
+    x, info = cg(S, b, M=P, rtol=1e-10)
+    _, info0 = cg(S, b, rtol=1e-10)
+    assert info.all_converged and info.niter < info0.niter / 2
+    np.testing.assert_allclose(x.numpy(), spla.spsolve(A.tocsc(), b.numpy()), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["sa", "rs"])
+def test_amg_transpose_is_exact_on_nonsymmetric(kind):
+    A = _convection_diffusion(12)
+    S = SparseMatrix.from_scipy(A)
+    P = AMG(S, kind=kind)
+    assert not P.symmetric
+    Minv = _dense_of(P.apply, 144)
+    MinvT = _dense_of(P.apply_transpose, 144)
+    scale = np.abs(Minv).max()
+    assert np.abs(Minv - Minv.T).max() > 1e-2 * scale  # nonsymmetric preconditioner
+    np.testing.assert_allclose(MinvT, Minv.T, rtol=0, atol=1e-12 * scale)
+    # custom (transposable) smoothers: forward GS before, backward GS after
+    Pf = AMG(S, kind=kind, presmoother=("gauss_seidel", {"sweep": "forward"}),
+             postsmoother=("gauss_seidel", {"sweep": "backward"}))
+    Mf = _dense_of(Pf.apply, 144)
+    np.testing.assert_allclose(_dense_of(Pf.apply_transpose, 144), Mf.T, rtol=0, atol=1e-12 * scale)
+
+
+def test_amg_batched_and_errors():
+    A = _convection_diffusion(6)
+    S = SparseMatrix.from_scipy(A)
+    Sb = S.with_values(torch.stack([S.values, 2 * S.values]))
+    P = AMG(Sb)
+    E = torch.eye(36, dtype=F64)
+    M = P.apply(E.expand(2, 36, 36))
+    MT = P.apply_transpose(E.expand(2, 36, 36))
+    for i in range(2):
+        # each batch member is the V-cycle of its own matrix (pyamg's setup estimates spectral radii
+        # from a random start, so two setups agree only to ~1e-6)
+        Mi = _dense_of(AMG(S.with_values(Sb.values[i])).apply, 36)
+        np.testing.assert_allclose(M[i].numpy(), Mi, rtol=0, atol=1e-5 * np.abs(Mi).max())
+        np.testing.assert_allclose(MT[i].numpy(), M[i].numpy().T, rtol=0, atol=1e-12 * float(M[i].abs().max()))
+    with pytest.raises(ValueError, match="kind"):
+        AMG(S, kind="nope")
+
+
+# ------------------------------------------------------------------------------------------------
+# FunctionPreconditioner and make_preconditioner
+# ------------------------------------------------------------------------------------------------
+
+def test_function_preconditioner():
+    rng = np.random.default_rng(17)
+    W = torch.from_numpy(rng.standard_normal((6, 6)))
+    P = FunctionPreconditioner(lambda R: W @ R, lambda R: W.T @ R)
+    R = torch.from_numpy(rng.standard_normal((1, 6, 2)))
+    torch.testing.assert_close(P.apply(R), W @ R)
+    torch.testing.assert_close(P(R), W @ R)
+    torch.testing.assert_close(P.apply_transpose(R), W.T @ R)
+    torch.testing.assert_close(P.T.apply(R), W.T @ R)
+    assert P.T.T is P and P.linear
+    Pn = FunctionPreconditioner(lambda R: W @ R)
+    with pytest.raises(NotImplementedError, match="transpose"):
+        Pn.apply_transpose(R)
+    Ps = FunctionPreconditioner(lambda R: 2 * R, symmetric=True)
+    torch.testing.assert_close(Ps.apply_transpose(R), 2 * R)
+    assert Ps.T is Ps
+    assert not FunctionPreconditioner(torch.tanh, linear=False).linear
+
+
+@pytest.mark.parametrize("name,cls", [("jacobi", Jacobi), ("ic0", IC0), ("ilu0", ILU0), ("amg", AMG),
+                                      ("amg_sa", AMG), ("amg_rs", AMG)])
+def test_make_preconditioner(name, cls):
+    rng = np.random.default_rng(18)
+    A = _poisson2d(6, rng)
+    S = SparseMatrix.from_scipy(A)
+    S = S.with_values(S.values.clone().requires_grad_(True))  # factors are built from detached values
+    P = make_preconditioner(name, S)
+    assert isinstance(P, cls) and isinstance(P, Preconditioner)
+    R = torch.from_numpy(rng.standard_normal((1, 36, 1)))
+    out = P.apply(R)
+    assert not out.requires_grad
+    Ad = A.toarray()
+    if name == "jacobi":
+        ref = R[0].numpy() / np.diag(Ad)[:, None]
+    elif name == "ic0":
+        Lr = _dense_ic0(Ad)
+        ref = np.linalg.solve(Lr @ Lr.T, R[0].numpy())
+    elif name == "ilu0":
+        Lr, Ur = _dense_ilu0(Ad)
+        ref = np.linalg.solve(Lr @ Ur, R[0].numpy())
+    else:  # AMG: one V-cycle reduces the A-norm error of A x = r from x = 0
+        x = out[0, :, 0].numpy()
+        xs = np.linalg.solve(Ad, R[0, :, 0].numpy())
+        e, e0 = x - xs, xs
+        assert e @ Ad @ e < 0.25 * (e0 @ Ad @ e0)
+        return
+    np.testing.assert_allclose(out[0].numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_make_preconditioner_unknown_name():
+    S = SparseMatrix.from_scipy(_poisson2d(3))
+    with pytest.raises(ValueError, match="unknown preconditioner 'foo'"):
+        make_preconditioner("foo", S)
+
+
+# ------------------------------------------------------------------------------------------------
+# real matrices (SuiteSparse) from ../shared when present
+# ------------------------------------------------------------------------------------------------
+
+def _load(name):
+    path = MATRICES / f"{name}.mtx"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return _csr(scipy.io.mmread(path))
+
+
+def test_ic0_bcsstk03_breakdown_and_auto_shift():
+    A = _load("bcsstk03")
+    S = SparseMatrix.from_scipy(A)
+    with pytest.raises(FactorizationError, match="row 24") as e:
+        IC0(S)
+    assert e.value.row == 24
+    P = IC0(S, shift="auto")
+    assert P.shift > 0
+    # the factor is IC(0) of the shifted matrix (dense reference; 112 x 112)
+    As = A.toarray() + P.shift * np.diag(A.diagonal())
+    np.testing.assert_allclose(P.L.to_dense().numpy(), _dense_ic0(As), rtol=1e-10,
+                               atol=1e-12 * np.abs(As).max() ** 0.5)
+    b = torch.from_numpy(np.random.default_rng(19).standard_normal(A.shape[0]))
+    x, info = cg(S, b, M=P, rtol=1e-12, maxiter=2000)
+    assert info.all_converged
+    _, info0 = cg(S, b, rtol=1e-12, maxiter=4 * info.niter)
+    assert not info0.all_converged  # plain CG needs more than 4x the iterations
+    xr = spla.spsolve(A.tocsc(), b.numpy())
+    np.testing.assert_allclose(x.numpy(), xr, rtol=0, atol=1e-9 * np.abs(xr).max())
+
+
+def test_ilu0_sherman5_gmres():
+    A = _load("sherman5")
+    assert abs(A - A.T).max() > 1.0  # nonsymmetric
+    S = SparseMatrix.from_scipy(A)
+    n = A.shape[0]
+    P = ILU0(S)
+    rng = np.random.default_rng(20)
+    b = torch.from_numpy(rng.standard_normal(n))
+    x, info = gmres(S, b, M=P, rtol=1e-12, maxiter=1000)
+    assert info.all_converged
+    _, info0 = gmres(S, b, rtol=1e-12, maxiter=4 * info.niter)
+    assert not info0.all_converged  # unpreconditioned: not even in 4x the iterations
+    xr = spla.spsolve(A.tocsc(), b.numpy())
+    np.testing.assert_allclose(x.numpy(), xr, rtol=0, atol=1e-9 * np.abs(xr).max())
+    # transpose consistency at full size (dot-product test): <M^{-1} r, s> = <r, M^{-T} s>
+    r = torch.from_numpy(rng.standard_normal((1, n, 1)))
+    s = torch.from_numpy(rng.standard_normal((1, n, 1)))
+    lhs, rhs = float((P.apply(r) * s).sum()), float((r * P.apply_transpose(s)).sum())
+    assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
