@@ -293,5 +293,5 @@ def test_ic0_is_exact_for_tridiagonal():
     """No fill: IC(0) = Cholesky, so PCG converges in one iteration."""
     T = sp.diags([-1.0, 2.5, -1.0], [-1, 0, 1], shape=(40, 40)).tocsr()
     A = SparseMatrix.from_scipy(T)
-    x, info = cg(A, torch.ones(40, dtype=torch.float64), M=IC0(A), rtol=1e-12)
+    _, info = cg(A, torch.ones(40, dtype=torch.float64), M=IC0(A), rtol=1e-12)
     assert info.niter == 1 and info.all_converged

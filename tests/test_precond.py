@@ -683,3 +683,13 @@ def test_ilu0_sherman5_gmres():
     s = torch.from_numpy(rng.standard_normal((1, n, 1)))
     lhs, rhs = float((P.apply(r) * s).sum()), float((r * P.apply_transpose(s)).sum())
     assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
+
+
+def test_jacobi_from_dense_tensor_and_from_diagonal():
+    """A dense (n, n) tensor is a matrix (not a batch of diagonals); from_diagonal takes the diagonal."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(5, 5, dtype=torch.float64, generator=g) + 5 * torch.eye(5, dtype=torch.float64)
+    R = torch.randn(1, 5, 2, dtype=torch.float64, generator=g)
+    ref = torch.linalg.solve(torch.diag(torch.diagonal(A)), R[0])
+    assert torch.allclose(Jacobi(A).apply(R)[0], ref, rtol=1e-14)
+    assert torch.allclose(Jacobi.from_diagonal(torch.diagonal(A)).apply(R)[0], ref, rtol=1e-14)

@@ -20,7 +20,7 @@ from learnsolve.linalg import (
 
 from .conftest import convdiff2d, diffusion2d, t64
 
-TIGHT = dict(rtol=1e-13)
+TIGHT = {"rtol": 1e-13}
 
 
 def small_spd(seed=0):
@@ -97,10 +97,10 @@ def test_direct(kind):
     if kind == "sparse":
         S = SparseMatrix.from_scipy(Asp)
         p = S.values.clone().requires_grad_()
-        f = lambda p, b: solve(S.with_values(p), b, method="direct")  # noqa: E731
+        f = lambda p, b: solve(S.with_values(p), b, method="direct")
     else:
         p = t64(Asp.toarray()).requires_grad_()
-        f = lambda p, b: solve(p, b, method="direct")  # noqa: E731
+        f = lambda p, b: solve(p, b, method="direct")
     check(f, (p, rand(16, 3)))
 
 

@@ -494,4 +494,4 @@ def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=Non
     return _public("gmres", A, b, M, x0, rtol, atol, maxiter, callback, restart=restart)
 
 
-__all__ = ["SolveInfo", "cg", "fcg", "minres", "bicgstab", "gmres", "default_rtol", "METHODS", "run_method"]
+__all__ = ["METHODS", "SolveInfo", "bicgstab", "cg", "default_rtol", "fcg", "gmres", "minres", "run_method"]

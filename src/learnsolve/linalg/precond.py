@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import _kernels
-from .operator import DenseOperator, LinearOperator
+from .operator import DenseOperator, LinearOperator, as_operator
 from .sparse import CSRPattern, SparseMatrix, edge_products
 
 
@@ -195,8 +195,17 @@ class Jacobi(Preconditioner):
 
     symmetric = True
 
-    def __init__(self, A: LinearOperator | Tensor):
-        d = A.diagonal() if isinstance(A, LinearOperator) else A
+    def __init__(self, A):
+        self._set_diagonal(as_operator(A).diagonal())
+
+    @classmethod
+    def from_diagonal(cls, d: Tensor) -> Jacobi:
+        """From the diagonal itself: (n,) or (B, n)."""
+        obj = cls.__new__(cls)
+        obj._set_diagonal(d)
+        return obj
+
+    def _set_diagonal(self, d: Tensor) -> None:
         zero = (d == 0)
         if bool(zero.any()):
             row = int(zero.nonzero()[0, -1])

@@ -335,4 +335,4 @@ def _truncated(spec: _Spec, op: LinearOperator, Bm: Tensor, k: int) -> Tensor:
     return Xf + (Xt - Xt.detach())
 
 
-__all__ = ["solve", "AdjointOptions", "ConvergenceError", "ConvergenceWarning"]
+__all__ = ["AdjointOptions", "ConvergenceError", "ConvergenceWarning", "solve"]
