@@ -10,7 +10,6 @@ torch.linalg.solve, numpy.linalg.pinv / eigh, scipy.sparse.linalg.cg.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,19 +28,13 @@ from learnsolve.linalg import (
     solve,
 )
 
+from .conftest import SHARED_MATRICES
+
 F64 = torch.float64
-MATRICES = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "matrices"
+MATRICES = SHARED_MATRICES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The matrices here are tiny: one intra-op thread avoids OpenMP barrier stalls (a 40 x 40 CSR
-    SpMV took ~8 ms with 2 threads on 2 cores shared with other processes, 0.1 ms with 1), which keeps
-    the module fast and its run time stable. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread for these tiny problems: see conftest._single_thread
 
 
 def _poisson2d(m):

@@ -8,8 +8,6 @@ of the dense matrix of the preconditioner (M^{-T} = (M^{-1})^T), on NONSYMMETRIC
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.io
@@ -37,19 +35,13 @@ from learnsolve.linalg import (
     triangular_solve,
 )
 
+from .conftest import SHARED_MATRICES
+
 F64 = torch.float64
-MATRICES = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "matrices"
+MATRICES = SHARED_MATRICES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The matrices here are tiny: one intra-op thread avoids OpenMP barrier stalls (a 40 x 40 CSR
-    SpMV took ~8 ms with 2 threads on 2 cores shared with other processes, 0.1 ms with 1), which keeps
-    the module fast and its run time stable. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread for these tiny problems: see conftest._single_thread
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,15 +23,7 @@ from learnsolve.linalg import SparseMatrix
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The matrices here are tiny: one intra-op thread avoids OpenMP barrier stalls (a 40 x 40 CSR
-    SpMV took ~8 ms with 2 threads on 2 cores shared with other processes, 0.1 ms with 1), which keeps
-    the module fast and its run time stable. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread for these tiny problems: see conftest._single_thread
 
 
 # ------------------------------------------------------------------------------------------------

@@ -162,6 +162,12 @@ def csr_trsv(indptr, indices, data, b, lower, unit_diagonal, out):
     if data.shape[0] != nb or data.shape[1] != indices.shape[0]:
         raise ValueError("csr_trsv: data must have shape (B, nnz)")
     ntask = nb * k
+    if ntask == 1:
+        # a single right-hand side runs on the calling thread: a parallel launch would add nothing but
+        # the thread-pool barrier, which costs a scheduler time slice whenever another process holds a core
+        if lower:
+            return _trsv_lower_one(indptr, indices, data, b, out, 0, 0, unit_diagonal)
+        return _trsv_upper_one(indptr, indices, data, b, out, 0, 0, unit_diagonal)
     err = np.full(ntask, -1, dtype=np.int64)
     for t in numba.prange(ntask):
         bi = t // k
