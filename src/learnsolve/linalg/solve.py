@@ -90,14 +90,15 @@ class _Spec:
     _last: Tensor | None = field(default=None, repr=False)
     warm_start: bool = False
 
-    def transposed(self) -> _Spec:
+    def transposed(self, opT: LinearOperator | None = None) -> _Spec:
+        """The adjoint problem's spec (built once); ``opT``: A^T if the caller already has it."""
         if self._T is None:
             a = self.adjoint
             method = a.method or self.method
             back = AdjointOptions(self.method, self.rtol, self.atol, self.maxiter, a.warm_start)
             P = self.precond
             T = _Spec(
-                op=self.op.T, method=method, precond=None if P is None else P.T,
+                op=self.op.T if opT is None else opT, method=method, precond=None if P is None else P.T,
                 rtol=self.rtol if a.rtol is None else a.rtol, atol=self.atol if a.atol is None else a.atol,
                 maxiter=self.maxiter if a.maxiter is None else a.maxiter,
                 options=self.options if method == self.method else {}, on_fail=self.on_fail, x0=None,
@@ -178,7 +179,7 @@ class _ImplicitSolve(torch.autograd.Function):
         spec: _Spec = ctx.spec
         op = spec.op.with_params(params)
         opT = op.T
-        tspec = spec.transposed()
+        tspec = spec.transposed(opT)
         Lam = _ImplicitSolve.apply(tspec, G.contiguous(), *opT.params())
         need = ctx.needs_input_grad[2:]
         grads: tuple = (None,) * len(params)
