@@ -835,21 +835,21 @@ def _batched_one(cfg: Config, sec: Section, m: int) -> None:
         met=agree_ok,
         note=f"true rel. residual max: learnsolve {max(res_ls):.1e}, scipy {max(res_sp):.1e}",
     )
-    sec.details[f"grid{m}"] = dict(
-        batch=Bn,
-        grid=m,
-        n=n,
-        nnz=int(ref.nnz),
-        rtol=rtol,
-        learnsolve_iterations=it_ls.tolist(),
-        scipy_iterations=its_sp,
-        learnsolve_converged=bool(info.converged.all()),
-        scipy_flags=flags,
-        solution_rel_diff=rel,
-        true_rel_residual_learnsolve=res_ls,
-        true_rel_residual_scipy=res_sp,
-        timings={k: v.to_json() for k, v in t.items()},
-    )
+    sec.details[f"grid{m}"] = {
+        "batch": Bn,
+        "grid": m,
+        "n": n,
+        "nnz": int(ref.nnz),
+        "rtol": rtol,
+        "learnsolve_iterations": it_ls.tolist(),
+        "scipy_iterations": its_sp,
+        "learnsolve_converged": bool(info.converged.all()),
+        "scipy_flags": flags,
+        "solution_rel_diff": rel,
+        "true_rel_residual_learnsolve": res_ls,
+        "true_rel_residual_scipy": res_sp,
+        "timings": {k: v.to_json() for k, v in t.items()},
+    }
 
 
 def section_ic0(cfg: Config, P: Problems, sec: Section) -> None:

@@ -359,3 +359,15 @@ def test_cg_negative_definite_sparse_breakdown_batched():
     assert info.breakdown_mask.tolist() == [False, True]
     assert "p^T A p <= 0" in info.breakdown
     np.testing.assert_allclose(x[0].numpy(), spla.spsolve(A.tocsc(), b[0].numpy()), rtol=1e-8, atol=1e-10)
+
+
+def test_krylov_entry_points_validate_and_method_options_are_checked():
+    A = torch.eye(4, dtype=F64)
+    with pytest.raises(ValueError, match="square"):
+        cg(torch.ones(3, 4, dtype=F64), torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        cg(A, torch.tensor([1.0, float("nan"), 0.0, 0.0], dtype=F64))
+    with pytest.raises(TypeError, match="unknown option"):
+        solve(A, torch.ones(4, dtype=F64), method="cg", restart=5)
+    x = solve(A, torch.ones(4, dtype=F64), method="gmres", restart=2)
+    assert torch.allclose(x, torch.ones(4, dtype=F64))

@@ -29,11 +29,11 @@ import torch
 from torch import Tensor
 
 from ._layout import canonicalize
+from ._validate import validate_system
 from .direct import factorize
-from .krylov import METHODS, SolveInfo, default_maxiter, default_rtol, run_method
-from .operator import DenseOperator, LinearOperator, as_operator
+from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, default_maxiter, default_rtol, run_method
+from .operator import LinearOperator, as_operator
 from .precond import resolve_preconditioner
-from .sparse import SparseMatrix
 
 ALL_METHODS = (*METHODS, "direct")
 BACKWARD_MODES = ("implicit", "unrolled", "truncated")
@@ -188,41 +188,6 @@ class _ImplicitSolve(torch.autograd.Function):
         return (None, Lam, *grads)
 
 
-def _all_finite(t: Tensor) -> bool:
-    """No NaN/Inf in t: one reduction pass (min and max propagate NaN and expose +-Inf), where
-    ``isfinite(t).all()`` makes several passes with temporaries the size of t."""
-    if t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t.detach())
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def _validate_operator(op: LinearOperator, b: Tensor) -> None:
-    n, m = op.shape
-    if n != m:
-        raise ValueError(f"A must be square, got shape {op.shape}")
-    if n == 0:
-        raise ValueError("A is an empty (0 x 0) system")
-    if not isinstance(b, Tensor):
-        raise TypeError(f"b must be a torch.Tensor, got {type(b).__name__}")
-    if not (b.dtype.is_floating_point and op.dtype.is_floating_point):
-        raise TypeError(f"A and b must be floating point, got A {op.dtype} and b {b.dtype}")
-    if b.dtype != op.dtype:
-        raise TypeError(f"dtype mismatch: A is {op.dtype}, b is {b.dtype}; cast one (e.g. b.to(A.dtype))")
-    if b.device != op.device:
-        raise ValueError(f"device mismatch: A is on {op.device}, b is on {b.device}; move one of them")
-    if isinstance(op, SparseMatrix):
-        vals = op.values
-    elif isinstance(op, DenseOperator):
-        vals = op.A
-    else:
-        vals = None
-    if vals is not None and not _all_finite(vals):
-        raise ValueError("A contains NaN or Inf")
-    if not _all_finite(b):
-        raise ValueError("b contains NaN or Inf")
-
-
 def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = None, atol: float = 0.0,
           maxiter: int | None = None, x0: Tensor | None = None, backward: str = "implicit",
           unroll_steps: int | None = None, adjoint: AdjointOptions | dict | None = None, on_fail: str = "raise",
@@ -247,6 +212,8 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         return_info: also return the forward :class:`SolveInfo` (``info.adjoint`` is set by backward).
         options: method options (``restart`` for gmres, ``truncation`` for fcg).
 
+    ``method="direct"`` always differentiates implicitly, reusing its factorisation for A^T.
+
     Cost: one Krylov solve forward, one adjoint solve backward, plus O(nnz) for the values gradient.
     """
     op = as_operator(A)
@@ -258,7 +225,7 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         raise ValueError(f"on_fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
     if backward == "truncated" and (unroll_steps is None or int(unroll_steps) < 1):
         raise ValueError("backward='truncated' needs unroll_steps >= 1")
-    _validate_operator(op, b)
+    validate_system(op, b)
     n = op.shape[0]
     nblocks = None if op.blocks is None else op.blocks.numel() - 1
     Bm, layout = canonicalize(b, n, op.batch_size, nblocks)
@@ -275,6 +242,10 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
     M = resolve_preconditioner(precond, op) if method != "direct" else None
     if M is not None and not M.linear and method in ("cg", "minres", "bicgstab"):
         raise ValueError(f"a nonlinear preconditioner breaks {method}: use method='fcg' or 'gmres'")
+    allowed = METHOD_OPTIONS.get(method, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for method {method!r}; it takes {list(allowed) or 'none'}")
     rtol_ = default_rtol(b.dtype) if rtol is None else float(rtol)
     maxiter_ = default_maxiter(method, n) if maxiter is None else int(maxiter)
     forward_info: list[SolveInfo] = []
