@@ -366,6 +366,91 @@ def test_llt_apply_vs_dense():
         LLT(SparseMatrix.from_scipy(sp.csr_matrix(np.ones((2, 3)))))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_llt_fast_path_batched_vs_dense_and_plain_path(dtype):
+    """No-grad apply (LDL^T fast path) vs dense solves and vs the differentiable path, for every
+    batching of factor values and right-hand sides, k > 1, float32."""
+    rng = np.random.default_rng(21)
+    n = 25
+    Ls = _lower_factor(n, rng, 0.25)
+    L = SparseMatrix.from_scipy(Ls).to(dtype)
+    Lb = L.with_values(torch.stack([L.values, L.values * torch.from_numpy(rng.uniform(0.5, 1.5, L.nnz)).to(dtype)]))
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    for fac, Bx in ((L, 1), (L, 3), (Lb, 1), (Lb, 2)):
+        for k in (1, 4):
+            R = torch.from_numpy(rng.standard_normal((Bx, n, k))).to(dtype)
+            P = LLT(fac)
+            Z = P.apply(R)
+            Bv = fac._vals2d.shape[0]
+            assert Z.shape == (max(Bv, Bx), n, k) and Z.dtype == dtype
+            assert P._ldlt is not None and P._ldlt[1] is not None  # the fast path ran
+            for b in range(Z.shape[0]):
+                Ld = fac.to_dense()[b if Bv > 1 else ...].double().numpy()
+                ref = np.linalg.solve(Ld @ Ld.T, R[b if Bx > 1 else 0].double().numpy())
+                np.testing.assert_allclose(Z[b].double().numpy(), ref, **tol)
+            # the plain (differentiable) path gives the same result
+            Rg = R.clone().requires_grad_(True)
+            np.testing.assert_allclose(P.apply(Rg).detach().numpy(), Z.numpy(), **tol)
+
+
+def test_llt_fast_path_follows_in_place_value_updates():
+    rng = np.random.default_rng(22)
+    n = 15
+    Ls = _lower_factor(n, rng)
+    v = torch.from_numpy(Ls.data.copy())
+    P = LLT(SparseMatrix.from_scipy(Ls).with_values(v))
+    R = _blk(rng.standard_normal(n))
+    P.apply(R)
+    with torch.no_grad():
+        v.mul_(2.0)  # e.g. an optimizer step on a learned factor
+    Ld = 2.0 * Ls.toarray()
+    np.testing.assert_allclose(P.apply(R)[0, :, 0].numpy(), np.linalg.solve(Ld @ Ld.T, R[0, :, 0].numpy()),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_ic0_under_inference_mode():
+    A = _poisson2d(6)
+    R = _blk(np.random.default_rng(24).standard_normal(A.shape[0]))
+    ref = IC0(SparseMatrix.from_scipy(A)).apply(R)
+    with torch.inference_mode():
+        Z = IC0(SparseMatrix.from_scipy(A)).apply(R)
+    np.testing.assert_allclose(Z.numpy(), ref.numpy(), rtol=1e-14, atol=0)
+
+
+def test_llt_zero_diagonal_names_row_without_grad():
+    D = np.array([[2.0, 0, 0, 0], [1, 3, 0, 0], [0, 1, 1, 0], [1, 0, 1, 4]])
+    S = SparseMatrix.from_scipy(sp.csr_matrix(D))
+    vals = S.values.clone()
+    vals[S.pattern.diag_positions()[2]] = 0.0
+    with torch.no_grad(), pytest.raises(FactorizationError, match="row 2") as e:
+        LLT(S.with_values(vals)).apply(_blk(np.ones(4)))
+    assert e.value.row == 2
+    Dm = D.copy()
+    Dm[1, 1] = 0.0  # missing diagonal
+    with pytest.raises(FactorizationError, match="row 1"):
+        LLT(SparseMatrix.from_scipy(sp.csr_matrix(Dm))).apply(_blk(np.ones(4)))
+
+
+def test_ic0_fast_path_float32_and_learned_factor_grad():
+    rng = np.random.default_rng(23)
+    A = _poisson2d(8, rng)
+    S = SparseMatrix.from_scipy(A)
+    P64, P32 = IC0(S), IC0(S.to(torch.float32))
+    R = torch.from_numpy(rng.standard_normal((1, A.shape[0], 2)))
+    Z64, Z32 = P64.apply(R), P32.apply(R.float())
+    assert Z32.dtype == torch.float32
+    Ld = P64.L.to_dense().numpy()
+    np.testing.assert_allclose(Z64[0].numpy(), np.linalg.solve(Ld @ Ld.T, R[0].numpy()), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Z32.double().numpy(), Z64.numpy(), rtol=1e-4, atol=1e-5)
+    # values that require grad take the differentiable path: gradients match a dense reference
+    v = P64.L.values.clone().requires_grad_(True)
+    LLT(P64.L.with_values(v)).apply(R).sum().backward()
+    vd = torch.from_numpy(Ld).requires_grad_(True)
+    torch.linalg.solve(vd @ vd.T, R[0]).sum().backward()
+    r, c = P64.L.pattern.row.long(), P64.L.pattern.col.long()
+    np.testing.assert_allclose(v.grad.numpy(), vd.grad[r, c].numpy(), rtol=1e-9, atol=1e-11)
+
+
 def test_llt_gradcheck_factor_values_and_rhs():
     rng = np.random.default_rng(9)
     L = SparseMatrix.from_scipy(_lower_factor(5, rng))

@@ -29,9 +29,33 @@ Kernels
     zero or missing diagonal in some batch member (``out`` is then
     unspecified). The ``B * k`` right-hand sides are independent and are
     solved in parallel (``prange``); each costs O(nnz) (only the used
-    triangle is touched). Rows are divided by multiplying with ``1 / d_ii``,
-    which keeps the division off the row-to-row dependency chain (results can
-    differ from ``acc / d_ii`` in the last bit).
+    triangle is touched). The solve is latency-bound on the row-to-row
+    dependency; see the comment above ``_trsv_lower_one`` for how the chain is
+    cut to one fused multiply-add per row (the term in column i-1, resp. i+1, is
+    applied last from a register, and rows are scaled by ``1 / d_ii`` before
+    it), so results can differ from plain substitution in the last bits.
+
+``csr_trsv_unit(indptr, indices, data, scale, b, lower, out) -> None``
+    Unit-diagonal triangular solve ``T y = diag(scale) b`` (the stored diagonal
+    and the entries on the other side are ignored, so a factor stored without
+    its diagonal costs only its off-diagonal entries). ``data`` (B, nnz),
+    ``scale`` (B, n), or (B, 0) for no scaling, ``b``/``out`` (B, n, k),
+    ``out`` may alias ``b``; parallel over the ``B * k`` right-hand sides.
+    ``trsv_unit_lower`` / ``trsv_unit_upper(indptr, indices, data, scale, b,
+    out)`` are the single right-hand-side loops on 1-D arrays (``scale`` of
+    length n or 0); call them directly for one right-hand side (going through
+    another compiled function slows the loop). O(nnz) per right-hand side.
+
+``ldlt_factor(indptr, indices, data) -> (lip, lix, lval, uip, uix, uval, dinv2, bad)``
+    The LDL^T form of ``L L^T`` for a lower factor ``L`` (entries right of the
+    diagonal ignored): ``L L^T = U^T D^2 U`` with ``D = diag(L)`` and
+    ``U^T = L D^{-1}`` unit lower (entries ``L_ij / L_jj``). Returns the strictly
+    lower CSR of ``U^T`` (``lip``, ``lix``, ``lval`` (B, m)), the strictly upper
+    CSR of ``U`` (``uip``, ``uix``, ``uval`` (B, m)), ``dinv2 = 1 / L_ii^2``
+    (B, n) and ``bad``: -1, or the first row whose diagonal is missing or zero
+    in some member (the other outputs are then empty). With these, ``(L L^T)^{-1}
+    r = U^{-1} (dinv2 * (U^{-T} r))``: two unit solves, the scaling fused into
+    the second. Index arrays keep the input's dtypes. Cost O(nnz * B).
 
 ``ic0(indptr, indices, data) -> (L_data (B, nnz), info int64 (B,))``
     Zero-fill incomplete Cholesky ``A ~= L L^T`` on the pattern of the lower
@@ -67,7 +91,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["csr_diag_positions", "csr_trsv", "ic0", "ilu0"]
+__all__ = [
+    "csr_diag_positions", "csr_trsv", "csr_trsv_unit", "ic0", "ilu0", "ldlt_factor", "trsv_unit_lower",
+    "trsv_unit_upper",
+]
 
 
 @numba.njit(cache=True)
@@ -86,67 +113,95 @@ def csr_diag_positions(indptr, indices):
     return pos
 
 
-@numba.njit(cache=True, inline="always")
+# The substitution is latency-bound: y_i waits for y_{i-1} whenever row i has an entry in column i-1
+# (every row of a banded or grid matrix in natural order). The kernels therefore keep y_{i-1} in a
+# register, accumulate all other terms of row i first (they do not depend on y_{i-1}) and finish with a
+# single fused multiply-add with the register value; for a non-unit diagonal, both the partial sum and
+# the adjacent coefficient are pre-multiplied by 1 / d_ii (off the chain), so the row-to-row dependency
+# is one FMA, y_i = acc_i / d_ii - (t_{i,i-1} / d_ii) * y_{i-1}, instead of a store, a load, a
+# multiply-add and a multiply. Rows without the adjacent entry take the plain path (no term at all, so
+# a non-finite y_{i-1} does not leak into them). The upper solve is the mirror image (column i+1).
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
 def _trsv_lower_one(indptr, indices, data, b, out, bi, c, unit_diagonal):
     n = indptr.shape[0] - 1
+    if n == 0:
+        return -1
     one = np.ones(1, dtype=data.dtype)[0]  # 1 in the value dtype (no f32->f64 promotion)
+    prev = b[bi, 0, c]  # y_{i-1}, carried in a register (only read when row i has column i-1)
     for i in range(n):
         acc = b[bi, i, c]
-        diag = acc
-        found = False
         p = indptr[i]
         end = indptr[i + 1]
+        # all terms but column i-1 (columns are sorted: stop at the first column >= i-1)
         while p < end:
             j = indices[p]
-            if j >= i:
-                if j == i:
-                    diag = data[bi, p]
-                    found = True
+            if j >= i - 1:
                 break
             acc -= data[bi, p] * out[bi, j, c]
             p += 1
+        has_adj = False
+        adj = acc
+        if p < end and indices[p] == i - 1:
+            adj = data[bi, p]
+            has_adj = True
+            p += 1
         if unit_diagonal:
-            out[bi, i, c] = acc
+            if has_adj:
+                acc -= adj * prev  # the only operation on the row-to-row chain
         else:
-            if not found or diag == 0:
+            if p >= end or indices[p] != i or data[bi, p] == 0:
                 return i
-            # the reciprocal does not depend on earlier unknowns, so the
-            # division is off the row-to-row dependency chain
-            out[bi, i, c] = acc * (one / diag)
+            inv = one / data[bi, p]
+            acc = acc * inv
+            if has_adj:
+                acc -= (adj * inv) * prev
+        out[bi, i, c] = acc
+        prev = acc
     return -1
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
 def _trsv_upper_one(indptr, indices, data, b, out, bi, c, unit_diagonal):
     n = indptr.shape[0] - 1
+    if n == 0:
+        return -1
     one = np.ones(1, dtype=data.dtype)[0]  # 1 in the value dtype (no f32->f64 promotion)
+    prev = b[bi, 0, c]  # y_{i+1}, carried in a register (only read when row i has column i+1)
     for i in range(n - 1, -1, -1):
         acc = b[bi, i, c]
-        diag = acc
-        found = False
         start = indptr[i]
         p = indptr[i + 1] - 1
+        # all terms but column i+1 (scan backward: stop at the first column <= i+1)
         while p >= start:
             j = indices[p]
-            if j <= i:
-                if j == i:
-                    diag = data[bi, p]
-                    found = True
+            if j <= i + 1:
                 break
             acc -= data[bi, p] * out[bi, j, c]
             p -= 1
+        has_adj = False
+        adj = acc
+        if p >= start and indices[p] == i + 1:
+            adj = data[bi, p]
+            has_adj = True
+            p -= 1
         if unit_diagonal:
-            out[bi, i, c] = acc
+            if has_adj:
+                acc -= adj * prev  # the only operation on the row-to-row chain
         else:
-            if not found or diag == 0:
+            if p < start or indices[p] != i or data[bi, p] == 0:
                 return i
-            # the reciprocal does not depend on earlier unknowns, so the
-            # division is off the row-to-row dependency chain
-            out[bi, i, c] = acc * (one / diag)
+            inv = one / data[bi, p]
+            acc = acc * inv
+            if has_adj:
+                acc -= (adj * inv) * prev
+        out[bi, i, c] = acc
+        prev = acc
     return -1
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, fastmath={"contract"})
 def csr_trsv(indptr, indices, data, b, lower, unit_diagonal, out):
     """Solve ``T y = b`` for each batch member and column; see module doc.
 
@@ -182,6 +237,151 @@ def csr_trsv(indptr, indices, data, b, lower, unit_diagonal, out):
         if e >= 0 and (res < 0 or e < res):
             res = e
     return res
+
+
+# Unit-diagonal solves with an optional row scaling of the right-hand side, for a factor stored without
+# its diagonal (the LDL^T form of L L^T): the row-to-row chain is one FMA and each row streams only its
+# off-diagonal entries. Kept as separate, specialised functions: a runtime ``unit`` flag, or calling
+# them through another compiled function, measurably slows the loop (about 0.3-0.6 ns/row).
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def trsv_unit_lower(indptr, indices, data, scale, b, out):
+    """``y = T^{-1} (scale * b)``, T unit lower (1-D ``data``, ``b``, ``out``); see module doc."""
+    n = indptr.shape[0] - 1
+    if n == 0:
+        return
+    scaled = scale.shape[0] != 0
+    prev = b[0]  # y_{i-1}, carried in a register (only read when row i has column i-1)
+    for i in range(n):
+        acc = b[i]
+        if scaled:
+            acc *= scale[i]
+        p = indptr[i]
+        end = indptr[i + 1]
+        while p < end:
+            j = indices[p]
+            if j >= i - 1:
+                break
+            acc -= data[p] * out[j]
+            p += 1
+        if p < end and indices[p] == i - 1:
+            acc -= data[p] * prev  # the only operation on the row-to-row chain
+        out[i] = acc
+        prev = acc
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def trsv_unit_upper(indptr, indices, data, scale, b, out):
+    """``y = T^{-1} (scale * b)``, T unit upper (1-D ``data``, ``b``, ``out``); see module doc."""
+    n = indptr.shape[0] - 1
+    if n == 0:
+        return
+    scaled = scale.shape[0] != 0
+    prev = b[0]  # y_{i+1}, carried in a register (only read when row i has column i+1)
+    for i in range(n - 1, -1, -1):
+        acc = b[i]
+        if scaled:
+            acc *= scale[i]
+        start = indptr[i]
+        p = indptr[i + 1] - 1
+        while p >= start:
+            j = indices[p]
+            if j <= i + 1:
+                break
+            acc -= data[p] * out[j]
+            p -= 1
+        if p >= start and indices[p] == i + 1:
+            acc -= data[p] * prev  # the only operation on the row-to-row chain
+        out[i] = acc
+        prev = acc
+
+
+@numba.njit(cache=True, parallel=True)
+def csr_trsv_unit(indptr, indices, data, scale, b, lower, out):
+    """``T y = diag(scale) b`` with T unit triangular, batched; see module doc.
+
+    ``data`` (B, nnz), ``scale`` (B, n) or (B, 0) (no scaling), ``b`` and ``out`` (B, n, k).
+    """
+    n = indptr.shape[0] - 1
+    nb = b.shape[0]
+    k = b.shape[2]
+    if b.shape[1] != n or out.shape[0] != nb or out.shape[1] != n or out.shape[2] != k:
+        raise ValueError("csr_trsv_unit: b/out must have shape (B, n, k) matching indptr")
+    if data.shape[0] != nb or data.shape[1] != indices.shape[0]:
+        raise ValueError("csr_trsv_unit: data must have shape (B, nnz)")
+    if scale.shape[0] != nb or (scale.shape[1] != n and scale.shape[1] != 0):
+        raise ValueError("csr_trsv_unit: scale must have shape (B, n) or (B, 0)")
+    for t in numba.prange(nb * k):
+        bi = t // k
+        c = t - bi * k
+        if lower:
+            trsv_unit_lower(indptr, indices, data[bi], scale[bi], b[bi, :, c], out[bi, :, c])
+        else:
+            trsv_unit_upper(indptr, indices, data[bi], scale[bi], b[bi, :, c], out[bi, :, c])
+
+
+@numba.njit(cache=True)
+def ldlt_factor(indptr, indices, data):
+    """Unit factor and inverse squared pivots of ``L L^T``; see module doc.
+
+    Returns ``(lip, lix, lval, uip, uix, uval, dinv2, bad)``.
+    """
+    n = indptr.shape[0] - 1
+    nb = data.shape[0]
+    if data.shape[1] != indices.shape[0]:
+        raise ValueError("ldlt_factor: data must have shape (B, nnz)")
+    diag = csr_diag_positions(indptr, indices)
+    bad = -1
+    for i in range(n):
+        ok = diag[i] >= 0
+        if ok:
+            for bi in range(nb):
+                if data[bi, diag[i]] == 0:
+                    ok = False
+        if not ok:
+            bad = i
+            break
+    lip = np.zeros(n + 1, dtype=indptr.dtype)
+    uip = np.zeros(n + 1, dtype=indptr.dtype)
+    if bad >= 0:
+        e_ix = np.empty(0, dtype=indices.dtype)
+        e_v = np.empty((nb, 0), dtype=data.dtype)
+        return lip, e_ix, e_v, uip, e_ix, e_v, np.empty((nb, 0), dtype=data.dtype), bad
+    # strictly lower entries: positions indptr[i] .. diag[i]-1 of each row
+    ucount = np.zeros(n + 1, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        for p in range(indptr[i], diag[i]):
+            ucount[indices[p] + 1] += 1
+        m += diag[i] - indptr[i]
+        lip[i + 1] = m
+    for j in range(n):
+        ucount[j + 1] += ucount[j]
+        uip[j + 1] = ucount[j + 1]
+    lix = np.empty(m, dtype=indices.dtype)
+    uix = np.empty(m, dtype=indices.dtype)
+    lval = np.empty((nb, m), dtype=data.dtype)
+    uval = np.empty((nb, m), dtype=data.dtype)
+    dinv2 = np.empty((nb, n), dtype=data.dtype)
+    one = np.ones(1, dtype=data.dtype)[0]
+    q = 0
+    for i in range(n):
+        for bi in range(nb):
+            d = data[bi, diag[i]]
+            dinv2[bi, i] = one / (d * d)
+        for p in range(indptr[i], diag[i]):
+            j = indices[p]
+            lix[q] = j
+            r = ucount[j]  # next free slot of row j of U = L~^T (rows i arrive in ascending order)
+            ucount[j] = r + 1
+            uix[r] = i
+            for bi in range(nb):
+                v = data[bi, p] / data[bi, diag[j]]
+                lval[bi, q] = v
+                uval[bi, r] = v
+            q += 1
+    return lip, lix, lval, uip, uix, uval, dinv2, bad
 
 
 @numba.njit(cache=True)

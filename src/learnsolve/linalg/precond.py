@@ -97,6 +97,22 @@ def _np_pattern(pattern: CSRPattern):
     return pattern._cache["np"]
 
 
+def _fold_rhs(Bv: int, X: Tensor) -> Tensor:
+    """Right-hand sides (Bx, n, k) as a C-contiguous (B, n, k') block matching Bv value sets."""
+    Bx, n, k = X.shape
+    if Bv == 1 and Bx > 1:
+        return X.detach().permute(1, 0, 2).reshape(1, n, Bx * k).contiguous()
+    if Bv > 1 and Bx == 1:
+        return X.detach().expand(Bv, n, k).contiguous()
+    return X.detach().contiguous()
+
+
+def _unfold_rhs(Y: Tensor, Bv: int, Bx: int, k: int) -> Tensor:
+    if Bv == 1 and Bx > 1:
+        return Y.reshape(Y.shape[1], Bx, k).permute(1, 0, 2)
+    return Y
+
+
 def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
     Bv, Bx = vals2d.shape[0], X.shape[0]
     n, k = X.shape[1], X.shape[2]
@@ -111,21 +127,29 @@ def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: b
         return torch.linalg.solve_triangular(T, X, upper=not lower, unitriangular=unit)
     indptr, indices = _np_pattern(mat.pattern)
     data = vals2d.detach().contiguous().numpy()
-    if Bv == 1 and Bx > 1:
-        b = X.detach().permute(1, 0, 2).reshape(1, n, Bx * k).contiguous()
-    elif Bv > 1 and Bx == 1:
-        b = X.detach().expand(Bv, n, k).contiguous()
-    else:
-        b = X.detach().contiguous()
-    bn = b.numpy()
+    bn = _fold_rhs(Bv, X).numpy()
     out = np.empty_like(bn)
     bad = _kernels.csr_trsv(indptr, indices, data, bn, lower, unit, out)
     if bad >= 0:
         raise FactorizationError(f"triangular factor has a zero or missing diagonal in row {bad}", int(bad))
-    Y = torch.from_numpy(out)
-    if Bv == 1 and Bx > 1:
-        Y = Y.reshape(n, Bx, k).permute(1, 0, 2)
-    return Y
+    return _unfold_rhs(torch.from_numpy(out), Bv, Bx, k)
+
+
+def _ldlt_solve(f, X: Tensor) -> Tensor:
+    """(L L^T)^{-1} X from ``_kernels.ldlt_factor``'s output: U^{-1} (dinv2 * (U^{-T} X)), both unit solves."""
+    lip, lix, lval, uip, uix, uval, dinv2, _ = f
+    Bv, Bx, k = lval.shape[0], X.shape[0], X.shape[2]
+    bn = _fold_rhs(Bv, X).numpy()
+    out = np.empty_like(bn)
+    if bn.shape[0] * bn.shape[2] == 1:
+        # one right-hand side: call the compiled loops directly (a compiled wrapper slows them down)
+        b1, o1 = bn[0, :, 0], out[0, :, 0]
+        _kernels.trsv_unit_lower(lip, lix, lval[0], dinv2[0, :0], b1, o1)
+        _kernels.trsv_unit_upper(uip, uix, uval[0], dinv2[0], o1, o1)
+    else:
+        _kernels.csr_trsv_unit(lip, lix, lval, dinv2[:, :0], bn, True, out)
+        _kernels.csr_trsv_unit(uip, uix, uval, dinv2, out, False, out)
+    return _unfold_rhs(torch.from_numpy(out), Bv, Bx, k)
 
 
 class _TriSolve(torch.autograd.Function):
@@ -232,8 +256,29 @@ class LLT(Preconditioner):
             raise ValueError(f"LLT factor must be square, got {L.shape}")
         self.L = L
         self.LT = L.T
+        self._ldlt = None  # (key, ldlt_factor output or None): the no-grad fast path, see apply
+
+    def _ldlt_factor(self):
+        """LDL^T form of L L^T (unit factor without its diagonal, 1/L_ii^2), rebuilt when L's values
+        change in place; None when L has a zero or missing diagonal (the plain path then reports it)."""
+        v = self.L._values
+        # inference tensors have no version counter (they are only writable inside inference_mode)
+        key = (id(v), v.data_ptr(), None if v.is_inference() else v._version)
+        if self._ldlt is None or self._ldlt[0] != key:
+            indptr, indices = _np_pattern(self.L.pattern)
+            f = _kernels.ldlt_factor(indptr, indices, self.L._vals2d.detach().contiguous().numpy())
+            self._ldlt = (key, f if f[-1] < 0 else None)
+        return self._ldlt[1]
 
     def apply(self, R):
+        vals = self.L._vals2d
+        if (R.device.type == "cpu" and vals.device.type == "cpu" and R.dtype == vals.dtype
+                and not (torch.is_grad_enabled() and (vals.requires_grad or R.requires_grad))):
+            # nothing to differentiate: L L^T = U^T D^2 U with U^T = L D^{-1} unit lower, so both solves are
+            # unit-diagonal (one FMA per row on the dependency chain) and only off-diagonal entries stream
+            f = self._ldlt_factor()
+            if f is not None:
+                return _ldlt_solve(f, R)
         Y = _tri_solve(self.L, self.L._vals2d, R, True, False)
         return _tri_solve(self.LT, self.LT._vals2d, Y, False, False)
 
@@ -271,6 +316,8 @@ class IC0(LLT):
         vals = torch.from_numpy(L).to(S.device)
         vals = vals if S.batch_size is not None else vals[0]
         super().__init__(low.with_values(vals))
+        if S.device.type == "cpu":
+            self._ldlt_factor()  # the fast path's factor, built at setup rather than on the first apply
 
 
 class ILU0(Preconditioner):
