@@ -350,6 +350,13 @@ class SparseMatrix(LinearOperator):
             A._blocks = ptr
         return A
 
+    @classmethod
+    def from_pyg(cls, data) -> SparseMatrix:
+        """A from a PyG ``Data``/``Batch`` (duck-typed: ``edge_index``, ``edge_attr``, ``num_nodes`` and,
+        for a batch, ``batch``): the one bridge between the data layers and linalg."""
+        return cls.from_edge_index(data.edge_index, data.edge_attr, int(data.num_nodes),
+                                   getattr(data, "batch", None))
+
     # -- properties ----------------------------------------------------------------------------
     @property
     def values(self) -> Tensor:

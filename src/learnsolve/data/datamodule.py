@@ -1,0 +1,87 @@
+"""LightningDataModule over cached generated datasets.
+
+Splits are separated by seed: train uses seeds ``seed + [0, num_train)``, val starts at
+``seed + 1_000_000``, test at ``seed + 2_000_000`` and each extra (larger) test size at
+``seed + 3_000_000 + 1_000_000 * i``, so no system appears in two splits. Batches are PyG batches
+(block-diagonal A; ``SparseMatrix.from_pyg(batch)`` solves each graph as its own system). Under DDP
+``batch_size`` is the global batch: each process loads ``batch_size // world_size`` systems.
+Shuffling uses a generator seeded from ``seed``, so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch_geometric.loader import DataLoader
+
+from .dataset import LinearSystemDataset
+
+SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+
+
+class LinearSystemDataModule(pl.LightningDataModule):
+    def __init__(self, family: str = "diffusion2d", size: int = 32, num_train: int = 64, num_val: int = 16,
+                 num_test: int = 16, seed: int = 0, rhs: str = "random", params: Mapping[str, Any] | None = None,
+                 batch_size: int = 8, data_dir: str = "data", extra_test_sizes: Sequence[int] = (),
+                 num_workers: int = 0, progress: bool = True, generators=None):
+        super().__init__()
+        for name, v in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
+                        ("batch_size", batch_size)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        self.family, self.size, self.seed, self.rhs = family, int(size), int(seed), rhs
+        self.params = dict(params or {})
+        self.counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+        self.batch_size = int(batch_size)
+        self.data_dir = str(data_dir)
+        self.extra_test_sizes = [int(s) for s in extra_test_sizes]
+        self.num_workers = int(num_workers)
+        self.progress = progress
+        self.generators = generators
+        self.datasets: dict[str, LinearSystemDataset] = {}
+
+    def _dataset(self, split: str, size: int, count: int, offset: int) -> LinearSystemDataset:
+        return LinearSystemDataset(self.data_dir, self.family, size, count, seed=self.seed + offset, rhs=self.rhs,
+                                   params=self.params, generators=self.generators, progress=self.progress)
+
+    def prepare_data(self) -> None:
+        """Generate the caches once (rank zero); ``setup`` then only loads them."""
+        self._build_all()
+
+    def _build_all(self) -> None:
+        for split, off in SPLIT_OFFSETS.items():
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(split, self.size, self.counts[split], off)
+        for i, s in enumerate(self.extra_test_sizes):
+            key = f"test_{s}"
+            if key not in self.datasets:
+                self.datasets[key] = self._dataset(key, s, self.counts["test"], 3_000_000 + 1_000_000 * i)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._build_all()
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by the world size {world}")
+        return self.batch_size // world
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=self.per_device_batch_size, shuffle=shuffle, generator=g,
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self):
+        return self._loader(self.datasets["train"], shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.datasets["val"], shuffle=False)
+
+    def test_dataloader(self):
+        keys = ["test"] + [f"test_{s}" for s in self.extra_test_sizes]
+        loaders = [self._loader(self.datasets[k], shuffle=False) for k in keys]
+        return loaders[0] if len(loaders) == 1 else loaders
