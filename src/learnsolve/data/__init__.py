@@ -1,8 +1,35 @@
-"""learnsolve.data: PDE linear-system generators, Matrix Market I/O and benchmark suites.
+"""learnsolve.data: PDE linear-system generators, cached datasets, Matrix Market I/O, benchmark suites.
 
-Every system is a PyG ``Data`` built by :func:`make_system` (see ``system.py`` for the fields).
+Every system is a PyG ``Data`` built by :func:`make_system` (see ``system.py`` for the fields);
+``learnsolve.linalg.SparseMatrix.from_pyg(data_or_batch)`` turns it into an operator.
 """
 
+from .datamodule import LinearSystemDataModule
+from .dataset import CacheError, LinearSystemDataset, config_hash
+from .generators import GENERATORS
+from .mtx import MatrixMarketError, load_system, read_matrix_market, write_matrix_market
+from .suites import SUITES, SuiteError, generated_suite, load_suite, matrix_market_suite, pyamg_suite
 from .system import FEATURES, RHS_KINDS, make_rhs, make_system, to_scipy
 
-__all__ = ["FEATURES", "RHS_KINDS", "make_rhs", "make_system", "to_scipy"]
+__all__ = [
+    "FEATURES",
+    "GENERATORS",
+    "RHS_KINDS",
+    "SUITES",
+    "CacheError",
+    "LinearSystemDataModule",
+    "LinearSystemDataset",
+    "MatrixMarketError",
+    "SuiteError",
+    "config_hash",
+    "generated_suite",
+    "load_suite",
+    "load_system",
+    "make_rhs",
+    "make_system",
+    "matrix_market_suite",
+    "pyamg_suite",
+    "read_matrix_market",
+    "to_scipy",
+    "write_matrix_market",
+]

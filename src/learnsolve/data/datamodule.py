@@ -51,14 +51,26 @@ class LinearSystemDataModule(pl.LightningDataModule):
         """Generate the caches once (rank zero); ``setup`` then only loads them."""
         self._build_all()
 
+    def split_specs(self) -> list[tuple[str, int, int, int]]:
+        """(name, size, count, seed offset) of every split, extra test sets included."""
+        specs = [(k, self.size, self.counts[k], off) for k, off in SPLIT_OFFSETS.items()]
+        specs += [(f"test_{s}", s, self.counts["test"], 3_000_000 + 1_000_000 * i)
+                  for i, s in enumerate(self.extra_test_sizes)]
+        return specs
+
+    def build(self, name: str) -> LinearSystemDataset:
+        """Generate or load one split (cached in ``self.datasets``)."""
+        if name not in self.datasets:
+            spec = {k: (size, count, off) for k, size, count, off in self.split_specs()}
+            if name not in spec:
+                raise KeyError(f"unknown split {name!r}; have {', '.join(spec)}")
+            size, count, off = spec[name]
+            self.datasets[name] = self._dataset(name, size, count, off)
+        return self.datasets[name]
+
     def _build_all(self) -> None:
-        for split, off in SPLIT_OFFSETS.items():
-            if split not in self.datasets:
-                self.datasets[split] = self._dataset(split, self.size, self.counts[split], off)
-        for i, s in enumerate(self.extra_test_sizes):
-            key = f"test_{s}"
-            if key not in self.datasets:
-                self.datasets[key] = self._dataset(key, s, self.counts["test"], 3_000_000 + 1_000_000 * i)
+        for name, *_ in self.split_specs():
+            self.build(name)
 
     def setup(self, stage: str | None = None) -> None:
         self._build_all()

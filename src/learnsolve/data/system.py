@@ -61,7 +61,8 @@ def make_system(A: sp.spmatrix, b: np.ndarray, *, pos: np.ndarray, coeff: np.nda
         raise ValueError(f"{family}: A must be square, got {A.shape}")
     b = np.asarray(b, dtype=np.float64).reshape(n)
     if x is None:
-        x = spla.spsolve(A.tocsc(), b)
+        # MMD on A^T + A: about 2x faster than the default COLAMD on these PDE matrices (3D especially)
+        x = spla.spsolve(A.tocsc(), b, permc_spec="MMD_AT_PLUS_A")
     if symmetric is None:
         symmetric = bool(abs(A - A.T).max() <= 1e-12 * abs(A).max()) if A.nnz else True
     coo = A.tocoo()

@@ -1,0 +1,371 @@
+"""Matrix Market I/O (``.mtx`` and ``.mtx.gz``) with validation, and linear systems from files.
+
+Reading goes through :func:`scipy.io.mmread`, but the file is checked first (banner, header, size
+line, entry count, index range, finiteness) and the result is checked after (shape, finiteness), so a
+bad file raises :class:`MatrixMarketError` naming the file and what is wrong; scipy's own exceptions
+never surface raw.
+
+Supported (documented choices):
+
+- ``coordinate`` with field ``real`` or ``integer`` (integers become float64) and symmetry
+  ``general``, ``symmetric`` or ``skew-symmetric``; symmetric/skew storage (one triangle) is expanded
+  to the full matrix (``A[j, i] = A[i, j]``, resp. ``-A[i, j]``), so a symmetric file with ``nz``
+  declared entries of which ``d`` are on the diagonal gives ``2 nz - d`` stored entries.
+- dense ``array`` with field ``real``/``integer`` and symmetry ``general``/``symmetric``/
+  ``skew-symmetric``: accepted and converted to CSR keeping only the nonzero values.
+- refused with a clear message: ``complex`` and ``hermitian`` (learnsolve is real-valued),
+  ``pattern`` (no values, so no linear system), non-square matrices (a linear system needs a square A).
+
+Cost: the validation pass tokenises the file once with numpy (O(nnz)), then scipy parses it again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import scipy.io as sio
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from torch_geometric.data import Data
+
+from .system import make_system
+
+__all__ = [
+    "RHS_SUFFIXES",
+    "MatrixMarketError",
+    "load_system",
+    "matrix_stem",
+    "read_matrix_market",
+    "reference_solution",
+    "write_matrix_market",
+]
+
+_FORMATS = ("coordinate", "array")
+_FIELDS = ("real", "integer", "complex", "pattern")
+_SYMMETRIES = ("general", "symmetric", "skew-symmetric", "hermitian")
+# sibling right-hand-side files: <stem>_b.mtx[.gz] or <stem>_rhs.mtx[.gz]
+RHS_SUFFIXES = ("_b", "_rhs")
+
+
+class MatrixMarketError(ValueError):
+    """A Matrix Market file that cannot be read as a real square matrix: ``"<file>: <what is wrong>"``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def matrix_stem(path: str | os.PathLike) -> str:
+    """File name without ``.mtx`` / ``.mtx.gz`` (``"dir/bcsstk03.mtx.gz"`` -> ``"bcsstk03"``)."""
+    name = Path(path).name
+    for ext in (".mtx.gz", ".mtx"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                return fh.read()
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MatrixMarketError(path, "file not found") from None
+    except IsADirectoryError:
+        raise MatrixMarketError(path, "is a directory, not a Matrix Market file") from None
+    except UnicodeDecodeError:
+        raise MatrixMarketError(path, "not a text file (undecodable bytes); missing %%MatrixMarket banner") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip stream gives EOFError
+        raise MatrixMarketError(path, f"cannot read file (corrupt or truncated gzip?): {e}") from None
+
+
+def _parse_header(path: Path, text: str):
+    """Validate banner and size line; return (fmt, field, symmetry, sizes, body_text)."""
+    lines = text.split("\n")
+    if not lines or not lines[0].startswith("%%MatrixMarket"):
+        raise MatrixMarketError(path, "missing %%MatrixMarket banner on the first line")
+    words = lines[0].split()
+    if len(words) != 5:
+        raise MatrixMarketError(path, f"malformed banner {lines[0].strip()!r}: expected "
+                                "'%%MatrixMarket matrix <format> <field> <symmetry>'")
+    obj, fmt, field, sym = (w.lower() for w in words[1:])
+    if obj != "matrix":
+        raise MatrixMarketError(path, f"malformed banner: object {words[1]!r} is not 'matrix'")
+    if fmt not in _FORMATS:
+        raise MatrixMarketError(path, f"malformed banner: format {words[2]!r} is not one of {', '.join(_FORMATS)}")
+    if field not in _FIELDS:
+        raise MatrixMarketError(path, f"malformed banner: field {words[3]!r} is not one of {', '.join(_FIELDS)}")
+    if sym not in _SYMMETRIES:
+        raise MatrixMarketError(path, f"malformed banner: symmetry {words[4]!r} is not one of "
+                                f"{', '.join(_SYMMETRIES)}")
+    if field == "complex" or sym == "hermitian":
+        raise MatrixMarketError(path, "complex entries are not supported (learnsolve solves real systems)")
+    if field == "pattern":
+        raise MatrixMarketError(path, "pattern-only matrix (no values) is not supported: it defines no linear system")
+    # size line: first line after the banner that is neither a comment nor blank
+    k = 1
+    while k < len(lines) and (not lines[k].strip() or lines[k].lstrip().startswith("%")):
+        k += 1
+    if k == len(lines):
+        raise MatrixMarketError(path, "bad size line: missing (file ends after the header comments)")
+    want = 3 if fmt == "coordinate" else 2
+    tokens = lines[k].split()
+    try:
+        sizes = [int(t) for t in tokens]
+    except ValueError:
+        sizes = None
+    if sizes is None or len(sizes) != want or min(sizes) < 0:
+        expect = "'rows cols entries'" if fmt == "coordinate" else "'rows cols'"
+        raise MatrixMarketError(path, f"bad size line {lines[k].strip()!r}: expected {want} non-negative "
+                                f"integers {expect}")
+    return fmt, field, sym, sizes, "\n".join(lines[k + 1:])
+
+
+def _tokens(path: Path, body: str) -> list[str]:
+    # comment lines may appear between entries in the wild; drop them before tokenising
+    if "%" in body:
+        body = "\n".join(ln for ln in body.split("\n") if not ln.lstrip().startswith("%"))
+    return body.split()
+
+
+def _validate(path: Path, text: str, *, square: bool) -> tuple[str, str, tuple[int, int], int]:
+    """Check the whole file; return (format, symmetry, shape, expected stored entries after expansion)."""
+    fmt, _field, sym, sizes, body = _parse_header(path, text)
+    m, n = sizes[0], sizes[1]
+    if sym != "general" and m != n:
+        raise MatrixMarketError(path, f"non-square {m} x {n} matrix declared {sym}")
+    if square and m != n:
+        raise MatrixMarketError(path, f"non-square matrix ({m} x {n}); a linear system needs a square A")
+    tok = _tokens(path, body)
+    if fmt == "coordinate":
+        nz = sizes[2]
+        have, rest = divmod(len(tok), 3)
+        if have < nz:
+            raise MatrixMarketError(path, f"truncated file: {have} complete entries, {nz} declared in the size line")
+        if have > nz or rest:
+            raise MatrixMarketError(path, f"malformed entries: {len(tok)} values where {nz} entries of "
+                                    "'row col value' (3 values each) were declared")
+        try:
+            ent = np.asarray(tok, dtype=object).reshape(nz, 3).astype(np.float64)
+        except ValueError as e:
+            raise MatrixMarketError(path, f"malformed entry (not a number): {e}") from None
+        ij = ent[:, :2]
+        if nz and not np.all(ij == np.round(ij)):
+            bad = int(np.flatnonzero(np.any(ij != np.round(ij), axis=1))[0])
+            raise MatrixMarketError(path, f"malformed entry {bad + 1}: row/column index is not an integer")
+        for c, lim, what in ((0, m, "row"), (1, n, "column")):
+            out = (ij[:, c] < 1) | (ij[:, c] > lim)
+            if np.any(out):
+                bad = int(np.flatnonzero(out)[0])
+                raise MatrixMarketError(path, f"index out of range: entry {bad + 1} has {what} "
+                                        f"{int(ij[bad, c])}, valid range is 1..{lim}")
+        vals = ent[:, 2]
+        diag = int(np.count_nonzero(ij[:, 0] == ij[:, 1]))
+        if sym == "skew-symmetric" and diag:
+            raise MatrixMarketError(path, "skew-symmetric storage with an entry on the diagonal")
+        expected = nz if sym == "general" else 2 * nz - diag
+    else:
+        count = m * n if sym == "general" else (n * (n + 1) // 2 if sym == "symmetric" else n * (n - 1) // 2)
+        if len(tok) < count:
+            raise MatrixMarketError(path, f"truncated file: {len(tok)} values, {count} expected for a "
+                                    f"{m} x {n} {sym} array")
+        if len(tok) > count:
+            raise MatrixMarketError(path, f"malformed entries: {len(tok)} values where a {m} x {n} {sym} "
+                                    f"array has {count}")
+        try:
+            vals = np.asarray(tok, dtype=object).astype(np.float64)
+        except ValueError as e:
+            raise MatrixMarketError(path, f"malformed entry (not a number): {e}") from None
+        expected = -1  # zeros are dropped for dense input, so the stored count is data dependent
+    if not np.all(np.isfinite(vals)):
+        bad = int(np.flatnonzero(~np.isfinite(vals))[0])
+        raise MatrixMarketError(path, f"non-finite value (nan or inf) in entry {bad + 1}")
+    return fmt, sym, (m, n), expected
+
+
+def _read(path: str | os.PathLike, *, square: bool = True) -> sp.csr_matrix:
+    path = Path(path)
+    text = _read_text(path)
+    fmt, sym, shape, expected = _validate(path, text, square=square)
+    try:
+        M = sio.mmread(str(path))
+    except Exception as e:  # noqa: BLE001 -- scipy's errors (ValueError, RuntimeError, ...) never surface raw
+        raise MatrixMarketError(path, f"scipy could not parse the file: {type(e).__name__}: {e}") from None
+    if np.iscomplexobj(M):
+        raise MatrixMarketError(path, "complex entries are not supported (learnsolve solves real systems)")
+    A = sp.csr_matrix(M, dtype=np.float64)
+    if fmt == "array":
+        A.eliminate_zeros()
+    A.sum_duplicates()
+    A.sort_indices()
+    if A.shape != shape:
+        raise MatrixMarketError(path, f"scipy read a {A.shape} matrix but the size line declares {shape}")
+    if not np.all(np.isfinite(A.data)):
+        raise MatrixMarketError(path, "non-finite value (nan or inf) after reading")
+    if expected >= 0 and A.nnz > expected:  # fewer is possible only through duplicate entries (summed)
+        raise MatrixMarketError(path, f"{A.nnz} stored entries after expanding {sym} storage, at most "
+                                f"{expected} expected")
+    return A
+
+
+def read_matrix_market(path: str | os.PathLike) -> sp.csr_matrix:
+    """Read a real square matrix from ``path`` (``.mtx`` or ``.mtx.gz``) as float64 CSR.
+
+    Symmetric / skew-symmetric storage is expanded to the full matrix; indices are sorted and
+    duplicates summed; explicit zeros of a coordinate file are kept (they are part of the pattern).
+    Raises :class:`MatrixMarketError` (``"<file>: <reason>"``) for a missing or malformed banner, a bad
+    size line, a non-square matrix, complex/hermitian or pattern-only entries, an index out of range,
+    a non-finite value, or a truncated file (fewer entries than declared).
+    """
+    return _read(path, square=True)
+
+
+def _write_body(fh, A: sp.csr_matrix, comment: str, symmetry: str) -> None:
+    """Write the Matrix Market text of ``A`` to the binary file object ``fh`` (separate for tests)."""
+    sio.mmwrite(fh, A, comment=comment, field="real", symmetry=symmetry)
+
+
+def write_matrix_market(path: str | os.PathLike, A, comment: str = "", *,
+                        symmetric: bool | None = False) -> Path:
+    """Write ``A`` (scipy sparse or dense, real) to ``path`` in coordinate real format, atomically.
+
+    ``symmetric=False``: ``general`` storage (every entry). ``True``: ``symmetric`` storage (lower
+    triangle only); A must be exactly symmetric, else ``ValueError``. ``None``: ``symmetric`` exactly
+    when A equals A^T bit for bit. A path ending in ``.gz`` is gzip-compressed. Values are written
+    with round-trip precision, so reading the file back gives A exactly.
+
+    Atomic: the text goes to a temporary file in the same folder, which is flushed, fsynced and then
+    renamed over ``path`` with ``os.replace``; on any failure the temporary file is removed and
+    ``path`` is untouched (an existing file keeps its old content).
+    """
+    path = Path(path)
+    A = sp.csr_matrix(A)
+    if A.ndim != 2:
+        raise ValueError(f"{path}: A must be 2-D, got shape {A.shape}")
+    if np.iscomplexobj(A.data):
+        raise ValueError(f"{path}: complex matrices are not supported")
+    A = A.astype(np.float64)
+    A.sum_duplicates()
+    A.sort_indices()
+    if not np.all(np.isfinite(A.data)):
+        raise ValueError(f"{path}: A has non-finite values; the file could not be read back")
+    is_sym = A.shape[0] == A.shape[1] and (A != A.T).nnz == 0
+    if symmetric and not is_sym:
+        raise ValueError(f"{path}: symmetric=True but A is not exactly symmetric")
+    symmetry = "symmetric" if (is_sym if symmetric is None else symmetric) else "general"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if path.name.lower().endswith(".gz"):
+                with gzip.GzipFile(fileobj=raw, mode="wb", filename="") as gz:
+                    _write_body(gz, A, comment, symmetry)
+            else:
+                _write_body(raw, A, comment, symmetry)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def reference_solution(A: sp.spmatrix, b: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """Reference solution of A x = b by a sparse LU (SuperLU, what ``spsolve`` uses); ``(x, singular)``.
+
+    ``singular`` is True when the factorisation fails (exactly singular; x is then tried by LSQR, the
+    minimum-norm solution, at most ``min(10 n, 20000)`` iterations) or the smallest |pivot| is below
+    ``n * eps`` times the largest (numerically singular, e.g. a pure Neumann Laplacian).
+    For a singular A, x is kept only when it is finite and solves the system, i.e. b is in the range
+    and x is one particular solution: ``||A x - b|| <= 1e-10 (||b|| + ||A||_inf sqrt(n))``; otherwise
+    x is None (never NaN, never a least-squares vector passed off as a solution).
+    """
+    A = sp.csc_matrix(A, dtype=np.float64)
+    n = A.shape[0]
+    b = np.asarray(b, dtype=np.float64)
+    try:
+        lu = spla.splu(A)
+    except RuntimeError:  # "Factor is exactly singular": minimum-norm solution by LSQR, kept if consistent
+        x = spla.lsqr(A, b, atol=1e-14, btol=1e-14, iter_lim=min(10 * n, 20_000))[0]
+        singular = True
+    else:
+        piv = np.abs(lu.U.diagonal())
+        singular = bool(n and (not np.all(np.isfinite(piv))
+                               or piv.min() <= n * np.finfo(np.float64).eps * piv.max()))
+        with np.errstate(all="ignore"):
+            x = lu.solve(b)
+    if not np.all(np.isfinite(x)):
+        return None, True
+    if singular:
+        # consistency test; the scale ||b|| + ||A||_inf sqrt(n) (the residual size of an O(1) solution)
+        # also covers b = A @ ones ~ rounding noise when ones spans the null space (Neumann problems)
+        scale = np.linalg.norm(b) + spla.norm(A, np.inf) * math.sqrt(n)
+        if not np.linalg.norm(A @ x - b) <= 1e-10 * scale:
+            return None, True
+    return x, singular
+
+
+def _sibling_rhs(path: Path) -> Path | None:
+    stem = matrix_stem(path)
+    for suffix in RHS_SUFFIXES:
+        for ext in (".mtx", ".mtx.gz"):
+            cand = path.with_name(f"{stem}{suffix}{ext}")
+            if cand.is_file():
+                return cand
+    return None
+
+
+def load_system(path: str | os.PathLike, rhs: str = "ones", seed: int = 0) -> Data:
+    """The linear system of a Matrix Market file as a PyG ``Data`` (fields as in ``make_system``).
+
+    - A: :func:`read_matrix_market` (symmetric storage expanded).
+    - b: from a sibling ``<stem>_b.mtx`` or ``<stem>_rhs.mtx`` (``.gz`` too) when one exists (an n x 1
+      matrix, array or coordinate); otherwise ``rhs="ones"`` (default): ``b = A @ ones`` (so the exact
+      solution is the all-ones vector when A is nonsingular), or ``rhs="random"``: i.i.d. standard
+      normal from ``numpy.random.default_rng(seed)``. ``params["rhs"]`` records which was used.
+    - x: sparse direct solve (:func:`reference_solution`). ``data.singular`` (bool) is always set; for a
+      singular A, ``data.x`` is a particular solution when b is in the range of A, else ``data.x``
+      is None (absent) -- never NaN.
+    - pos: Matrix Market has no coordinates: a 1-D index coordinate ``arange(n) / n`` of shape (n, 1).
+    - coeff feature: ones (no coefficient is known).
+    - family ``"matrix_market"``, params ``{"name": stem, "path": str(path), "rhs": ...}``, seed ``seed``.
+    """
+    path = Path(path)
+    A = read_matrix_market(path)
+    n = A.shape[0]
+    sib = _sibling_rhs(path)
+    if sib is not None:
+        B = _read(sib, square=False)
+        if B.shape != (n, 1):
+            raise MatrixMarketError(sib, f"right-hand side must be {n} x 1 for the {n} x {n} matrix "
+                                    f"{path.name}, got {B.shape[0]} x {B.shape[1]}")
+        b = B.toarray().reshape(n)
+        source = f"file:{sib.name}"
+    elif rhs == "ones":
+        b = A @ np.ones(n)
+        source = "ones"
+    elif rhs == "random":
+        b = np.random.default_rng(seed).standard_normal(n)
+        source = "random"
+    else:
+        raise ValueError(f"unknown rhs {rhs!r}: choose 'ones' (b = A @ ones) or 'random'")
+    x, singular = reference_solution(A, b)
+    pos = (np.arange(n, dtype=np.float64) / max(n, 1)).reshape(n, 1)
+    data = make_system(A, b, pos=pos, coeff=np.ones(n), family="matrix_market",
+                       params={"name": matrix_stem(path), "path": str(path), "rhs": source}, seed=seed,
+                       x=np.zeros(n) if x is None else x)
+    if x is None:
+        data.x = None
+    data.singular = singular
+    return data
+

@@ -1,0 +1,171 @@
+"""Benchmark suites: iterables of named linear systems ``(name, Data)`` for evaluation.
+
+- ``pyamg``: the matrices pyamg ships (:func:`pyamg_suite`);
+- ``matrix_market``: every ``.mtx`` / ``.mtx.gz`` in a folder (:func:`matrix_market_suite`); a file that
+  cannot be read is yielded as a :class:`SuiteError` record (name, path, reason) and the rest still load;
+- ``generated``: held-out generated problems (:func:`generated_suite`), given a generator registry.
+
+``load_suite(name, **kwargs)`` builds one by name from :data:`SUITES`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from torch_geometric.data import Data
+
+from .mtx import RHS_SUFFIXES, MatrixMarketError, load_system, matrix_stem, reference_solution
+from .system import make_system
+
+__all__ = ["PYAMG_EXAMPLES", "SUITES", "SuiteError", "generated_suite", "load_suite", "matrix_market_suite",
+           "pyamg_suite"]
+
+# name -> symmetric (SPD for the symmetric ones); recirc_flow is a nonsymmetric convection problem
+PYAMG_EXAMPLES = {
+    "airfoil": True,
+    "bar": True,
+    "knot": True,
+    "local_disc_galerkin_diffusion": True,
+    "recirc_flow": False,
+    "unit_cube": True,
+    "unit_square": True,
+}
+
+
+@dataclass(frozen=True)
+class SuiteError:
+    """A suite member that could not be loaded: its name, file and the reason (reported, then skipped)."""
+
+    name: str
+    path: str
+    reason: str
+
+
+def pyamg_suite(names: Iterable[str] | None = None) -> Iterator[tuple[str, Data]]:
+    """The matrices pyamg ships (``pyamg.gallery.load_example``), in the order of :data:`PYAMG_EXAMPLES`.
+
+    Each example dict holds ``A`` (sparse), ``B`` (the near-null-space candidates for smoothed
+    aggregation -- NOT a right-hand side), and ``vertices`` / ``elements`` of the mesh. No example ships
+    a right-hand side, so ``b = A @ ones`` (exact solution all ones). ``pos`` = ``vertices`` when there is
+    one vertex per unknown (local_disc_galerkin_diffusion, unit_cube, unit_square); otherwise (Dirichlet
+    nodes eliminated, or several unknowns per vertex: airfoil, bar, knot, recirc_flow) the 1-D index
+    coordinate ``arange(n) / n`` of shape (n, 1), as for Matrix Market files.
+    family ``"pyamg"``, params ``{"name": name}``, seed 0; ``symmetric`` is measured from A (recirc_flow
+    is nonsymmetric); ``singular`` is set as in :func:`learnsolve.data.mtx.load_system`.
+    """
+    from pyamg.gallery import load_example  # pyamg is heavy-ish; import on use
+
+    for name in (PYAMG_EXAMPLES if names is None else names):
+        if name not in PYAMG_EXAMPLES:
+            raise ValueError(f"unknown pyamg example {name!r}; choose from {', '.join(PYAMG_EXAMPLES)}")
+        ex = load_example(name)
+        A = sp.csr_matrix(ex["A"], dtype=np.float64)
+        n = A.shape[0]
+        verts = ex.get("vertices")
+        if verts is not None and np.asarray(verts).shape[0] == n:
+            pos = np.asarray(verts, dtype=np.float64)
+        else:
+            pos = (np.arange(n, dtype=np.float64) / n).reshape(n, 1)
+        b = A @ np.ones(n)
+        x, singular = reference_solution(A, b)
+        data = make_system(A, b, pos=pos, coeff=np.ones(n), family="pyamg", params={"name": name}, seed=0,
+                           x=np.zeros(n) if x is None else x)
+        if x is None:
+            data.x = None
+        data.singular = singular
+        yield name, data
+
+
+def _is_rhs_file(path: Path, stems: set[str]) -> bool:
+    stem = matrix_stem(path)
+    return any(stem.endswith(s) and stem[: -len(s)] in stems for s in RHS_SUFFIXES)
+
+
+def matrix_market_suite(folder: str | os.PathLike, rhs: str = "ones",
+                        seed: int = 0) -> Iterator[tuple[str, Data] | SuiteError]:
+    """Every ``*.mtx`` / ``*.mtx.gz`` in ``folder`` (not recursive), sorted by file name.
+
+    Yields ``(stem, Data)`` from :func:`learnsolve.data.mtx.load_system` (``rhs``/``seed`` passed on), or a
+    :class:`SuiteError` for a file that cannot be loaded (the reason is the :class:`MatrixMarketError`
+    message, or the exception for another failure); iteration then goes on with the next file.
+    Right-hand-side files ``<stem>_b.mtx`` / ``<stem>_rhs.mtx`` next to a matrix ``<stem>.mtx`` are used
+    by that matrix's system and are not systems themselves. A missing folder raises
+    ``NotADirectoryError``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"matrix_market suite: {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.name.lower().endswith((".mtx", ".mtx.gz")))
+    stems = {matrix_stem(p) for p in files}
+    for p in files:
+        if _is_rhs_file(p, stems):
+            continue
+        name = matrix_stem(p)
+        try:
+            data = load_system(p, rhs=rhs, seed=seed)
+        except MatrixMarketError as e:
+            yield SuiteError(name, str(p), e.reason)
+            continue
+        except Exception as e:  # noqa: BLE001 -- one bad file must not stop the suite
+            yield SuiteError(name, str(p), f"{type(e).__name__}: {e}")
+            continue
+        yield name, data
+
+
+def generated_suite(specs: Iterable[tuple[str, int, int]],
+                    generators: Mapping[str, Callable[..., Data]]) -> Iterator[tuple[str, Data]]:
+    """Held-out generated problems: for each ``(family, size, seed)`` in ``specs`` yield
+    ``(f"{family}_{size}_s{seed}", generators[family](size, seed=seed))``.
+
+    ``generators`` is the generator registry (family name -> callable ``(size, *, seed) -> Data``); it is
+    a parameter so that this module does not import the generators. Pick seeds disjoint from the
+    training seeds to keep the problems held out. An unknown family raises ``KeyError`` naming the
+    known ones before anything is generated.
+    """
+    specs = list(specs)
+    unknown = sorted({f for f, _, _ in specs if f not in generators})
+    if unknown:
+        raise KeyError(f"unknown generator families {unknown}; known: {sorted(generators)}")
+    for family, size, seed in specs:
+        yield f"{family}_{size}_s{seed}", generators[family](size, seed=seed)
+
+
+SUITES: dict[str, Callable[..., Iterator]] = {
+    "pyamg": pyamg_suite,
+    "matrix_market": matrix_market_suite,
+    "generated": generated_suite,
+}
+
+
+def load_suite(name: str, **kwargs) -> Iterator:
+    """Suite ``name`` from :data:`SUITES`, built with ``kwargs`` (e.g. ``folder=`` for matrix_market)."""
+    if name not in SUITES:
+        raise ValueError(f"unknown benchmark suite {name!r}; choose from {', '.join(SUITES)}")
+    return SUITES[name](**kwargs)
+
+
+def suite_from_config(cfg: Mapping) -> Iterator:
+    """A suite from a ``conf/benchmark/*.yaml`` mapping (``name`` plus that suite's keys).
+
+    ``generated``: ``specs`` [(family, size, seed), ...] over the generator registry;
+    ``pyamg``: ``names`` (None = all); ``matrix_market``: ``path``, ``rhs``, ``seed``.
+    """
+    name = cfg.get("name")
+    if name == "generated":
+        from .generators import GENERATORS
+
+        return generated_suite([tuple(s) for s in cfg["specs"]], GENERATORS)
+    if name == "pyamg":
+        return pyamg_suite(cfg.get("names"))
+    if name == "matrix_market":
+        path = cfg.get("path")
+        if path in (None, "???"):
+            raise ValueError("benchmark=matrix_market needs benchmark.path=DIR (a folder of .mtx files)")
+        return matrix_market_suite(path, rhs=cfg.get("rhs", "ones"), seed=int(cfg.get("seed", 0)))
+    return load_suite(str(name))
