@@ -99,3 +99,17 @@ def test_datamodule_splits_batches_and_solve(tmp_path):
     order1 = [int(s) for b in dm.train_dataloader() for s in b.seed]
     order2 = [int(s) for b in dm.train_dataloader() for s in b.seed]
     assert order1 == order2  # deterministic shuffling
+
+
+def test_global_batch_is_divided_by_the_world_size(tmp_path):
+    from types import SimpleNamespace
+
+    dm = LinearSystemDataModule(family="tridiag", size=5, num_train=8, num_val=2, num_test=2, batch_size=4,
+                                data_dir=str(tmp_path), generators=GENS, progress=False)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=2)
+    assert dm.per_device_batch_size == 2
+    assert next(iter(dm.train_dataloader())).num_graphs == 2
+    dm.trainer = SimpleNamespace(world_size=3)
+    with pytest.raises(ValueError, match="not divisible by the world size 3"):
+        dm.train_dataloader()
