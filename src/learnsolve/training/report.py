@@ -1,0 +1,66 @@
+"""The end-of-run comparison: learned solver vs classical preconditioners on the test systems."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from learnsolve.linalg import SparseMatrix
+from learnsolve.linalg.krylov import run_method
+from learnsolve.linalg.precond import make_preconditioner
+
+BASELINES = ("none", "jacobi", "ic0")
+
+
+def compare_on_test(model, loader, rtol: float = 1e-6, maxiter: int = 2000) -> list[dict]:
+    """Mean CG iterations and seconds (setup + solve) per system for none / Jacobi / IC(0), and the
+    learned model's own solve, over every system of ``loader`` (each batch solved at once)."""
+    totals = {k: {"iters": 0.0, "seconds": 0.0, "converged": 0, "systems": 0} for k in (*BASELINES, "learned")}
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            A = SparseMatrix.from_pyg(batch).detach()
+            Bm = batch.b.view(1, -1, 1).to(A.dtype)
+            for name in BASELINES:
+                t0 = time.perf_counter()
+                M = None
+                if name == "ic0":
+                    M = make_preconditioner("ic0", A, shift="auto").apply
+                elif name == "jacobi":
+                    M = make_preconditioner("jacobi", A).apply
+                _, info = run_method("cg", A, Bm, M, None, rtol, 0.0, maxiter)
+                _add(totals[name], info, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _, info = model.solve(batch, rtol=rtol, maxiter=maxiter)
+            _add(totals["learned"], info, time.perf_counter() - t0)
+    rows = []
+    for name, t in totals.items():
+        n = max(t["systems"], 1)
+        rows.append({"method": name, "iters": t["iters"] / n, "seconds": t["seconds"] / n,
+                     "converged": f"{t['converged']}/{t['systems']}"})
+    ic0 = next(r for r in rows if r["method"] == "ic0")
+    for r in rows:
+        r["iters_ratio_ic0"] = r["iters"] / ic0["iters"] if ic0["iters"] else float("nan")
+    return rows
+
+
+def _add(t: dict, info, seconds: float) -> None:
+    its = info.iterations.view(-1)
+    t["iters"] += float(its.sum())
+    t["seconds"] += seconds  # the batch's time, averaged per system below
+    t["converged"] += int(info.converged.sum())
+    t["systems"] += its.numel()
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("method", "iterations", "ratio to IC(0)", "ms per system", "converged"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["method"], f"{r['iters']:.1f}", f"{r['iters_ratio_ic0']:.2f}", f"{1e3 * r['seconds']:.1f}",
+                      r["converged"])
+    Console().print(table)
