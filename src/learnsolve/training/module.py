@@ -12,16 +12,21 @@ from learnsolve.linalg import IC0, SparseMatrix
 from learnsolve.linalg.krylov import run_method
 
 
-def baseline_iterations(batch, precond: str | None, rtol: float, maxiter: int) -> torch.Tensor:
-    """Per-graph CG iterations with a classical preconditioner (None | "jacobi" | "ic0")."""
+def classical_preconditioner(A: SparseMatrix, name: str | None):
+    """M^{-1} application of a baseline: None/"none" | "jacobi" | "ic0" (auto-shifted on breakdown)."""
     from learnsolve.linalg.precond import make_preconditioner
 
+    if name in (None, "none"):
+        return None
+    if name == "ic0":
+        return IC0(A, shift="auto").apply
+    return make_preconditioner(name, A).apply
+
+
+def baseline_iterations(batch, precond: str | None, rtol: float, maxiter: int) -> torch.Tensor:
+    """Per-graph CG iterations with a classical preconditioner (None | "jacobi" | "ic0")."""
     A = SparseMatrix.from_pyg(batch).detach()
-    M = None
-    if precond == "ic0":
-        M = IC0(A, shift="auto").apply
-    elif precond is not None:
-        M = make_preconditioner(precond, A).apply
+    M = classical_preconditioner(A, precond)
     _, info = run_method("cg", A, batch.b.view(1, -1, 1).to(A.dtype), M, None, rtol, 0.0, maxiter)
     return info.iterations.view(-1).to(torch.float64)
 

@@ -8,7 +8,8 @@ import torch
 
 from learnsolve.linalg import SparseMatrix
 from learnsolve.linalg.krylov import run_method
-from learnsolve.linalg.precond import make_preconditioner
+
+from .module import classical_preconditioner
 
 BASELINES = ("none", "jacobi", "ic0")
 
@@ -24,11 +25,7 @@ def compare_on_test(model, loader, rtol: float = 1e-6, maxiter: int = 2000) -> l
             Bm = batch.b.view(1, -1, 1).to(A.dtype)
             for name in BASELINES:
                 t0 = time.perf_counter()
-                M = None
-                if name == "ic0":
-                    M = make_preconditioner("ic0", A, shift="auto").apply
-                elif name == "jacobi":
-                    M = make_preconditioner("jacobi", A).apply
+                M = classical_preconditioner(A, name)
                 _, info = run_method("cg", A, Bm, M, None, rtol, 0.0, maxiter)
                 _add(totals[name], info, time.perf_counter() - t0)
             t0 = time.perf_counter()
