@@ -45,6 +45,19 @@ def convdiff2d(m: int, peclet: float = 20.0) -> sp.csr_matrix:
     return A.tocsr()
 
 
+def random_spd(n: int, density: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Random symmetric, strictly diagonally dominant sparse matrix (hence SPD), sorted CSR."""
+    R = sp.random(n, n, density=density, random_state=rng, format="csr")
+    R.data = rng.uniform(-1.0, 1.0, R.nnz)
+    S = sp.triu(R, 1)
+    S = S + S.T
+    rowsum = np.abs(S).sum(axis=1).A.ravel()
+    A = (S + sp.diags(rowsum + rng.uniform(0.1, 1.0, n))).tocsr()
+    A.eliminate_zeros()
+    A.sort_indices()
+    return A
+
+
 @pytest.fixture
 def spd() -> sp.csr_matrix:
     return diffusion2d(8, seed=1)

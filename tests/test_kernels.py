@@ -21,6 +21,8 @@ from learnsolve.linalg._kernels import (
     trsv_unit_upper,
 )
 
+from .conftest import random_spd
+
 # ----------------------------------------------------------------------------
 # helpers / dense references
 # ----------------------------------------------------------------------------
@@ -51,16 +53,6 @@ def _random_nonsym(n, density, rng, dominance=1.0):
     return A
 
 
-def _random_spd(n, density, rng):
-    """Random symmetric, strictly diagonally dominant sparse matrix (SPD)."""
-    R = sp.random(n, n, density=density, random_state=rng, format="csr")
-    R.data = rng.uniform(-1.0, 1.0, R.nnz)
-    S = sp.triu(R, 1)
-    S = S + S.T
-    rowsum = np.abs(S).sum(axis=1).A.ravel()
-    A = (S + sp.diags(rowsum + rng.uniform(0.1, 1.0, n))).tocsr()
-    A.sort_indices()
-    return A
 
 
 def _dense_ic0(A, mask):
@@ -341,7 +333,7 @@ def test_trsv_unit_shape_errors():
 def test_ldlt_factor_vs_dense(index_dtype, dtype):
     rng = np.random.default_rng(90)
     n, nb = 30, 2
-    S = _random_spd(n, 0.15, rng)
+    S = random_spd(n, 0.15, rng)
     # a lower factor with extra entries right of the diagonal (they must be ignored)
     F = (sp.tril(S) + sp.triu(sp.random(n, n, 0.1, random_state=rng, format="csr"), 1)).tocsr()
     indptr, indices, base = _csr_parts(F, index_dtype)
@@ -416,7 +408,7 @@ def test_ic0_poisson_vs_dense(index_dtype):
 def test_ic0_random_spd_vs_dense(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(30, 81))
-    A = _random_spd(n, 0.06, rng)
+    A = random_spd(n, 0.06, rng)
     _, _, _, info = _check_ic0(A)
     assert info == -1
 
@@ -616,7 +608,7 @@ def test_batched_equals_loop():
             assert csr_trsv(indptr, indices, LU[bi : bi + 1], b[bi : bi + 1], lower, unit, out1) == -1
             np.testing.assert_array_equal(out[bi], out1[0])
 
-    S = _random_spd(n, 0.08, rng)
+    S = random_spd(n, 0.08, rng)
     Lw = sp.tril(S).tocsr()
     ip, ix, d0 = _csr_parts(Lw)
     pos = csr_diag_positions(ip, ix)

@@ -56,13 +56,6 @@ def _csr(A):
     return A
 
 
-def _random_spd(n, density, rng):
-    R = sp.random(n, n, density=density, random_state=rng, format="csr")
-    R.data = rng.uniform(-1.0, 1.0, R.nnz)
-    S = sp.triu(R, 1)
-    S = S + S.T
-    rowsum = np.abs(S).sum(axis=1).A.ravel()
-    return _csr(S + sp.diags(rowsum + rng.uniform(0.1, 1.0, n)))
 
 
 def _random_nonsym(n, density, rng):

@@ -43,7 +43,7 @@ class LinearSystemDataModule(pl.LightningDataModule):
         self.generators = generators
         self.datasets: dict[str, LinearSystemDataset] = {}
 
-    def _dataset(self, split: str, size: int, count: int, offset: int) -> LinearSystemDataset:
+    def _dataset(self, size: int, count: int, offset: int) -> LinearSystemDataset:
         return LinearSystemDataset(self.data_dir, self.family, size, count, seed=self.seed + offset, rhs=self.rhs,
                                    params=self.params, generators=self.generators, progress=self.progress)
 
@@ -65,7 +65,7 @@ class LinearSystemDataModule(pl.LightningDataModule):
             if name not in spec:
                 raise KeyError(f"unknown split {name!r}; have {', '.join(spec)}")
             size, count, off = spec[name]
-            self.datasets[name] = self._dataset(name, size, count, off)
+            self.datasets[name] = self._dataset(size, count, off)
         return self.datasets[name]
 
     def _build_all(self) -> None:

@@ -460,7 +460,7 @@ def _public(method: str, A, b: Tensor, M, x0, rtol, atol, maxiter, callback, **o
     Bm, layout = canonicalize(b, n, op.batch_size, None if op.blocks is None else op.blocks.numel() - 1)
     X0 = None if x0 is None else canonicalize(x0, n, op.batch_size, None, name="x0")[0].expand_as(Bm)
     Mf = resolve_preconditioner(M, op)
-    apply = None if Mf is None else Mf.apply if hasattr(Mf, "apply") else Mf
+    apply = None if Mf is None else Mf.apply  # resolve_preconditioner returns a Preconditioner or None
     X, info = run_method(method, op, Bm, apply, X0, default_rtol(b.dtype) if rtol is None else float(rtol),
                          float(atol), default_maxiter(method, n) if maxiter is None else int(maxiter),
                          callback, **options)
