@@ -88,8 +88,17 @@ Kernels
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
+
+# numba's default threading layer on Linux is OpenMP (a second OpenMP runtime next to torch's): after one
+# parallel kernel (e.g. an IC(0) factorisation) its idle workers made every later torch op of the process
+# up to 40x slower (measured: a GNN solve 0.45 s -> 19 s). The workqueue layer has no spinning workers.
+# NUMBA_THREADING_LAYER set by the user still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 __all__ = [
     "csr_diag_positions", "csr_trsv", "csr_trsv_unit", "ic0", "ilu0", "ldlt_factor", "trsv_unit_lower",
