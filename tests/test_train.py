@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
-from learnsolve.models import GNNSolver
+from learnsolve.models import MODELS, GNNSolver
 from learnsolve.nn import SystemConv
+from learnsolve.training import LearnedSolverModule
+from learnsolve.training.checkpoint import CheckpointError, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.size=8", "data.num_train=4", "data.num_val=2", "data.num_test=2", "data.batch_size=2",
@@ -70,26 +76,109 @@ def test_gnn_solver_loss_decreases():
     assert losses[-1] < losses[0] - 0.05, losses
 
 
-def test_train_cli_fast_dev_run(tmp_path):
-    out = run_train(tmp_path, "trainer.fast_dev_run=true", "logger=csv")
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registry_model_trains_through_the_cli(tmp_path, name):
+    out = run_train(tmp_path, f"model={name}", "trainer.fast_dev_run=true", "logger=csv")
     assert out.returncode == 0, out.stderr[-3000:]
+    cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    assert cfg["name"] == name and cfg["monitor"].startswith("val/")
+    assert MODELS[name].kind in ("solver", "preconditioner", "surrogate")
 
 
-def test_train_cli_default_logger_is_offline_wandb_and_resume(tmp_path):
-    out = run_train(tmp_path, "trainer.max_epochs=1", "hydra.run.dir=" + str(tmp_path / "run1"))
+def test_train_cli_default_logger_is_offline_wandb_with_plots(tmp_path):
+    run = tmp_path / "run1"
+    out = run_train(tmp_path, "trainer.max_epochs=1", f"hydra.run.dir={run}",
+                    "callbacks.convergence_curves.every_n_epochs=1", "callbacks.gradient_quality.every_n_epochs=1")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratio to IC(0)" in out.stdout  # the final comparison table
-    run1 = tmp_path / "run1"
-    assert (run1 / "wandb").is_dir()  # W&B files stay in the run folder
-    last = run1 / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, weights_only=False)
+    assert (run / "wandb").is_dir()  # W&B files stay in the run folder
+    assert (run / "report.csv").is_file()
+    assert (run / "plots" / "convergence_epoch000.png").is_file()
+    curves = (run / "plots" / "convergence_epoch000.csv").read_text().splitlines()
+    assert curves[0] == "iteration,learned,none,jacobi,ic0" and float(curves[1].split(",")[1]) == 1.0
+    quality = [json.loads(line) for line in (run / "plots" / "gradient_quality.jsonl").read_text().splitlines()]
+    # the implicit gradient of the probe solve agrees with central differences and with unrolling
+    assert quality[0]["grad/fd_cosine"] > 0.9999 and quality[0]["grad/fd_rel_error"] < 1e-4
+    assert quality[0]["grad/unrolled_rel_error"] < 1e-6
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["learnsolve_config"]["model"]["name"] == "gnn_solver"
-    out = run_train(tmp_path, "trainer.max_epochs=2", f"ckpt_path={last}", "logger=none",
-                    "hydra.run.dir=" + str(tmp_path / "run2"))
+    model, cfg = load_model(run / "checkpoints" / "last.ckpt")  # rebuilt from the checkpoint alone
+    assert isinstance(model, GNNSolver) and cfg["data"]["family"] == "diffusion2d"
+    weights = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()}
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_model(bad)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="no learnsolve_config"):
+        load_model(foreign)
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    cmd = [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={tmp_path}", *TINY, "logger=none",
+           "trainer.max_epochs=1000", f"hydra.run.dir={run}", "callbacks.convergence_curves.every_n_epochs=0",
+           "callbacks.gradient_quality.every_n_epochs=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # the checkpoint is written atomically; let the next epoch start
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert last.exists(), err[-3000:]
+    epoch = torch.load(last, weights_only=False)["epoch"]
+    out = run_train(tmp_path, f"trainer.max_epochs={epoch + 2}", f"ckpt_path={last}", "logger=none",
+                    f"hydra.run.dir={tmp_path / 'resumed'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Restoring states from the checkpoint" in out.stderr + out.stdout
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == epoch + 1  # 0-based: the resumed run trained exactly the one missing epoch
 
 
-def test_train_rejects_nonsymmetric_family_for_fcg_model(tmp_path):
+def test_train_rejects_nonsymmetric_family_for_cg_model(tmp_path):
     out = run_train(tmp_path, "data=convdiff2d", "trainer.fast_dev_run=true", "logger=none")
     assert out.returncode != 0 and "needs an SPD family" in out.stderr
+
+
+def test_train_unknown_model_and_bad_data_dir_are_clear(tmp_path):
+    out = run_train(tmp_path, "model=no_such_model", "trainer.fast_dev_run=true")
+    assert out.returncode != 0 and "Could not find 'model/no_such_model'" in out.stderr
+    assert "gnn_solver" in out.stderr  # Hydra lists the available models
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = run_train(tmp_path, "trainer.fast_dev_run=true", "logger=none", f"paths.data_dir={blocker}")
+    assert out.returncode != 0 and "is not a folder" in out.stderr
+
+
+class _NaNModel(torch.nn.Module):
+    kind = "solver"
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def training_loss(self, batch):
+        return self.w * float("nan"), {}
+
+
+def test_nan_loss_stops_with_step_and_batch():
+    module = LearnedSolverModule(_NaNModel(), optimizer=None)
+    batch = _batch([11, 12])
+    with pytest.raises(FloatingPointError, match=r"non-finite train loss nan at step 0.*seeds \[11, 12\]"):
+        module.training_step(batch, 0)
+
+
+def test_module_rejects_object_without_the_model_contract():
+    with pytest.raises(TypeError, match="kind"):
+        LearnedSolverModule(torch.nn.Linear(2, 2), optimizer=None)

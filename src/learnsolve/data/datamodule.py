@@ -11,6 +11,7 @@ Shuffling uses a generator seeded from ``seed``, so runs are reproducible.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -68,7 +69,19 @@ class LinearSystemDataModule(pl.LightningDataModule):
             self.datasets[name] = self._dataset(size, count, off)
         return self.datasets[name]
 
+    def _check_data_dir(self) -> None:
+        root = Path(self.data_dir)
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"data_dir {str(root)!r} exists but is not a folder: point data.data_dir "
+                                     "(or paths.data_dir) to a folder for the generated datasets")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create the dataset folder data_dir={str(root)!r} ({e.strerror}): set "
+                          "data.data_dir (or paths.data_dir) to a writable folder") from e
+
     def _build_all(self) -> None:
+        self._check_data_dir()
         for name, *_ in self.split_specs():
             self.build(name)
 

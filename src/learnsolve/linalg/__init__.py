@@ -11,6 +11,8 @@ Public API:
   :class:`LowRankDiagonal`, :class:`AMG`, :class:`FunctionPreconditioner`,
   :func:`make_preconditioner`, :func:`triangular_solve`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
+- spectral estimates from CG's Lanczos coefficients (differentiable, no n x n eigensolve):
+  :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
 """
 
 from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
@@ -31,6 +33,7 @@ from .precond import (
 )
 from .solve import AdjointOptions, ConvergenceError, ConvergenceWarning, solve
 from .sparse import CSRPattern, SparseMatrix
+from .spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
 
 __all__ = [
     "AMG",
@@ -57,10 +60,13 @@ __all__ = [
     "as_operator",
     "bicgstab",
     "cg",
+    "condition_estimate",
     "default_rtol",
+    "extreme_eigenvalues",
     "factorize",
     "fcg",
     "gmres",
+    "lanczos_tridiagonal",
     "make_preconditioner",
     "minres",
     "solve",

@@ -27,6 +27,7 @@ LOSSES = ("log_residual", "energy")
 
 
 class GNNSolver(nn.Module):
+    kind = "solver"
     requires_spd = True  # flexible CG
 
     def __init__(self, hidden: int = 32, layers: int = 3, unroll_steps: int = 8, truncation: int = 1,

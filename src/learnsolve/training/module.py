@@ -1,4 +1,4 @@
-"""LightningModule wrapping a learned solver (any model with ``training_loss`` and ``solve``)."""
+"""LightningModule wrapping any registry model (see :mod:`learnsolve.models` for the contract)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from torch import nn
 from learnsolve.linalg import IC0, SparseMatrix
 from learnsolve.linalg.krylov import run_method
 
+ITERATIVE_KINDS = ("solver", "preconditioner")
+
 
 def classical_preconditioner(A: SparseMatrix, name: str | None):
-    """M^{-1} application of a baseline: None/"none" | "jacobi" | "ic0" (auto-shifted on breakdown)."""
+    """M^{-1} application of a baseline: None/"none" | "jacobi" | "ic0" (auto-shifted on breakdown) | "amg"."""
     from learnsolve.linalg.precond import make_preconditioner
 
     if name in (None, "none"):
@@ -23,43 +25,70 @@ def classical_preconditioner(A: SparseMatrix, name: str | None):
     return make_preconditioner(name, A).apply
 
 
-def baseline_iterations(batch, precond: str | None, rtol: float, maxiter: int) -> torch.Tensor:
-    """Per-graph CG iterations with a classical preconditioner (None | "jacobi" | "ic0")."""
+def baseline_solve(batch, precond: str | None, rtol: float, maxiter: int):
+    """CG with a classical preconditioner on every graph of ``batch``: (X, SolveInfo)."""
     A = SparseMatrix.from_pyg(batch).detach()
     M = classical_preconditioner(A, precond)
-    _, info = run_method("cg", A, batch.b.view(1, -1, 1).to(A.dtype), M, None, rtol, 0.0, maxiter)
-    return info.iterations.view(-1).to(torch.float64)
+    return run_method("cg", A, batch.b.view(1, -1, 1).to(A.dtype), M, None, rtol, 0.0, maxiter)
+
+
+def baseline_iterations(batch, precond: str | None, rtol: float, maxiter: int) -> torch.Tensor:
+    """Per-graph CG iterations with a classical preconditioner (None | "jacobi" | "ic0" | "amg")."""
+    return baseline_solve(batch, precond, rtol, maxiter)[1].iterations.view(-1).to(torch.float64)
 
 
 class LearnedSolverModule(pl.LightningModule):
-    """Metrics: ``train/loss``, ``val/loss``, ``val/iters`` (mean iterations to ``eval_rtol`` on the
-    validation systems) and ``val/iters_ratio_ic0`` (ratio to IC(0)-preconditioned CG on the same
-    systems); the same under ``test/``. A non-finite loss stops training with the step and the
-    offending batch's seeds."""
+    """Lightning wrapper of a learned solver, preconditioner or surrogate.
+
+    Metrics: ``train/loss`` and ``val/loss`` (the model's ``training_loss``) plus the model's logs; for
+    the iterative kinds also ``val/iters`` (mean iterations to ``eval_rtol`` on the validation systems)
+    and ``val/iters_ratio_ic0`` (per-system ratio to IC(0)-preconditioned CG, averaged); for surrogates
+    the model's ``metrics(batch)``. The same under ``test/``. A non-finite loss stops training with the
+    step and the offending batch's seeds. Metrics are reduced across processes under DDP.
+    """
 
     def __init__(self, model: nn.Module, optimizer, scheduler=None, eval_rtol: float = 1e-6,
                  eval_maxiter: int = 2000, config: dict | None = None):
         super().__init__()
+        kind = getattr(model, "kind", None)
+        if kind not in (*ITERATIVE_KINDS, "surrogate"):
+            raise TypeError(f"{type(model).__name__} is not a learnsolve model: its class attribute `kind` must be "
+                            f"'solver', 'preconditioner' or 'surrogate', got {kind!r}")
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.eval_rtol, self.eval_maxiter = float(eval_rtol), int(eval_maxiter)
         self.config = config  # the composed run config, stored in every checkpoint
 
+    @property
+    def iterative(self) -> bool:
+        return self.model.kind in ITERATIVE_KINDS
+
     def _common_step(self, batch, stage: str) -> torch.Tensor:
         loss, logs = self.model.training_loss(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite {stage} loss {float(loss)} at step {self.global_step}; "
-                                     f"offending batch: systems with seeds {batch.seed.view(-1).tolist()}")
+            raise FloatingPointError(
+                f"non-finite {stage} loss {float(loss)} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"offending batch: systems with seeds {batch.seed.view(-1).tolist()}. Lower the learning rate "
+                "(model.optimizer.lr), keep gradient clipping on (trainer.gradient_clip_val), or check the data.")
         n = batch.num_graphs
-        self.log(f"{stage}/loss", loss, batch_size=n, prog_bar=True, on_step=stage == "train", on_epoch=True)
+        sync = stage != "train"  # epoch-level validation/test metrics are averaged over DDP ranks
+        self.log(f"{stage}/loss", loss, batch_size=n, prog_bar=True, on_step=stage == "train", on_epoch=True,
+                 sync_dist=sync)
         for k, v in logs.items():
-            self.log(f"{stage}/{k}", v, batch_size=n)
+            self.log(f"{stage}/{k}", float(v), batch_size=n, sync_dist=sync)
         if stage != "train":
-            _, info = self.model.solve(batch, rtol=self.eval_rtol, maxiter=self.eval_maxiter)
-            iters = info.iterations.view(-1).to(torch.float64)
-            ic0 = baseline_iterations(batch, "ic0", self.eval_rtol, self.eval_maxiter)
-            self.log(f"{stage}/iters", iters.mean(), batch_size=n, prog_bar=True)
-            self.log(f"{stage}/iters_ratio_ic0", (iters / ic0.clamp_min(1)).mean(), batch_size=n)
+            if self.iterative:
+                _, info = self.model.solve(batch, rtol=self.eval_rtol, maxiter=self.eval_maxiter)
+                iters = info.iterations.view(-1).to(torch.float64)
+                ic0 = baseline_iterations(batch, "ic0", self.eval_rtol, self.eval_maxiter)
+                self.log(f"{stage}/iters", iters.mean(), batch_size=n, prog_bar=True, sync_dist=True)
+                self.log(f"{stage}/iters_ratio_ic0", (iters / ic0.clamp_min(1)).mean(), batch_size=n, sync_dist=True)
+                self.log(f"{stage}/converged", info.converged.to(torch.float64).mean(), batch_size=n, sync_dist=True)
+            else:
+                extra = {k: v for k, v in self.model.metrics(batch).items() if k not in logs and k != "loss"}
+                for i, (k, v) in enumerate(extra.items()):
+                    self.log(f"{stage}/{k}", torch.as_tensor(v, dtype=torch.float64), batch_size=n, sync_dist=True,
+                             prog_bar=i == 0)
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -2,7 +2,8 @@
 
 from .fem import GENERATORS as _FEM
 from .structured import GENERATORS as _STRUCTURED
+from .trajectory import GENERATORS as _TRAJECTORY
 
-GENERATORS = {**_STRUCTURED, **_FEM}
+GENERATORS = {**_STRUCTURED, **_FEM, **_TRAJECTORY}
 
 __all__ = ["GENERATORS"]
