@@ -18,6 +18,7 @@ from learnsolve.models import MODELS, GNNSolver
 from learnsolve.nn import SystemConv
 from learnsolve.training import LearnedSolverModule
 from learnsolve.training.checkpoint import CheckpointError, load_model
+from learnsolve.training.module import baseline_iterations
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.size=8", "data.num_train=4", "data.num_val=2", "data.num_test=2", "data.batch_size=2",
@@ -59,6 +60,17 @@ def test_gnn_solver_starts_as_jacobi_fcg_and_converges_tightly():
     x, info = model.solve(b, rtol=1e-8)
     assert bool(info.converged.all())
     assert torch.allclose(x, b.x, rtol=1e-6, atol=1e-8 * float(b.x.abs().max()))
+
+
+def test_gnn_solver_ic0_base_starts_as_ic0_pcg():
+    b = _batch(range(200, 203), m=12)
+    _, info = GNNSolver(hidden=8, layers=1, base="ic0").double().solve(b, rtol=1e-8)
+    ref = baseline_iterations(b, "ic0", 1e-8, 2000)
+    # FCG with a linear SPD preconditioner is PCG in exact arithmetic; rounding may shift a count by one
+    assert torch.allclose(info.iterations.view(-1).double(), ref, atol=1)
+    assert bool(info.converged.all())
+    with pytest.raises(ValueError, match="unknown base"):
+        GNNSolver(base="amg")
 
 
 def test_gnn_solver_loss_decreases():
