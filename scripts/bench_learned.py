@@ -47,7 +47,7 @@ from learnsolve.data import GENERATORS
 from learnsolve.linalg import SparseMatrix
 from learnsolve.linalg.krylov import run_method
 from learnsolve.linalg.precond import IC0, make_preconditioner
-from learnsolve.training.checkpoint import load_model
+from learnsolve.models.checkpoint import load_model
 
 CLASSICAL = ("none", "jacobi", "ic0", "amg")
 GOAL_MODELS = ("neural_if", "gnn_solver")

@@ -15,9 +15,9 @@ from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
 from learnsolve.models import MODELS, GNNSolver
+from learnsolve.models.checkpoint import CheckpointError, load_model
 from learnsolve.nn import SystemConv
 from learnsolve.training import LearnedSolverModule
-from learnsolve.training.checkpoint import CheckpointError, load_model
 from learnsolve.training.module import baseline_iterations
 
 ROOT = Path(__file__).resolve().parents[1]

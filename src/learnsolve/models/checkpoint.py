@@ -1,6 +1,7 @@
-"""Rebuild a trained model from a training checkpoint, without Hydra's runtime or retyped overrides.
+"""Rebuild a trained model from a training checkpoint, without Lightning, Hydra's runtime or retyped
+overrides (here, in the models layer, so that evaluation and export can use it).
 
-Every checkpoint written by :class:`~learnsolve.training.module.LearnedSolverModule` stores the composed
+Every checkpoint written by ``learnsolve.training.module.LearnedSolverModule`` stores the composed
 run config under ``learnsolve_config``; the model is ``hydra.utils.instantiate(config["model"]["net"])``
 with the module's ``model.*`` weights.
 """
