@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg  # noqa: F401 -- sp.linalg.norm
 from torch_geometric.data import Data
 
 from .mtx import RHS_SUFFIXES, MatrixMarketError, load_system, matrix_stem, reference_solution
@@ -51,7 +52,8 @@ def pyamg_suite(names: Iterable[str] | None = None) -> Iterator[tuple[str, Data]
 
     Each example dict holds ``A`` (sparse), ``B`` (the near-null-space candidates for smoothed
     aggregation -- NOT a right-hand side), and ``vertices`` / ``elements`` of the mesh. No example ships
-    a right-hand side, so ``b = A @ ones`` (exact solution all ones). ``pos`` = ``vertices`` when there is
+    a right-hand side, so ``b = A @ ones`` (exact solution all ones), except where ones lies in A's null
+    space (unit_square, a Neumann problem): there ``b = A @ w`` with ``w`` uniform in [0.5, 1.5] (seed 0). ``pos`` = ``vertices`` when there is
     one vertex per unknown (local_disc_galerkin_diffusion, unit_cube, unit_square); otherwise (Dirichlet
     nodes eliminated, or several unknowns per vertex: airfoil, bar, knot, recirc_flow) the 1-D index
     coordinate ``arange(n) / n`` of shape (n, 1), as for Matrix Market files.
@@ -72,6 +74,10 @@ def pyamg_suite(names: Iterable[str] | None = None) -> Iterator[tuple[str, Data]
         else:
             pos = (np.arange(n, dtype=np.float64) / n).reshape(n, 1)
         b = A @ np.ones(n)
+        if np.linalg.norm(b) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
+            # ones spans A's null space (unit_square: Neumann, constant null space) and b = A @ ones is pure
+            # rounding noise; a seeded random vector's image is a consistent right-hand side instead
+            b = A @ np.random.default_rng(0).uniform(0.5, 1.5, n)
         x, singular = reference_solution(A, b)
         data = make_system(A, b, pos=pos, coeff=np.ones(n), family="pyamg", params={"name": name}, seed=0,
                            x=np.zeros(n) if x is None else x)

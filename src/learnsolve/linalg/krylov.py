@@ -355,7 +355,8 @@ def _bicgstab(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
 def _gmres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, restart: int = 30):
     """Restarted flexible GMRES (right preconditioning, Saad 1993): modified Gram-Schmidt Arnoldi,
     Givens rotations per system; the preconditioned vectors Z_j are stored, so M may be nonlinear.
-    Each system stops at its own inner step; the true residual is recomputed at every restart."""
+    Each system stops at its own inner step; the true residual is recomputed after every cycle and decides
+    convergence (a system that met the tolerance only on the Givens estimate goes on)."""
     X, R = _start(mv, Bm, X0)
     bnorm = red.norm(Bm)
     beta = red.norm(R)
@@ -364,14 +365,6 @@ def _gmres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, rest
     m = max(1, int(restart))
     cycle = 0
     while not mon.done():
-        if cycle > 0:
-            R = Bm - mv(X)
-            beta = red.norm(R)
-            # the Givens estimate can drift from the true residual: re-test with the true one
-            mon.converged = mon.converged | (mon.active & (beta.detach() <= mon.tol))
-            mon.active = mon.active & ~mon.converged
-            if mon.done():
-                break
         cycle += 1
         act0 = mon.active.clone()
         Vs = [R * red.expand(1.0 / _safe(beta, act0))]
@@ -428,6 +421,16 @@ def _gmres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, rest
             X = X + red.expand(ys[i]) * Zs[i]
         if callback is not None:
             callback(X, mon.it)
+        # the Givens estimate can drift from the true residual (loss of orthogonality in Arnoldi, rounding
+        # in an ill-conditioned M): test every system of this cycle with the true residual; one that
+        # converged on the estimate only is resumed (or, at the iteration cap, reported as not converged)
+        R = Bm - mv(X)
+        beta = red.norm(R)
+        true_ok = beta.detach() <= mon.tol
+        relapse = act0 & mon.converged & ~true_ok
+        mon.converged = (mon.converged & ~relapse) | (mon.active & true_ok)
+        mon.active = (mon.active | (relapse if mon.it < mon.maxiter else torch.zeros_like(relapse))) \
+            & ~mon.converged
     return X, mon.info()
 
 

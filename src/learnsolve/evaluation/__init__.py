@@ -1,0 +1,50 @@
+"""learnsolve.evaluation: run learned solvers and classical baselines on benchmark suites; tables and plots.
+
+- :func:`evaluate` / :func:`evaluate_matrix`: one row per (matrix, preconditioner) -- iterations to each
+  rtol, setup / solve / total seconds, the true final relative residual, the ratio to IC(0) and a status;
+- :func:`evaluate_surrogate`: the metrics of a surrogate model over its test set;
+- :func:`write_results` / :func:`write_surrogate_results`: ``results.csv``, ``results.json``,
+  ``results.md`` and the convergence / summary plots; :func:`log_wandb` sends them to a W&B run.
+
+``python scripts/evaluate.py ckpt_path=... benchmark=...`` (``learnsolve-evaluate``) drives it.
+"""
+
+from .report import (
+    log_wandb,
+    markdown_table,
+    surrogate_markdown_table,
+    write_results,
+    write_surrogate_results,
+)
+from .runner import (
+    BASELINES,
+    PRECONDITIONERS,
+    SOLVERS,
+    STATUSES,
+    MatrixInfo,
+    classify,
+    columns,
+    evaluate,
+    evaluate_matrix,
+    evaluate_surrogate,
+    exit_code,
+)
+
+__all__ = [
+    "BASELINES",
+    "PRECONDITIONERS",
+    "SOLVERS",
+    "STATUSES",
+    "MatrixInfo",
+    "classify",
+    "columns",
+    "evaluate",
+    "evaluate_matrix",
+    "evaluate_surrogate",
+    "exit_code",
+    "log_wandb",
+    "markdown_table",
+    "surrogate_markdown_table",
+    "write_results",
+    "write_surrogate_results",
+]
