@@ -19,6 +19,7 @@ Run (from the repository root)::
    so times compare kernels fairly); ``gnn_solver`` runs its flexible CG, ``unrolled_cg`` its learned
    steps then CG. AMG is pyamg smoothed aggregation used as a preconditioner of the same CG.
    Baselines and learned models are timed in the same process, one after the other per system.
+   Records so far are saved after every system (``bench_learned.partial.json``).
 3. Output: a table on stdout and ``OUT/bench_learned.json`` and ``OUT/bench_learned.md`` (written
    atomically), with per-size means and the ratios to IC(0). Goal (issue 4) for neural_if and
    gnn_solver: iterations <= 0.8x IC(0) and time <= 1.0x IC(0) at every size.
@@ -76,6 +77,13 @@ def train_model(name: str, args, out: Path) -> Path:
     print(f"[train] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     ckpts = sorted(p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
     return ckpts[-1] if ckpts else run_dir / "checkpoints" / "last.ckpt"
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically: a temporary name, then rename (a killed run never leaves a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _median_time(fn, repeats: int):
@@ -161,6 +169,7 @@ def main(argv=None) -> int:
                     r = measure(method, model, batch, rtol, args.maxiter, args.repeats)
                     records.append({"size": m, "system": i, "rtol": rtol, "method": method, **r})
             print(f"[eval] {m}x{m} system {i + 1}/{args.num_test} done", flush=True)
+            _write(out / "bench_learned.partial.json", json.dumps({"records": records}, indent=1))
 
     summary = []
     for m in args.sizes:
@@ -193,12 +202,9 @@ def main(argv=None) -> int:
             "sizes": args.sizes, "num_test": args.num_test, "rtols": args.rtols, "repeats": args.repeats,
             "threads": args.threads, "checkpoints": {k: v[1] for k, v in models.items()},
             "torch": torch.__version__, "cpu_count": os.cpu_count()}
-    for path, text in ((out / "bench_learned.json",
-                        json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1)),
-                       (out / "bench_learned.md", table + "\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    _write(out / "bench_learned.json", json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1))
+    _write(out / "bench_learned.md", table + "\n")
+    (out / "bench_learned.partial.json").unlink(missing_ok=True)
     print(f"wrote {out / 'bench_learned.json'} and {out / 'bench_learned.md'}")
     return 0
 
