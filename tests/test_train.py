@@ -123,6 +123,8 @@ def test_train_cli_default_logger_is_offline_wandb_with_plots(tmp_path):
 def test_load_model_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "missing.ckpt")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_model(tmp_path)
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):

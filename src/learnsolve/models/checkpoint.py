@@ -21,6 +21,9 @@ class CheckpointError(RuntimeError):
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} is a folder; give a checkpoint file inside it, e.g. "
+                              f"{str(p / 'checkpoints' / 'last.ckpt')!r}")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist (give ckpt_path=.../checkpoints/last.ckpt "
                               "or a best-epoch file from a training run folder)")
