@@ -86,3 +86,16 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def adam_losses(model: torch.nn.Module, batch, steps: int, lr: float) -> list[float]:
+    """Train ``model`` with Adam on one fixed batch for ``steps`` steps; the loss before each step."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = model.training_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses

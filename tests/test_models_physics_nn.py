@@ -14,6 +14,8 @@ from learnsolve.data import GENERATORS
 from learnsolve.linalg import solve
 from learnsolve.models.physics_nn import PhysicsNN, assemble, build_stencil
 
+from .conftest import adam_losses
+
 
 def _batch(seeds, m=8, family="diffusion2d"):
     return Batch.from_data_list([GENERATORS[family](m, seed=s) for s in seeds])
@@ -153,14 +155,7 @@ def test_loss_decreases_and_learns_the_discretisation():
     model = PhysicsNN(hidden=32, layers=2)
     train, val = _batch(range(4)), _batch(range(100, 102))
     before = {k: float(v) for k, v in model.metrics(val).items()}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss, _ = model.training_loss(train)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, train, steps=40, lr=1e-2)
     after = {k: float(v) for k, v in model.metrics(val).items()}
     print("physics_nn before", before, "after", after, "loss", losses[0], "->", losses[-1])
     assert losses[-1] < 0.1 * losses[0], losses
@@ -178,14 +173,7 @@ def test_dense_variant_trains_and_checks_sizes(form):
     assert torch.equal(A_data[1], build_stencil(train[1]).A.to_dense())
     if form == "spd":
         assert float(torch.linalg.eigvalsh(A.detach()).min()) > 0
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss, _ = model.training_loss(train)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, train, steps=30, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0], losses
     assert set(model.metrics(train)) == {"rel_error", "coef_rel_error", "coef_rel_error_scaled"}
     with pytest.raises(ValueError, match=r"physics_nn \(dense\).*num_nodes=16.*25"):

@@ -20,6 +20,8 @@ from learnsolve.nn import SystemConv
 from learnsolve.training import LearnedSolverModule
 from learnsolve.training.module import baseline_iterations
 
+from .conftest import adam_losses
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.size=8", "data.num_train=4", "data.num_val=2", "data.num_test=2", "data.batch_size=2",
         "data.progress=false", "trainer.enable_progress_bar=false"]
@@ -77,14 +79,7 @@ def test_gnn_solver_loss_decreases():
     torch.manual_seed(0)
     model = GNNSolver(hidden=16, layers=2, unroll_steps=6)
     b = _batch(range(4))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss, _ = model.training_loss(b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = adam_losses(model, b, steps=30, lr=3e-3)
     assert losses[-1] < losses[0] - 0.05, losses
 
 
