@@ -6,6 +6,13 @@ Splits are separated by seed: train uses seeds ``seed + [0, num_train)``, val st
 (block-diagonal A; ``SparseMatrix.from_pyg(batch)`` solves each graph as its own system). Under DDP
 ``batch_size`` is the global batch: each process loads ``batch_size // world_size`` systems.
 Shuffling uses a generator seeded from ``seed``, so runs are reproducible.
+
+The training loader always samples through a ``DistributedSampler`` (``num_replicas = world size``,
+one replica in a single process) seeded from ``seed``: it draws one permutation per epoch and rank
+``r`` takes positions ``r, r + W, r + 2W, ...``, so step ``i`` of every rank together covers exactly
+the systems of step ``i`` of a single process with the same global batch. DDP averages the per-rank
+gradients, so 1 and W processes take the same optimisation steps up to rounding. Validation and test
+loaders are sharded only when ``W > 1``; ``report_dataloader`` is never sharded.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
+from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from .dataset import LinearSystemDataset
@@ -88,17 +95,27 @@ class LinearSystemDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._build_all()
 
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        if self.trainer is None:
+            return 1, 0
+        return int(getattr(self.trainer, "world_size", 1)), int(getattr(self.trainer, "global_rank", 0))
+
     @property
     def per_device_batch_size(self) -> int:
-        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        world, _ = self._world()
         if self.batch_size % world:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by the world size {world}")
         return self.batch_size // world
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=self.per_device_batch_size, shuffle=shuffle, generator=g,
-                          num_workers=self.num_workers)
+        world, rank = self._world()
+        if shuffle or world > 1:
+            # our own sampler (Lightning keeps an existing DistributedSampler): the same global batches at any W
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+            return DataLoader(ds, batch_size=self.per_device_batch_size, sampler=sampler,
+                              num_workers=self.num_workers)
+        return DataLoader(ds, batch_size=self.per_device_batch_size, shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self):
         return self._loader(self.datasets["train"], shuffle=True)
@@ -110,3 +127,7 @@ class LinearSystemDataModule(pl.LightningDataModule):
         keys = ["test"] + [f"test_{s}" for s in self.extra_test_sizes]
         loaders = [self._loader(self.datasets[k], shuffle=False) for k in keys]
         return loaders[0] if len(loaders) == 1 else loaders
+
+    def report_dataloader(self) -> DataLoader:
+        """The whole test split, unsharded, in batches of the global batch size (rank-zero report)."""
+        return DataLoader(self.build("test"), batch_size=self.batch_size, shuffle=False)

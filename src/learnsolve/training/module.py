@@ -71,7 +71,7 @@ class LearnedSolverModule(pl.LightningModule):
                 f"offending batch: systems with seeds {batch.seed.view(-1).tolist()}. Lower the learning rate "
                 "(model.optimizer.lr), keep gradient clipping on (trainer.gradient_clip_val), or check the data.")
         n = batch.num_graphs
-        sync = stage != "train"  # epoch-level validation/test metrics are averaged over DDP ranks
+        sync = True  # averaged over DDP ranks (a no-op in one process)
         self.log(f"{stage}/loss", loss, batch_size=n, prog_bar=True, on_step=stage == "train", on_epoch=True,
                  sync_dist=sync)
         for k, v in logs.items():

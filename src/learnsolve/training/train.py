@@ -1,5 +1,12 @@
 """``train(cfg)``: compose data, model, trainer, logger and callbacks from a Hydra config, fit, test,
-print the comparison table, and return the optimized metric (for sweeps)."""
+print the comparison table, and return the optimized metric (for sweeps).
+
+Under DDP every rank runs ``train(cfg)``; only rank zero creates the W&B run, writes checkpoints and
+reports, and every rank ends with ``dist.barrier()`` then ``dist.destroy_process_group()`` (gloo
+workers can abort at exit otherwise). In a Hydra multirun ``strategy: ddp`` becomes ``ddp_spawn``:
+the subprocess launcher re-runs the command line, which would start the whole sweep again in every rank.
+A job that raises finishes its W&B run as failed and re-raises; Hydra records the failure and the
+Optuna sweeper marks the trial FAIL and goes on (``hydra.sweeper.max_failure_rate``)."""
 
 from __future__ import annotations
 
@@ -32,12 +39,13 @@ def train(cfg: DictConfig) -> float | None:
                                  config=OmegaConf.to_container(cfg, resolve=True))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
+                                      **_multirun_strategy(cfg.trainer))
     if logger:
         n_params = sum(p.numel() for p in model.parameters())
         for lg in trainer.loggers:
             lg.log_hyperparams({"model/num_parameters": n_params, "model/kind": model.kind})
-    metric = None
+    metric, failed = None, False
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
         value = trainer.callback_metrics.get(cfg.optimized_metric)
@@ -45,16 +53,18 @@ def train(cfg: DictConfig) -> float | None:
         if cfg.get("test", True) and not trainer.fast_dev_run:
             trainer.test(module, datamodule=dm, ckpt_path="best" if _has_best(trainer) else None)
         if cfg.get("report", True) and trainer.is_global_zero and module.iterative:
-            loader = dm.test_dataloader()
-            rows = compare_on_test(module.model, loader[0] if isinstance(loader, list) else loader,
-                                   rtol=cfg.eval.rtol, maxiter=cfg.eval.maxiter)
+            rows = compare_on_test(module.model, dm.report_dataloader(), rtol=cfg.eval.rtol, maxiter=cfg.eval.maxiter)
             title = f"{cfg.model.name} on {cfg.data.family} test systems (rtol {cfg.eval.rtol:g})"
             print_table(rows, title)
             write_rows_csv(Path(cfg.paths.output_dir) / "report.csv", rows)
             if logger:
                 _log_report(trainer, rows)
+    except BaseException:
+        failed = True
+        raise
     finally:
-        _finish_wandb()
+        _finish_wandb(exit_code=1 if failed else 0)
+        _teardown_distributed(barrier=not failed)
     return metric
 
 
@@ -77,11 +87,37 @@ def _has_best(trainer) -> bool:
     return cb is not None and bool(getattr(cb, "best_model_path", ""))
 
 
-def _finish_wandb() -> None:
+def _multirun_strategy(trainer_cfg: DictConfig) -> dict:
+    """``{"strategy": "ddp_spawn"}`` when a Hydra multirun job asks for subprocess DDP, else ``{}``."""
+    strategy = trainer_cfg.get("strategy")
+    spawn = {"ddp": "ddp_spawn", "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true"}
+    if strategy not in spawn:
+        return {}
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    log.info("multirun: trainer.strategy=%s -> %s (the subprocess launcher would restart the sweep)",
+             strategy, spawn[strategy])
+    return {"strategy": spawn[strategy]}
+
+
+def _teardown_distributed(barrier: bool = True) -> None:
+    """Wait for every rank, then destroy the process group (no-op without one, e.g. after ddp_spawn)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if barrier:  # a rank that failed must not wait for the others forever
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def _finish_wandb(exit_code: int = 0) -> None:
     try:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=exit_code)
     except ImportError:  # pragma: no cover
         pass
