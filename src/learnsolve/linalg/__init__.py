@@ -6,7 +6,8 @@ Public API:
   :class:`DenseOperator`, :class:`MatrixFreeOperator`, :func:`as_operator`
 - Krylov methods returning ``(x, SolveInfo)``: :func:`cg`, :func:`fcg`, :func:`minres`,
   :func:`bicgstab`, :func:`gmres`
-- the differentiable solve: :func:`solve` (implicit / unrolled / truncated backward)
+- the differentiable solve: :func:`solve` (implicit / unrolled / truncated / stochastic backward)
+- Hessian-vector products by double backward through solves: :func:`hvp`
 - preconditioners with transposes: :class:`Jacobi`, :class:`IC0`, :class:`ILU0`, :class:`LLT`,
   :class:`LowRankDiagonal`, :class:`AMG`, :class:`FunctionPreconditioner`,
   :func:`make_preconditioner`, :func:`triangular_solve`
@@ -15,6 +16,7 @@ Public API:
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
 """
 
+from .derivatives import hvp
 from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
 from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
@@ -66,6 +68,7 @@ __all__ = [
     "factorize",
     "fcg",
     "gmres",
+    "hvp",
     "lanczos_tridiagonal",
     "make_preconditioner",
     "minres",

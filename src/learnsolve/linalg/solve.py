@@ -16,13 +16,22 @@ whatever the iteration count.
 ``backward="unrolled"`` records every iteration (memory grows linearly with them);
 ``backward="truncated"`` returns the same converged solution but differentiates only the last
 ``unroll_steps`` iterations (restarted from the detached iterate ``x_{N-k}``).
+
+``backward="stochastic"``: the implicit gradient with the adjoint solved for a random sample of the
+right-hand sides only (row sampling of the (B, n) / (n, k) right-hand-side block). Every gradient is a
+sum over right-hand sides j of a term linear in g_j, so sampling s of N uniformly without replacement
+and scaling the sampled g_j by N / s (inclusion probability s / N) gives an UNBIASED estimate of dL/db
+and dL/dA at s / N of the adjoint cost; its variance grows with the spread of the per-right-hand-side
+terms. The sampled adjoint is a smaller solve when A is shared by all right-hand sides, or batched
+without a preconditioner object; otherwise (a PyG block batch, a batched A with a preconditioner) the
+unsampled right-hand sides are zeroed instead (same estimate, no saving).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -36,7 +45,7 @@ from .operator import LinearOperator, as_operator
 from .precond import resolve_preconditioner
 
 ALL_METHODS = (*METHODS, "direct")
-BACKWARD_MODES = ("implicit", "unrolled", "truncated")
+BACKWARD_MODES = ("implicit", "unrolled", "truncated", "stochastic")
 ON_FAIL = ("raise", "warn", "ignore")
 
 
@@ -57,13 +66,32 @@ class AdjointOptions:
     """Options of the adjoint solve A^T lambda = g (defaults: those of the forward solve).
 
     ``warm_start``: start from the previous adjoint solution of the same solve when that lowers the
-    initial residual (repeated backward passes, Hessian-vector products)."""
+    initial residual (repeated backward passes, Hessian-vector products).
+
+    ``sample`` (``backward="stochastic"`` only): how many right-hand sides get an adjoint solve, a
+    fraction in (0, 1] or a count >= 1 (default 0.5); ``generator``: the torch.Generator it draws from.
+    """
 
     method: str | None = None
     rtol: float | None = None
     atol: float | None = None
     maxiter: int | None = None
     warm_start: bool = True
+    sample: float | int | None = None
+    generator: torch.Generator | None = None
+
+    def sample_count(self, N: int) -> int:
+        """Number of the N right-hand sides whose adjoint is solved."""
+        s = 0.5 if self.sample is None else self.sample
+        if isinstance(s, bool) or not isinstance(s, (int, float)):
+            raise TypeError(f"adjoint sample must be a fraction in (0, 1] or a count >= 1, got {s!r}")
+        if isinstance(s, float):
+            if not 0.0 < s <= 1.0:
+                raise ValueError(f"adjoint sample fraction must lie in (0, 1], got {s}")
+            return max(1, min(N, round(s * N)))
+        if s < 1:
+            raise ValueError(f"adjoint sample count must be >= 1, got {s}")
+        return min(N, int(s))
 
 
 @dataclass
@@ -89,6 +117,7 @@ class _Spec:
     _T: _Spec | None = field(default=None, repr=False)
     _last: Tensor | None = field(default=None, repr=False)
     warm_start: bool = False
+    stochastic: bool = False
 
     def transposed(self, opT: LinearOperator | None = None) -> _Spec:
         """The adjoint problem's spec (built once); ``opT``: A^T if the caller already has it."""
@@ -180,12 +209,53 @@ class _ImplicitSolve(torch.autograd.Function):
         op = spec.op.with_params(params)
         opT = op.T
         tspec = spec.transposed(opT)
-        Lam = _ImplicitSolve.apply(tspec, G.contiguous(), *opT.params())
+        if spec.stochastic:
+            Lam = _sampled_adjoint(tspec, opT, G.contiguous(), spec.adjoint)
+        else:
+            Lam = _ImplicitSolve.apply(tspec, G.contiguous(), *opT.params())
         need = ctx.needs_input_grad[2:]
         grads: tuple = (None,) * len(params)
         if any(need):
             grads = tuple(g if nd else None for g, nd in zip(op.vjp_params(-Lam, X), need))
         return (None, Lam, *grads)
+
+
+def _sampled_adjoint(tspec: _Spec, opT: LinearOperator, G: Tensor, opts: AdjointOptions) -> Tensor:
+    """Unbiased estimate of A^{-T} G from adjoint solves for a uniform sample of G's right-hand sides."""
+    from .operator import DenseOperator
+    from .sparse import SparseMatrix
+
+    B, n, k = G.shape
+    # the sampled solve reports nothing to the caller (its SolveInfo has the sample's shape)
+    sub = replace(tspec, reshape=lambda info: info, sink=None, _T=None, _last=None, warm_start=False, x0=None)
+    gen = opts.generator
+    dev = "cpu" if gen is None else gen.device
+
+    def draw(N: int) -> tuple[Tensor, float]:
+        s = opts.sample_count(N)
+        return torch.randperm(N, generator=gen, device=dev)[:s].to(G.device), N / s
+
+    if opT.batch_size is None and opT.blocks is None:
+        # one matrix shared by all B k right-hand sides: solve only the sampled columns
+        Gf = G.permute(1, 0, 2).reshape(1, n, B * k)
+        idx, scale = draw(B * k)
+        Ls = _ImplicitSolve.apply(sub, (Gf.index_select(2, idx) * scale).contiguous(), *opT.params())
+        Lf = torch.zeros_like(Gf).index_copy(2, idx, Ls)  # out of place: double backward stays intact
+        return Lf.reshape(n, B, k).permute(1, 0, 2).contiguous()
+    if (opT.blocks is None and tspec.precond is None and tspec.method != "direct"
+            and isinstance(opT, (DenseOperator, SparseMatrix)) and G.shape[0] == opT.batch_size):
+        # a batch of matrices without a preconditioner object: solve the sampled matrices only
+        idx, scale = draw(B)
+        params = tuple(p.index_select(0, idx) for p in opT.params())
+        sub.op = opT.with_params(params)
+        Ls = _ImplicitSolve.apply(sub, (G.index_select(0, idx) * scale).contiguous(), *params)
+        return torch.zeros_like(G).index_copy(0, idx, Ls)
+    # block batches / batched preconditioners: zero the unsampled systems (same estimate, full cost)
+    red = opT.reducer()
+    N = B * red.G * k
+    idx, scale = draw(N)
+    w = torch.zeros(N, dtype=G.dtype, device=G.device).index_fill(0, idx, scale).reshape(B, red.G, k)
+    return _ImplicitSolve.apply(sub, (G * red.expand(w)).contiguous(), *opT.params())
 
 
 def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = None, atol: float = 0.0,
@@ -206,8 +276,10 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
             (1e-10 float64, 1e-5 float32).
         maxiter: iteration cap (default 10 n).
         x0: initial guess (same shape as b); does not receive a gradient.
-        backward: "implicit" | "unrolled" | "truncated" (with ``unroll_steps``).
-        adjoint: :class:`AdjointOptions` or dict(method=, rtol=, atol=, maxiter=, warm_start=).
+        backward: "implicit" | "unrolled" | "truncated" (with ``unroll_steps``) | "stochastic"
+            (adjoint solved for a random sample of the right-hand sides, rescaled: unbiased).
+        adjoint: :class:`AdjointOptions` or dict(method=, rtol=, atol=, maxiter=, warm_start=, sample=,
+            generator=).
         on_fail: "raise" (:class:`ConvergenceError`) | "warn" | "ignore", for forward and adjoint.
         return_info: also return the forward :class:`SolveInfo` (``info.adjoint`` is set by backward).
         options: method options (``restart`` for gmres, ``truncation`` for fcg).
@@ -264,7 +336,13 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         if forward_info:
             forward_info[0].adjoint = info
 
-    if backward == "implicit" or method == "direct":
+    if backward == "stochastic":
+        adjoint.sample_count(1)  # validate the sample now, not in the middle of backward
+        if method == "direct":
+            raise ValueError("backward='stochastic' needs an iterative method: a direct solve reuses its "
+                             "factorisation for all adjoint right-hand sides, sampling saves nothing")
+        spec.stochastic = True
+    if backward in ("implicit", "stochastic") or method == "direct":
         # the transposed spec (A^T: a values gather for sparse A) is built by the first backward only
         spec.adjoint_sink = adjoint_sink
         X = _ImplicitSolve.apply(spec, Bm, *op.params())
