@@ -35,8 +35,8 @@ def test_hvp_wrt_sparse_values_vs_finite_differences_of_gradients(case):
     n = S.shape[0]
     b = t64(np.random.default_rng(1).standard_normal(n))
     w = t64(np.random.default_rng(2).standard_normal(n))
-    kw = {"spd_cg_ic0": dict(method="cg", precond="ic0"), "nonsym_gmres_ilu0": dict(method="gmres", precond="ilu0"),
-          "nonsym_direct": dict(method="direct")}[case]
+    kw = {"spd_cg_ic0": {"method": "cg", "precond": "ic0"}, "nonsym_gmres_ilu0": {"method": "gmres", "precond": "ilu0"},
+          "nonsym_direct": {"method": "direct"}}[case]
 
     def f(vals, b, w):
         x = solve(S.with_values(vals), b, rtol=1e-14, **kw)
@@ -85,26 +85,26 @@ def _problem(kind: str):
     if kind == "shared_spd":  # one matrix, b of shape (n, 8)
         S = SparseMatrix.from_scipy(diffusion2d(5, seed=1, contrast=2.0))
         b = t64(rng.standard_normal((S.shape[0], 8)))
-        return S, S.values.clone(), b, dict(method="cg", precond="jacobi")
+        return S, S.values.clone(), b, {"method": "cg", "precond": "jacobi"}
     if kind == "shared_nonsym":  # nonsymmetric, a batch of right-hand sides (4, n, 2) sharing A
         S = SparseMatrix.from_scipy(convdiff2d(5, peclet=10.0))
         b = t64(rng.standard_normal((4, S.shape[0], 2)))
-        return S, S.values.clone(), b, dict(method="gmres", precond="ilu0")
+        return S, S.values.clone(), b, {"method": "gmres", "precond": "ilu0"}
     if kind == "batched":  # 8 matrices (B, nnz) with one right-hand side each, no preconditioner
         S = SparseMatrix.from_scipy(diffusion2d(5, seed=1))
         vals = torch.stack([S.values * (1 + 0.1 * i) for i in range(8)])
         b = t64(rng.standard_normal((8, S.shape[0])))
-        return S, vals, b, dict(method="cg")
+        return S, vals, b, {"method": "cg"}
     if kind == "batched_precond":  # batched with a preconditioner: masked, not shrunk
         S = SparseMatrix.from_scipy(diffusion2d(5, seed=1))
         vals = torch.stack([S.values * (1 + 0.1 * i) for i in range(8)])
         b = t64(rng.standard_normal((8, S.shape[0])))
-        return S, vals, b, dict(method="cg", precond="jacobi")
+        return S, vals, b, {"method": "cg", "precond": "jacobi"}
     if kind == "pyg_blocks":  # a block-diagonal PyG-style batch of 8 systems
         mats = [SparseMatrix.from_scipy(diffusion2d(4, seed=s)) for s in range(8)]
         S = SparseMatrix.block_diag(mats)
         b = t64(rng.standard_normal(S.shape[0]))
-        return S, S.values.clone(), b, dict(method="cg", precond="ic0")
+        return S, S.values.clone(), b, {"method": "cg", "precond": "ic0"}
     raise AssertionError(kind)
 
 
