@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--sample", type=float, default=0.25, help="stochastic: fraction of right-hand sides")
     q.add_argument("--draws", type=int, default=32, help="stochastic: draws (0 = skip)")
     q.add_argument("--rhs", type=int, default=8, help="right-hand sides per problem")
+    q.add_argument("--rhs-corr", type=float, default=0.0,
+                   help="correlation of the right-hand sides (and loss weights) with a common one, in [0, 1)")
     q.add_argument("--directions", type=int, default=6, help="finite-difference directions")
     q.add_argument("--rtol", type=float, default=1e-10, help="forward and adjoint tolerance")
     q.add_argument("--precond", default="jacobi", help="PCG preconditioner name, or 'none'")
@@ -81,6 +83,8 @@ def _check(args) -> None:
         bad.append("--sigma2 must be >= 0")
     if any(k < 1 for k in args.truncate):
         bad.append("--truncate windows must be >= 1")
+    if not 0 <= args.rhs_corr < 1:
+        bad.append("--rhs-corr must lie in [0, 1)")
     if not 0 < args.sample <= 1:
         bad.append("--sample must lie in (0, 1]")
     if args.draws < 0 or args.rhs < 1 or args.directions < 1 or args.repeats < 1:
@@ -109,8 +113,9 @@ def main(argv=None) -> int:
     if args.study in ("quality", "both"):
         rows = quality_study(args.sizes, args.sigma2, args.truncate, args.sample, args.draws, args.rhs,
                              args.directions, args.rtol, None if args.precond == "none" else args.precond,
-                             args.repeats, args.seed, progress=say)
-        md = quality_markdown(rows, {**meta, "rtol": args.rtol, "precond": args.precond, "rhs": args.rhs})
+                             args.repeats, args.seed, progress=say, rhs_corr=args.rhs_corr)
+        md = quality_markdown(rows, {**meta, "rtol": args.rtol, "precond": args.precond, "rhs": args.rhs,
+                                     "rhs_corr": args.rhs_corr, "sample": args.sample, "draws": args.draws})
         paths.update({f"quality_{k}": v for k, v in write_study(out, "quality", rows, QUALITY_COLUMNS, md,
                                                                 meta).items()})
         paths["quality_png"] = plot_quality(rows, out / "quality.png")

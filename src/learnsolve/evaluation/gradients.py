@@ -5,7 +5,8 @@ Two studies, each a table (CSV, Markdown, JSON) and a plot; ``scripts/gradient_q
 **Quality** (:func:`quality_study`). Problems: ``diffusion2d`` (``-div(k grad u) = f``, k = exp(GRF of
 variance sigma^2)) for each grid side m and sigma^2: larger sigma^2 = larger contrast = larger condition
 number kappa(A) (computed with scipy ``eigsh``). Loss of the solution of ``A X = B`` with K right-hand
-sides: ``L = <W, X> + 0.5 ||X||^2`` (W fixed and random). Gradients of L w.r.t. A's values and B by:
+sides: ``L = <W, X> + 0.5 ||X||^2`` (W fixed and random; the columns of B and of W are independent
+normal vectors, or correlated ``rhs_corr`` with a common one: similar load cases). Gradients of L w.r.t. A's values and B by:
 
 - ``implicit``: :func:`learnsolve.linalg.solve` with one adjoint solve (PCG, Jacobi);
 - ``unrolled``: backpropagation through all PCG iterations;
@@ -24,14 +25,18 @@ for an unrolled CG -- the implicit gradient is exact in every direction).
 
 Per method: relative error and cosine similarity to each reference, time of forward + backward
 (median of ``repeats``), and the bytes autograd saved for backward (``saved_mb``, counted with
-``torch.autograd.graph.saved_tensors_hooks``: the memory that grows with unrolling). For stochastic
-rows: ``bias`` = ||mean of draws - exact|| / ||exact||, ``bias_noise`` = the standard error of that mean
-(a bias well inside it is no bias), ``rel_sd`` = the standard deviation of one draw / ||exact||.
+``torch.autograd.graph.saved_tensors_hooks``: the memory that grows with unrolling). ``err_values``: the
+values-gradient part alone. For stochastic rows (errors vs exact are means over the draws), of the values
+gradient -- the parameters shared by all right-hand sides, which the estimator is for (dL/dB of an
+unsampled column is 0, of a sampled one N/s times the truth, whatever the problem): ``bias`` =
+||mean of draws - exact|| / ||exact||, ``bias_noise`` = the standard error of that mean (a bias well
+inside it is no bias), ``rel_sd`` = the standard deviation of one draw / ||exact||.
 
 **Memory** (:func:`memory_study`). Peak memory of forward + backward with exactly ``iters`` PCG
-iterations (rtol 1e-30, ``on_fail="ignore"``) on a 2D Poisson matrix with n unknowns, per mode, each
+iterations (rtol 0, ``on_fail="ignore"``) on a 2D Poisson matrix with n unknowns, per mode, each
 point in a fresh Python process: ``peak_mb`` = the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs) minus the resident set just before the forward solve; also ``saved_mb``.
+/proc/self/clear_refs) minus the resident set just before the forward solve, with glibc's mmap threshold
+fixed at 64 KiB so that freed tensors leave the resident set; also ``saved_mb``.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ from learnsolve.linalg import SparseMatrix, solve
 
 from .report import _fmt, _md_table, _pyplot, _save, write_csv, write_json, write_text
 
-QUALITY_COLUMNS = ["m", "n", "sigma2", "cond", "mode", "k", "iters", "adjoint_iters", "err_fd", "cos_fd",
-                   "err_exact", "cos_exact", "bias", "bias_noise", "rel_sd", "time_s", "saved_mb", "fd_err_est"]
+QUALITY_COLUMNS = ["m", "n", "sigma2", "cond", "rhs", "rhs_corr", "mode", "k", "iters", "adjoint_iters", "err_fd", "cos_fd",
+                   "err_exact", "cos_exact", "err_values", "bias", "bias_noise", "rel_sd", "time_s", "saved_mb", "fd_err_est"]
 MEMORY_COLUMNS = ["n", "iters", "mode", "k", "peak_mb", "saved_mb", "time_s", "forward_iters"]
 MODES = ("implicit", "unrolled", "truncated", "stochastic")
 
@@ -90,7 +95,7 @@ class SavedBytes:
 # -------------------------------------------------------------------------------------------------
 
 class _Problem:
-    def __init__(self, m: int, sigma2: float, rhs: int, seed: int):
+    def __init__(self, m: int, sigma2: float, rhs: int, seed: int, rhs_corr: float = 0.0):
         data = GENERATORS["diffusion2d"](m, seed=seed, sigma2=float(sigma2))
         A = SparseMatrix.from_pyg(data).detach()
         self.A = A.with_values(A.values.to(torch.float64))
@@ -98,8 +103,15 @@ class _Problem:
         self.sigma2 = float(sigma2)
         self.n = self.A.shape[0]
         g = torch.Generator().manual_seed(seed + 1)
-        self.B = torch.randn(self.n, rhs, generator=g, dtype=torch.float64)
-        self.W = torch.randn(self.n, rhs, generator=g, dtype=torch.float64)
+        # columns correlated rhs_corr with a common one (0: independent loads, -> 1: nearly equal ones)
+        c = float(rhs_corr)
+
+        def columns():
+            common = torch.randn(self.n, 1, generator=g, dtype=torch.float64)
+            return c * common + math.sqrt(1 - c * c) * torch.randn(self.n, rhs, generator=g, dtype=torch.float64)
+
+        self.B, self.W = columns(), columns()
+        self.rhs_corr = c
         self.perm = self.A.pattern.transpose()[1]
         self.row = self.A.pattern.row.long().numpy()
         self.col = self.A.pattern.col.long().numpy()
@@ -186,17 +198,21 @@ def _problem_rows(p: _Problem, base: dict, truncations, sample, draws, direction
     maxiter = 20 * p.n
     dv, dB, t_fd, fd_est = _fd_directional(p, directions, seed)
     exact = p.exact_grad()
-    head = {"m": round(math.sqrt(p.n)), "n": p.n, "sigma2": p.sigma2, "cond": p.cond, "fd_err_est": fd_est}
+    nnz = p.v0.numel()
+    head = {"m": round(math.sqrt(p.n)), "n": p.n, "sigma2": p.sigma2, "cond": p.cond, "fd_err_est": fd_est,
+            "rhs": p.B.shape[1], "rhs_corr": p.rhs_corr}
     tag = f"m={head['m']} sigma2={p.sigma2:g}"
 
     def row(mode, k, gv, gB, info, secs, mb, **extra):
         proj = (dv * gv).sum(1) + (dB * gB).sum((1, 2))
         e_fd, c_fd = _compare(proj, t_fd)
-        e_ex, c_ex = _compare(p.flatten(gv, gB), exact)
+        flat = p.flatten(gv, gB)
+        e_ex, c_ex = _compare(flat, exact)
+        e_v, _ = _compare(flat[:nnz], exact[:nnz])
         adj = getattr(info, "adjoint", None)
         return {**head, "mode": mode, "k": k, "iters": info.niter,
                 "adjoint_iters": None if adj is None else adj.niter, "err_fd": e_fd, "cos_fd": c_fd,
-                "err_exact": e_ex, "cos_exact": c_ex, "time_s": secs, "saved_mb": mb, **extra}
+                "err_exact": e_ex, "cos_exact": c_ex, "err_values": e_v, "time_s": secs, "saved_mb": mb, **extra}
 
     rows = []
     configs = [("implicit", None, {}), ("unrolled", None, {})]
@@ -216,13 +232,17 @@ def _problem_rows(p: _Problem, base: dict, truncations, sample, draws, direction
             flat.append(p.flatten(gv, gB))
             secs.append(t_s)
             first = first or (gv, gB, info, mb)
-        F = torch.stack(flat)
-        nrm = float(exact.norm())
+        # bias and spread of the values gradient: the shared parameters the estimator is meant for
+        F = torch.stack(flat)[:, :nnz]
+        ev = exact[:nnz]
+        nrm = float(ev.norm())
         sd = float(F.var(0).sum().sqrt()) if len(flat) > 1 else float("nan")
         r = row("stochastic", sample, first[0], first[1], first[2], statistics.median(secs), first[3],
-                bias=float((F.mean(0) - exact).norm()) / nrm, bias_noise=sd / nrm / math.sqrt(len(flat)),
+                bias=float((F.mean(0) - ev).norm()) / nrm, bias_noise=sd / nrm / math.sqrt(len(flat)),
                 rel_sd=sd / nrm)
-        r["err_exact"] = statistics.mean(float((f - exact).norm()) / nrm for f in flat)  # mean over draws
+        # mean over draws
+        r["err_exact"] = statistics.mean(float((f - exact).norm() / exact.norm()) for f in flat)
+        r["err_values"] = statistics.mean(float((f[:nnz] - ev).norm()) / nrm for f in flat)
         rows.append(r)
     return rows
 
@@ -230,32 +250,34 @@ def _problem_rows(p: _Problem, base: dict, truncations, sample, draws, direction
 def quality_study(sizes: Sequence[int] = (16, 32, 64), sigma2s: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
                   truncations: Sequence[int] = (1, 10, 50), sample: float = 0.25, draws: int = 32,
                   rhs: int = 8, directions: int = 6, rtol: float = 1e-10, precond: str | None = "jacobi",
-                  repeats: int = 3, seed: int = 0, progress: Callable[[str], None] | None = None) -> list[dict]:
+                  repeats: int = 3, seed: int = 0, progress: Callable[[str], None] | None = None,
+                  rhs_corr: float = 0.0) -> list[dict]:
     """One row per (problem, method); see the module docstring for every column."""
     rows: list[dict] = []
     base = {"method": "cg", "precond": precond, "rtol": rtol}
     for m in sizes:
         for s2 in sigma2s:
-            p = _Problem(int(m), float(s2), int(rhs), seed)
+            p = _Problem(int(m), float(s2), int(rhs), seed, rhs_corr)
             rows += _problem_rows(p, base, truncations, sample, draws, directions, repeats, seed, progress)
     return rows
 
 
 def quality_markdown(rows: Sequence[Mapping], meta: Mapping) -> str:
     head = ["m", "sigma2", "kappa", "mode", "k", "iters fwd/adj", "rel err (FD)", "cos (FD)", "rel err (exact)",
-            "cos (exact)", "bias / noise", "time ms", "saved MB"]
+            "cos (exact)", "rel err values", "bias / noise", "time ms", "saved MB", "FD error est."]
     body = []
     for r in rows:
         adj = "-" if r.get("adjoint_iters") is None else r["adjoint_iters"]
         bias = "-" if r.get("bias") is None else f"{r['bias']:.1e} / {r['bias_noise']:.1e}"
         body.append([str(r["m"]), f"{r['sigma2']:g}", f"{r['cond']:.3g}", r["mode"], _fmt(r.get("k")),
                      f"{r['iters']}/{adj}", _fmt(r["err_fd"], "sci"), f"{r['cos_fd']:.6f}",
-                     _fmt(r["err_exact"], "sci"), f"{r['cos_exact']:.6f}", bias, _fmt(r["time_s"], "ms"),
-                     f"{r['saved_mb']:.2f}"])
+                     _fmt(r["err_exact"], "sci"), f"{r['cos_exact']:.6f}", _fmt(r["err_values"], "sci"), bias, _fmt(r["time_s"], "ms"),
+                     f"{r['saved_mb']:.2f}", _fmt(r["fd_err_est"], "sci")])
     note = ("Gradients of L = <W, X> + 0.5 ||X||^2, X = A^{-1} B (diffusion2d, K right-hand sides), w.r.t. A's "
             "values and B. FD: central differences with scipy LU along random symmetric directions. exact: "
-            "scipy LU adjoint, values gradient symmetrised. Stochastic: err (exact) is the mean over draws; "
-            "bias = ||mean - exact|| / ||exact|| next to its standard error. saved MB: tensors autograd kept for "
+            "scipy LU adjoint, values gradient symmetrised (rel err values: that part alone). Stochastic: errors vs "
+            "exact are means over draws; bias = ||mean - exact|| / ||exact|| of the values gradient next to its "
+            "standard error. saved MB: tensors autograd kept for "
             "backward.")
     return f"# Gradient quality\n\n{json.dumps(dict(meta))}\n\n{note}\n\n" + _md_table(head, body) + "\n"
 
@@ -264,17 +286,27 @@ def plot_quality(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     keys = sorted({(r["mode"], r.get("k")) for r in rows}, key=lambda t: (MODES.index(t[0]), t[1] or 0))
-    for mode, k in keys:
-        sel = sorted((r for r in rows if r["mode"] == mode and r.get("k") == k), key=lambda r: r["cond"])
-        label = mode if k is None else f"{mode} k={k:g}"
-        for ax, col in zip(axes, ("err_exact", "time_s")):
-            ax.loglog([r["cond"] for r in sel], [max(r[col], 1e-17) for r in sel], "o-", label=label, ms=4)
+    sizes = sorted({r["m"] for r in rows})
+    styles = ["-", "--", ":", "-."]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (mode, k) in enumerate(keys):
+        label = mode if k is None else f"{mode} {'sample' if mode == 'stochastic' else 'k'}={k:g}"
+        for j, m in enumerate(sizes):  # one line per size (points: increasing sigma^2), colour = method
+            sel = sorted((r for r in rows if r["mode"] == mode and r.get("k") == k and r["m"] == m),
+                         key=lambda r: r["cond"])
+            for ax, col in zip(axes, ("err_exact", "time_s")):
+                ax.loglog([r["cond"] for r in sel], [max(r[col], 1e-17) for r in sel], marker="o", ms=4,
+                          ls=styles[j % len(styles)], color=colors[i % len(colors)],
+                          label=label if j == 0 else None)
+    for j, m in enumerate(sizes):
+        axes[1].plot([], [], ls=styles[j % len(styles)], color="gray", label=f"{m} x {m} grid")
     axes[0].set(xlabel="condition number kappa(A)", ylabel="relative gradient error vs exact",
                 title="gradient error vs conditioning")
     axes[1].set(xlabel="condition number kappa(A)", ylabel="forward + backward [s]", title="cost")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, Path(path))
 
@@ -309,7 +341,9 @@ def memory_point(n: int, iters: int, mode: str, k: int = 10, seed: int = 0) -> d
     g = torch.Generator().manual_seed(seed)
     b = torch.randn(A.shape[0], generator=g, dtype=torch.float64)
     w = torch.randn(A.shape[0], generator=g, dtype=torch.float64)
-    kw = {"method": "cg", "precond": None, "rtol": 1e-30, "maxiter": int(iters), "on_fail": "ignore",
+    # rtol 0: CG's recursive residual keeps falling far below machine precision (1e-28 after 760
+    # iterations on a 100 x 100 grid), so any positive tolerance would stop some runs early
+    kw = {"method": "cg", "precond": None, "rtol": 0.0, "maxiter": int(iters), "on_fail": "ignore",
           "adjoint": {"maxiter": int(iters), "warm_start": False}}
     if mode == "truncated":
         kw["unroll_steps"] = int(k)
@@ -337,6 +371,10 @@ def memory_point(n: int, iters: int, mode: str, k: int = 10, seed: int = 0) -> d
 def memory_study(ns: Sequence[int] = (10_000, 100_000), iters: Sequence[int] = (10, 100, 1000),
                  modes: Sequence[str] = ("implicit", "unrolled", "truncated"), k: int = 10, seed: int = 0,
                  progress: Callable[[str], None] | None = None, timeout: float = 1800) -> list[dict]:
+    # a fixed mmap threshold: glibc then serves every block >= 64 KiB by mmap and returns it to the system
+    # on free, so the resident set follows the live tensors (with the default adaptive threshold, freed
+    # blocks stay resident and the peak of the same run varied by 2x between runs)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     rows = []
     for n in ns:
         for it in iters:
@@ -346,7 +384,7 @@ def memory_study(ns: Sequence[int] = (10_000, 100_000), iters: Sequence[int] = (
                 code = ("import json, sys; from learnsolve.evaluation.gradients import memory_point; "
                         f"print(json.dumps(memory_point({int(n)}, {int(it)}, {mode!r}, {int(k)}, {int(seed)})))")
                 res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                                     check=False)
+                                     check=False, env=env)
                 if res.returncode != 0:
                     raise RuntimeError(f"memory point n={n} iters={it} mode={mode} failed:\n{res.stderr[-2000:]}")
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
@@ -355,7 +393,7 @@ def memory_study(ns: Sequence[int] = (10_000, 100_000), iters: Sequence[int] = (
 
 def memory_markdown(rows: Sequence[Mapping], meta: Mapping) -> str:
     head = ["n", "iterations", "mode", "peak MB", "saved MB", "time s"]
-    body = [[str(r["n"]), str(r["iters"]), r["mode"] + ("" if r.get("k") is None else f" (k={r['k']})"),
+    body = [[str(r["n"]), str(r["forward_iters"]), r["mode"] + ("" if r.get("k") is None else f" (k={r['k']})"),
              _fmt(r.get("peak_mb"), "g4"), f"{r['saved_mb']:.1f}", f"{r['time_s']:.3f}"] for r in rows]
     note = ("Forward + backward of <w, x>, x = solve(A, b) by CG with exactly the given number of iterations "
             "(forward and adjoint), A = 2D Poisson, float64, one fresh process per row. peak MB: peak resident "
