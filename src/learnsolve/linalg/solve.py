@@ -70,6 +70,8 @@ class AdjointOptions:
 
     ``sample`` (``backward="stochastic"`` only): how many right-hand sides get an adjoint solve, a
     fraction in (0, 1] or a count >= 1 (default 0.5); ``generator``: the torch.Generator it draws from.
+    The sampled adjoint solve's SolveInfo is not reported (``info.adjoint`` stays None); its failure to
+    converge still raises / warns by ``on_fail``.
     """
 
     method: str | None = None
