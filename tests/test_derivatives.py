@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 
-from learnsolve.linalg import SparseMatrix, hvp, solve
+from learnsolve.linalg import AdjointOptions, Jacobi, SparseMatrix, hvp, solve
 
 from .conftest import convdiff2d, diffusion2d, t64
 
@@ -72,6 +72,9 @@ def test_hvp_linear_function_gives_zero_and_bad_input_is_named():
         hvp(lambda bb: bb * 2, b, v)
     with pytest.raises(ValueError, match="does not depend on x"):
         hvp(lambda bb: torch.tensor(1.0, dtype=torch.float64), b, v)
+    w = torch.ones(9, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="does not depend on x"):
+        hvp(lambda bb, w: w.square().sum(), b, v, w)
     with pytest.raises(TypeError, match="must match x"):
         hvp(lambda bb: bb.square().sum(), b, v.float())
 
@@ -100,6 +103,16 @@ def _problem(kind: str):
         vals = torch.stack([S.values * (1 + 0.1 * i) for i in range(8)])
         b = t64(rng.standard_normal((8, S.shape[0])))
         return S, vals, b, {"method": "cg", "precond": "jacobi"}
+    if kind == "shared_batched_precond":  # one A, 3 x 2 right-hand sides, a per-system Jacobi (masked)
+        S = SparseMatrix.from_scipy(diffusion2d(5, seed=2))
+        d = S.diagonal().expand(3, S.shape[0]) * torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64)
+        b = t64(rng.standard_normal((3, S.shape[0], 2)))
+        return S, S.values.clone(), b, {"method": "cg", "precond": Jacobi.from_diagonal(d)}
+    if kind == "batched_multi_rhs":  # 4 matrices with 2 right-hand sides each (masked)
+        S = SparseMatrix.from_scipy(diffusion2d(5, seed=1))
+        vals = torch.stack([S.values * (1 + 0.1 * i) for i in range(4)])
+        b = t64(rng.standard_normal((4, S.shape[0], 2)))
+        return S, vals, b, {"method": "cg"}
     if kind == "pyg_blocks":  # a block-diagonal PyG-style batch of 8 systems
         mats = [SparseMatrix.from_scipy(diffusion2d(4, seed=s)) for s in range(8)]
         S = SparseMatrix.block_diag(mats)
@@ -118,7 +131,8 @@ def _loss_grads(S, vals, b, kw, backward, **adjoint):
     return torch.cat([gv.reshape(-1), gb.reshape(-1)])
 
 
-@pytest.mark.parametrize("kind", ["shared_spd", "shared_nonsym", "batched", "batched_precond", "pyg_blocks"])
+@pytest.mark.parametrize("kind", ["shared_spd", "shared_nonsym", "batched", "batched_precond",
+                                  "shared_batched_precond", "batched_multi_rhs", "pyg_blocks"])
 def test_stochastic_gradient_is_unbiased_and_never_zero(kind):
     """Mean of R draws vs the exact implicit gradient. Tolerance: the error of the mean has expected
     squared norm trace(Cov) / R; we allow 4 times its square root (estimated from the same draws)."""
@@ -147,6 +161,44 @@ def test_stochastic_gradient_samples_exactly_the_requested_right_hand_sides():
         assert torch.allclose(gb[:, hit], exact_b[:, hit] * 8 / s, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["batched", "shared_batched_precond", "batched_multi_rhs", "pyg_blocks"])
+def test_stochastic_sample_counts_right_hand_sides_in_every_layout(kind):
+    """``sample`` = s right-hand sides get an adjoint: exactly s columns of dL/db are nonzero, each N/s
+    times the exact one, whatever path (sub-batch, masking) the layout takes."""
+    S, vals, b, kw = _problem(kind)
+    exact_b = _loss_grads(S, vals, b, kw, "implicit")[vals.numel():]
+    gb = _loss_grads(S, vals, b, kw, "stochastic", sample=2, generator=_gen(5))[vals.numel():]
+    G = S.blocks.numel() - 1 if S.blocks is not None else 1
+    units = {"batched": 8, "shared_batched_precond": 6, "batched_multi_rhs": 8, "pyg_blocks": 8}[kind]
+    if kind == "pyg_blocks":
+        per_unit = torch.stack([gb[S.blocks[i]:S.blocks[i + 1]].abs().sum() for i in range(G)])
+        ex_unit = [exact_b[S.blocks[i]:S.blocks[i + 1]] for i in range(G)]
+        got_unit = [gb[S.blocks[i]:S.blocks[i + 1]] for i in range(G)]
+    else:
+        n = S.shape[0]
+        k = b.reshape(b.shape[0], n, -1).shape[-1]
+        gcols = gb.reshape(b.shape[0], n, k).permute(0, 2, 1).reshape(-1, n)
+        ecols = exact_b.reshape(b.shape[0], n, k).permute(0, 2, 1).reshape(-1, n)
+        per_unit = gcols.abs().sum(1)
+        ex_unit, got_unit = list(ecols), list(gcols)
+    hit = per_unit > 0
+    assert len(per_unit) == units and int(hit.sum()) == 2
+    for i in hit.nonzero().flatten().tolist():
+        assert torch.allclose(got_unit[i], ex_unit[i] * units / 2, rtol=1e-8, atol=1e-12)
+
+
+def test_stochastic_double_backward_at_full_sample():
+    S = SparseMatrix.from_scipy(convdiff2d(3, peclet=8.0))
+    v = S.values.clone().requires_grad_()
+    b = torch.randn(9, 2, dtype=torch.float64, generator=_gen(8), requires_grad=True)
+
+    def f(v, b):
+        return solve(S.with_values(v), b, method="gmres", precond="ilu0", rtol=1e-13, backward="stochastic",
+                     adjoint={"sample": 1.0})
+
+    assert gradgradcheck(f, (v, b), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
 def test_stochastic_with_full_sample_is_the_implicit_gradient_and_passes_gradcheck():
     S = SparseMatrix.from_scipy(convdiff2d(3, peclet=8.0))
     v = S.values.clone().requires_grad_()
@@ -157,6 +209,13 @@ def test_stochastic_with_full_sample_is_the_implicit_gradient_and_passes_gradche
                      adjoint={"sample": 1.0})
 
     assert gradcheck(f, (v, b), eps=1e-6, atol=1e-6, rtol=1e-5)
+    g = torch.randn(9, 3, dtype=torch.float64, generator=_gen(9))
+    exact = torch.autograd.grad(solve(S.with_values(v), b, method="bicgstab", precond="ilu0", rtol=1e-13), (v, b), g)
+    for sample in (1.0, 9 * 3, 100):  # all right-hand sides, as a fraction or a count (capped)
+        x = solve(S.with_values(v), b, method="bicgstab", precond="ilu0", rtol=1e-13, backward="stochastic",
+                  adjoint={"sample": sample})
+        for got, ref in zip(torch.autograd.grad(x, (v, b), g), exact):
+            assert torch.allclose(got, ref, rtol=1e-9, atol=1e-12)
 
 
 def test_stochastic_bad_options():
@@ -168,3 +227,9 @@ def test_stochastic_bad_options():
             solve(S, b, backward="stochastic", adjoint={"sample": bad})
     with pytest.raises(ValueError, match="iterative method"):
         solve(S, b, method="direct", backward="stochastic")
+    with pytest.raises(ValueError, match="applies to backward='stochastic' only"):
+        solve(S, b, adjoint={"sample": 0.5})
+    # numpy scalars are numbers too; an integer 1 is one right-hand side, 1.0 all of them
+    assert AdjointOptions(sample=np.int64(2)).sample_count(8) == 2
+    assert AdjointOptions(sample=np.float64(0.5)).sample_count(8) == 4
+    assert AdjointOptions(sample=1).sample_count(8) == 1 and AdjointOptions(sample=1.0).sample_count(8) == 8

@@ -25,8 +25,10 @@ for an unrolled CG -- the implicit gradient is exact in every direction).
 
 Per method: relative error and cosine similarity to each reference, time of forward + backward
 (median of ``repeats``), and the bytes autograd saved for backward (``saved_mb``, counted with
-``torch.autograd.graph.saved_tensors_hooks``: the memory that grows with unrolling). ``err_values``: the
-values-gradient part alone. For stochastic rows (errors vs exact are means over the draws), of the values
+``torch.autograd.graph.saved_tensors_hooks``: the memory that grows with unrolling; objects an autograd
+Function keeps on its context, such as a preconditioner's factor, are not counted). ``err_values``: the
+values-gradient part alone. For stochastic rows (``err_exact``, ``cos_exact`` and ``err_values`` are
+means over the draws; ``err_fd``, ``cos_fd`` and the time belong to the first draw / the median draw), of the values
 gradient -- the parameters shared by all right-hand sides, which the estimator is for (dL/dB of an
 unsampled column is 0, of a sampled one N/s times the truth, whatever the problem): ``bias`` =
 ||mean of draws - exact|| / ||exact||, ``bias_noise`` = the standard error of that mean (a bias well
@@ -243,6 +245,7 @@ def _problem_rows(p: _Problem, base: dict, truncations, sample, draws, direction
         # mean over draws
         r["err_exact"] = statistics.mean(float((f - exact).norm() / exact.norm()) for f in flat)
         r["err_values"] = statistics.mean(float((f[:nnz] - ev).norm()) / nrm for f in flat)
+        r["cos_exact"] = statistics.mean(_compare(f, exact)[1] for f in flat)
         rows.append(r)
     return rows
 
@@ -276,7 +279,7 @@ def quality_markdown(rows: Sequence[Mapping], meta: Mapping) -> str:
     note = ("Gradients of L = <W, X> + 0.5 ||X||^2, X = A^{-1} B (diffusion2d, K right-hand sides), w.r.t. A's "
             "values and B. FD: central differences with scipy LU along random symmetric directions. exact: "
             "scipy LU adjoint, values gradient symmetrised (rel err values: that part alone). Stochastic: errors vs "
-            "exact are means over draws; bias = ||mean - exact|| / ||exact|| of the values gradient next to its "
+            "exact are means over draws (FD columns: the first draw); bias = ||mean - exact|| / ||exact|| of the values gradient next to its "
             "standard error. saved MB: tensors autograd kept for "
             "backward.")
     return f"# Gradient quality\n\n{json.dumps(dict(meta))}\n\n{note}\n\n" + _md_table(head, body) + "\n"

@@ -23,6 +23,11 @@ def hvp(f: Callable[..., Tensor], x: Tensor, v: Tensor, *args) -> Tensor:
 
     ``x`` is detached from any graph it belongs to (the result is a plain tensor of ``x``'s shape);
     ``args`` are passed through unchanged. A part of ``f`` that is linear in ``x`` contributes zero.
+
+    Solves inside ``f`` should use ``backward="implicit"`` (default) or ``method="direct"``: the double
+    backward of ``backward="unrolled"`` differentiates the iterations twice, and once CG has converged
+    that second derivative of the recorded steps is not the solution's (measured: 4.6e4 relative error
+    against finite differences of its own gradients on a 4x4-grid diffusion matrix).
     """
     if not isinstance(x, Tensor) or not isinstance(v, Tensor):
         raise TypeError(f"hvp: x and v must be tensors, got {type(x).__name__} and {type(v).__name__}")
@@ -40,7 +45,9 @@ def hvp(f: Callable[..., Tensor], x: Tensor, v: Tensor, *args) -> Tensor:
             raise ValueError(f"hvp: f must return a scalar tensor, got {shape}")
         if not y.requires_grad:
             raise ValueError("hvp: f's result does not depend on x differentiably (no graph to x)")
-        (g,) = torch.autograd.grad(y.reshape(()), x, create_graph=True)
+        (g,) = torch.autograd.grad(y.reshape(()), x, create_graph=True, allow_unused=True)
+        if g is None:
+            raise ValueError("hvp: f's result does not depend on x (only on other tensors)")
         if not g.requires_grad:  # f is linear in x: the gradient is constant
             return torch.zeros_like(x)
         (Hv,) = torch.autograd.grad(g, x, grad_outputs=v, allow_unused=True)

@@ -23,12 +23,14 @@ sum over right-hand sides j of a term linear in g_j, so sampling s of N uniforml
 and scaling the sampled g_j by N / s (inclusion probability s / N) gives an UNBIASED estimate of dL/db
 and dL/dA at s / N of the adjoint cost; its variance grows with the spread of the per-right-hand-side
 terms. The sampled adjoint is a smaller solve when A is shared by all right-hand sides, or batched
-without a preconditioner object; otherwise (a PyG block batch, a batched A with a preconditioner) the
-unsampled right-hand sides are zeroed instead (same estimate, no saving).
+with one right-hand side per matrix and no preconditioner object; otherwise (a PyG block batch, a
+preconditioner with a batch, several right-hand sides per batched matrix) the unsampled right-hand sides
+are zeroed instead (same estimate, no saving). ``sample`` always counts right-hand sides.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -68,8 +70,9 @@ class AdjointOptions:
     ``warm_start``: start from the previous adjoint solution of the same solve when that lowers the
     initial residual (repeated backward passes, Hessian-vector products).
 
-    ``sample`` (``backward="stochastic"`` only): how many right-hand sides get an adjoint solve, a
-    fraction in (0, 1] or a count >= 1 (default 0.5); ``generator``: the torch.Generator it draws from.
+    ``sample`` (``backward="stochastic"`` only): how many right-hand sides (columns of the canonical
+    (B, n, k) block, per diagonal block of a PyG batch) get an adjoint solve, a float fraction in (0, 1]
+    or an integer count >= 1 (default 0.5; note ``1`` is ONE right-hand side, ``1.0`` all of them); ``generator``: the torch.Generator it draws from.
     The sampled adjoint solve's SolveInfo is not reported (``info.adjoint`` stays None); its failure to
     converge still raises / warns by ``on_fail``.
     """
@@ -85,14 +88,16 @@ class AdjointOptions:
     def sample_count(self, N: int) -> int:
         """Number of the N right-hand sides whose adjoint is solved."""
         s = 0.5 if self.sample is None else self.sample
-        if isinstance(s, bool) or not isinstance(s, (int, float)):
-            raise TypeError(f"adjoint sample must be a fraction in (0, 1] or a count >= 1, got {s!r}")
-        if isinstance(s, float):
+        if isinstance(s, bool) or not isinstance(s, (numbers.Integral, numbers.Real)):
+            raise TypeError(f"adjoint sample must be a float fraction in (0, 1] or an integer count >= 1, "
+                            f"got {s!r} of type {type(s).__name__}")
+        if not isinstance(s, numbers.Integral):
+            s = float(s)
             if not 0.0 < s <= 1.0:
                 raise ValueError(f"adjoint sample fraction must lie in (0, 1], got {s}")
             return max(1, min(N, round(s * N)))
         if s < 1:
-            raise ValueError(f"adjoint sample count must be >= 1, got {s}")
+            raise ValueError(f"adjoint sample count must be >= 1, got {s} (a fraction is a float: 1.0 = all)")
         return min(N, int(s))
 
 
@@ -237,22 +242,24 @@ def _sampled_adjoint(tspec: _Spec, opT: LinearOperator, G: Tensor, opts: Adjoint
         s = opts.sample_count(N)
         return torch.randperm(N, generator=gen, device=dev)[:s].to(G.device), N / s
 
-    if opT.batch_size is None and opT.blocks is None:
-        # one matrix shared by all B k right-hand sides: solve only the sampled columns
+    if opT.batch_size is None and opT.blocks is None and (B == 1 or tspec.precond is None):
+        # one matrix (and one preconditioner) shared by all B k right-hand sides: solve the sampled columns
         Gf = G.permute(1, 0, 2).reshape(1, n, B * k)
         idx, scale = draw(B * k)
         Ls = _ImplicitSolve.apply(sub, (Gf.index_select(2, idx) * scale).contiguous(), *opT.params())
         Lf = torch.zeros_like(Gf).index_copy(2, idx, Ls)  # out of place: double backward stays intact
         return Lf.reshape(n, B, k).permute(1, 0, 2).contiguous()
-    if (opT.blocks is None and tspec.precond is None and tspec.method != "direct"
+    if (opT.blocks is None and k == 1 and tspec.precond is None and tspec.method != "direct"
             and isinstance(opT, (DenseOperator, SparseMatrix)) and G.shape[0] == opT.batch_size):
-        # a batch of matrices without a preconditioner object: solve the sampled matrices only
+        # a batch of matrices, one right-hand side each, no preconditioner object: solve the sampled
+        # matrices only
         idx, scale = draw(B)
         params = tuple(p.index_select(0, idx) for p in opT.params())
         sub.op = opT.with_params(params)
         Ls = _ImplicitSolve.apply(sub, (G.index_select(0, idx) * scale).contiguous(), *params)
         return torch.zeros_like(G).index_copy(0, idx, Ls)
-    # block batches / batched preconditioners: zero the unsampled systems (same estimate, full cost)
+    # block batches, batched preconditioners, batches with several right-hand sides: zero the unsampled
+    # right-hand sides (the same estimate, without the saving) (same estimate, full cost)
     red = opT.reducer()
     N = B * red.G * k
     idx, scale = draw(N)
@@ -338,6 +345,9 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         if forward_info:
             forward_info[0].adjoint = info
 
+    if adjoint.sample is not None and backward != "stochastic":
+        raise ValueError(f"adjoint sample={adjoint.sample!r} applies to backward='stochastic' only "
+                         f"(backward={backward!r} solves every adjoint)")
     if backward == "stochastic":
         adjoint.sample_count(1)  # validate the sample now, not in the middle of backward
         if method == "direct":
