@@ -126,7 +126,7 @@ class _Problem:
     def _scipy(self, v: Tensor):
         import scipy.sparse as sp
 
-        return sp.csr_matrix((v.numpy(), self.A.pattern.col.long().numpy(), self.crow), shape=(self.n, self.n))
+        return sp.csr_matrix((v.numpy(), self.col, self.crow), shape=(self.n, self.n))
 
     def loss_np(self, v: Tensor, B: Tensor) -> float:
         X = spla.splu(self._scipy(v).tocsc()).solve(B.numpy())
@@ -384,7 +384,7 @@ def memory_study(ns: Sequence[int] = (10_000, 100_000), iters: Sequence[int] = (
             for mode in modes:
                 if progress:
                     progress(f"n={n} iters={it} {mode}")
-                code = ("import json, sys; from learnsolve.evaluation.gradients import memory_point; "
+                code = ("import json; from learnsolve.evaluation.gradients import memory_point; "
                         f"print(json.dumps(memory_point({int(n)}, {int(it)}, {mode!r}, {int(k)}, {int(seed)})))")
                 res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                                      check=False, env=env)

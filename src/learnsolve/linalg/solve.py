@@ -43,8 +43,9 @@ from ._layout import canonicalize
 from ._validate import validate_system
 from .direct import factorize
 from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, default_maxiter, default_rtol, run_method
-from .operator import LinearOperator, as_operator
+from .operator import DenseOperator, LinearOperator, as_operator
 from .precond import resolve_preconditioner
+from .sparse import SparseMatrix
 
 ALL_METHODS = (*METHODS, "direct")
 BACKWARD_MODES = ("implicit", "unrolled", "truncated", "stochastic")
@@ -229,9 +230,6 @@ class _ImplicitSolve(torch.autograd.Function):
 
 def _sampled_adjoint(tspec: _Spec, opT: LinearOperator, G: Tensor, opts: AdjointOptions) -> Tensor:
     """Unbiased estimate of A^{-T} G from adjoint solves for a uniform sample of G's right-hand sides."""
-    from .operator import DenseOperator
-    from .sparse import SparseMatrix
-
     B, n, k = G.shape
     # the sampled solve reports nothing to the caller (its SolveInfo has the sample's shape)
     sub = replace(tspec, reshape=lambda info: info, sink=None, _T=None, _last=None, warm_start=False, x0=None)
