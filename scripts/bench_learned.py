@@ -45,12 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from learnsolve.data import GENERATORS
-from learnsolve.linalg import SparseMatrix
-from learnsolve.linalg.krylov import run_method
-from learnsolve.linalg.precond import IC0, make_preconditioner
+from learnsolve.evaluation.baselines import BASELINES, build_baseline
+from learnsolve.files import write_text
+from learnsolve.linalg import SparseMatrix, cg
 from learnsolve.models.checkpoint import load_model
 
-CLASSICAL = ("none", "jacobi", "ic0", "amg")
+CLASSICAL = tuple(BASELINES)
 GOAL_MODELS = ("neural_if", "gnn_solver")
 TEST_SEED = 7_000_000  # far from the datamodule's split offsets (0, 1e6, 2e6, 3e6 + 1e6 i)
 
@@ -79,13 +79,6 @@ def train_model(name: str, args, out: Path) -> Path:
     return ckpts[-1] if ckpts else run_dir / "checkpoints" / "last.ckpt"
 
 
-def _write(path: Path, text: str) -> None:
-    """Atomically: a temporary name, then rename (a killed run never leaves a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _median_time(fn, repeats: int):
     times, result = [], None
     for _ in range(repeats):
@@ -97,15 +90,11 @@ def _median_time(fn, repeats: int):
 
 def measure(method: str, model, batch, rtol: float, maxiter: int, repeats: int) -> dict:
     A = SparseMatrix.from_pyg(batch).detach()
-    Bm = batch.b.view(1, -1, 1).to(A.dtype)
+    b = batch.b.view(-1).to(A.dtype)
 
     def setup():
-        if method == "none":
-            return None
-        if method == "ic0":
-            return IC0(A, shift="auto").apply
-        if method in ("jacobi", "amg"):
-            return make_preconditioner(method, A).apply
+        if method in CLASSICAL:
+            return build_baseline(method, A)
         if model.kind == "preconditioner":
             return model.preconditioner(batch)
         return None  # learned solvers build their context inside solve (timed there)
@@ -113,7 +102,7 @@ def measure(method: str, model, batch, rtol: float, maxiter: int, repeats: int) 
     with torch.no_grad():
         t_setup, M = _median_time(setup, repeats)
         if method in CLASSICAL or model.kind == "preconditioner":
-            t_solve, (_, info) = _median_time(lambda: run_method("cg", A, Bm, M, None, rtol, 0.0, maxiter), repeats)
+            t_solve, (_, info) = _median_time(lambda: cg(A, b, M, rtol=rtol, maxiter=maxiter), repeats)
         else:
             t_solve, (_, info) = _median_time(lambda: model.solve(batch, rtol=rtol, maxiter=maxiter), repeats)
     return {"iters": float(info.iterations.view(-1)[0]), "converged": bool(info.converged.view(-1)[0]),
@@ -169,7 +158,7 @@ def main(argv=None) -> int:
                     r = measure(method, model, batch, rtol, args.maxiter, args.repeats)
                     records.append({"size": m, "system": i, "rtol": rtol, "method": method, **r})
             print(f"[eval] {m}x{m} system {i + 1}/{args.num_test} done", flush=True)
-            _write(out / "bench_learned.partial.json", json.dumps({"records": records}, indent=1))
+            write_text(out / "bench_learned.partial.json", json.dumps({"records": records}, indent=1))
 
     summary = []
     for m in args.sizes:
@@ -202,8 +191,8 @@ def main(argv=None) -> int:
             "sizes": args.sizes, "num_test": args.num_test, "rtols": args.rtols, "repeats": args.repeats,
             "threads": args.threads, "checkpoints": {k: v[1] for k, v in models.items()},
             "torch": torch.__version__, "cpu_count": os.cpu_count()}
-    _write(out / "bench_learned.json", json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1))
-    _write(out / "bench_learned.md", table + "\n")
+    write_text(out / "bench_learned.json", json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1))
+    write_text(out / "bench_learned.md", table + "\n")
     (out / "bench_learned.partial.json").unlink(missing_ok=True)
     print(f"wrote {out / 'bench_learned.json'} and {out / 'bench_learned.md'}")
     return 0

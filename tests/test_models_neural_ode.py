@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from learnsolve.data import GENERATORS, LinearSystemDataModule, to_scipy
+from learnsolve.data import GENERATORS, to_scipy
+from learnsolve.training import LinearSystemDataModule
 from learnsolve.data.generators.trajectory import mass_matrix_values, trajectory2d
 from learnsolve.models.neural_ode import NeuralODE
 

@@ -9,7 +9,6 @@ from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
 from learnsolve.linalg import SparseMatrix, cg
-from learnsolve.linalg.krylov import run_method
 from learnsolve.models.unrolled_cg import UnrolledCG, unrolled_cg, unrolled_loss
 
 from .conftest import adam_losses
@@ -107,9 +106,9 @@ def test_solve_converges_and_counts_learned_plus_cg_iterations():
     d = A.diagonal().view(1, -1, 1)
     with torch.no_grad():
         XK, _, taken, _ = unrolled_cg(A, Bm, model.s, model.t, lambda R: R / d, rtol=1e-8)
-        _, info_cg = run_method("cg", A, Bm, lambda R: R / d, XK, 1e-8, 0.0, 2000)
+        _, info_cg = cg(A, Bm.view(-1), lambda R: R / d, x0=XK.view(-1), rtol=1e-8, maxiter=2000)
     assert taken.view(-1).tolist() == [5, 5, 5]
-    assert torch.equal(info.iterations, info_cg.iterations + taken)
+    assert torch.equal(info.iterations, info_cg.iterations + taken.view(-1))
     assert info.residual_history.shape[0] == 5 + info_cg.residual_history.shape[0]
 
 

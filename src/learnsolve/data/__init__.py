@@ -4,7 +4,6 @@ Every system is a PyG ``Data`` built by :func:`make_system` (see ``system.py`` f
 ``learnsolve.linalg.SparseMatrix.from_pyg(data_or_batch)`` turns it into an operator.
 """
 
-from .datamodule import LinearSystemDataModule
 from .dataset import CacheError, LinearSystemDataset, config_hash
 from .generators import GENERATORS
 from .mtx import MatrixMarketError, load_system, read_matrix_market, write_matrix_market
@@ -17,7 +16,6 @@ __all__ = [
     "RHS_KINDS",
     "SUITES",
     "CacheError",
-    "LinearSystemDataModule",
     "LinearSystemDataset",
     "MatrixMarketError",
     "SuiteError",

@@ -32,13 +32,8 @@ pyamg smoothed aggregation and Ruge-Stueben AMG, the learned model) :func:`evalu
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import os
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,10 +44,10 @@ from scipy.sparse.linalg import norm as sp_norm
 
 from learnsolve.data.suites import SuiteError
 from learnsolve.data.system import to_scipy
-from learnsolve.linalg import AMG, IC0, ILU0, FactorizationError, Jacobi, SparseMatrix
-from learnsolve.linalg.krylov import run_method
+from learnsolve.linalg import SparseMatrix, solve
 
-BASELINES = ("none", "jacobi", "ic0", "amg_sa", "amg_rs")
+from .baselines import BASELINES, REFERENCE_LABELS, NotApplicable, SetupFailed, baseline_setup
+
 PRECONDITIONERS = (*BASELINES, "learned")
 SOLVERS = ("auto", "cg", "gmres", "bicgstab")
 STATUSES = ("ok", "not_converged", "skipped", "failed", "error")
@@ -61,11 +56,11 @@ TRUE_RESIDUAL_SLACK = 10.0  # converged = the solver's flag and true residual <=
 HISTORY_KEY = "residual_history"  # relative residuals per iteration; in results.json and plots only
 
 
-class _Skip(Exception):
+class _Skip(NotApplicable):
     """This method does not apply to this matrix (reported as status 'skipped')."""
 
 
-class _Fail(Exception):
+class _Fail(SetupFailed):
     """This method was tried and failed on this matrix (reported as status 'failed')."""
 
 
@@ -147,70 +142,15 @@ class _System:
     info: MatrixInfo
     data: object  # the PyG Data
     A: SparseMatrix
-    Bm: torch.Tensor  # (1, n, 1) float64
+    b_t: torch.Tensor  # (n,) float64
     A_sp: object  # scipy CSR, for the independent true-residual check
     b: np.ndarray
 
 
-def _baseline_setup(name: str, sysm: _System, amg_options: Mapping[str, Mapping]):
-    """(label, setup() -> (Preconditioner | None, note)) of a classical preconditioner on this matrix."""
-    info, A = sysm.info, sysm.A
-    if name == "none":
-        return "none", lambda: (None, None)
-    if name == "jacobi":
-        return "jacobi", lambda: (Jacobi(A), None)
-    if name == "ic0":
-        if not info.symmetric:
-            return "ilu0", lambda: (ILU0(A), None)
-        if not info.spd:
-            raise _Skip(f"IC(0) needs an SPD matrix; this one is {info.why_not_spd}")
-
-        def ic0():
-            try:
-                return IC0(A), None
-            except FactorizationError as e:
-                M = IC0(A, shift="auto")  # raises FactorizationError again when no shift helps
-                return M, (f"IC(0) broke down at row {e.row}; retried with diagonal shift {M.shift:g} "
-                           f"(factor of A + {M.shift:g} diag(A))")
-        return "ic0", ic0
-    if name in ("amg_sa", "amg_rs"):
-        kind = name[-2:]
-        opts = dict(amg_options.get(kind) or {})
-        if kind == "sa" and not info.symmetric:
-            opts.setdefault("symmetry", "nonsymmetric")
-
-        def amg():
-            said: list[str] = []  # pyamg's C++ core prints diagnostics: keep them for the reason, off stdout
-            try:
-                with _captured_stdout(said):
-                    M = AMG(A, kind=kind, **opts)
-            except Exception as e:  # reported as this row's failure
-                extra = f" (pyamg said: {said[0]})" if said and said[0] else ""
-                raise _Fail(f"pyamg {kind.upper()} setup failed: {type(e).__name__}: {e}{extra}") from e
-            return M, (f"pyamg said: {said[0]}" if said and said[0] else None)
-        return name, amg
-    raise ValueError(f"unknown preconditioner {name!r}; choose from {', '.join(PRECONDITIONERS)}")
-
-
-@contextlib.contextmanager
-def _captured_stdout(out: list[str]):
-    """Capture what is written to file descriptor 1 (Python and C/C++ code alike) into ``out[0]``
-    (distinct lines, whitespace squeezed)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    py = io.StringIO()
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 1)
-        try:
-            with contextlib.redirect_stdout(py):
-                yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            tmp.seek(0)
-            text = py.getvalue() + "\n" + tmp.read().decode(errors="replace")
-            lines = [" ".join(ln.split()) for ln in text.splitlines()]
-            out[:] = ["; ".join(dict.fromkeys(ln for ln in lines if ln))]
+def _krylov(method: str, sysm: _System, M, rtol: float, maxiter: int, options: Mapping):
+    """One Krylov solve of the system (no autograd: called under ``torch.no_grad``); failures are rows."""
+    return solve(sysm.A, sysm.b_t, method=method, precond=M, rtol=rtol, maxiter=maxiter, on_fail="ignore",
+                 return_info=True, **options)
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -270,17 +210,16 @@ def _fill_from_solve(row: dict, sysm: _System, X: torch.Tensor, sinfo, rtols, ma
 
 def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_options, rows_out):
     try:
-        label, setup = _baseline_setup(name, sysm, amg_options)
-    except _Skip as e:
+        label, setup = baseline_setup(name, sysm.A, sysm.info, amg_options)
+    except NotApplicable as e:
         rows_out.append(_row(sysm.info, "", rtols, solver=method, preconditioner=name, status="skipped",
                              reason=str(e)))
         return
     row = _row(sysm.info, "", rtols, solver=method, preconditioner=label)
     rtol = min(rtols)
 
-    def solve(M):
-        return run_method(method, sysm.A, sysm.Bm, None if M is None else M.apply, None, rtol, 0.0, maxiter,
-                          **options)
+    def run(M):
+        return _krylov(method, sysm, M, rtol, maxiter, options)
 
     notes: list[str] = []
     stage = ["setup"]
@@ -293,10 +232,10 @@ def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_opti
         return M, note
 
     try:
-        X, sinfo, note, ts, tv = _measure(setup_noted, solve, repeats)
+        X, sinfo, note, ts, tv = _measure(setup_noted, run, repeats)
         row["reason"] = note
         _fill_from_solve(row, sysm, X, sinfo, rtols, maxiter, learned=False)
-    except _Fail as e:
+    except SetupFailed as e:
         row.update(status="failed", reason="; ".join([*notes, str(e)]))
     except Exception as e:  # noqa: BLE001 -- one failing preconditioner must not stop the evaluation
         row.update(status="failed", reason="; ".join([*notes, f"{label} {stage[0]} failed: {type(e).__name__}: {e}"]))
@@ -323,26 +262,25 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
         if kind == "preconditioner":
             def setup():
                 M = model.preconditioner(batch)
-                if not _finite(M.apply(sysm.Bm)):
+                if not _finite(M.apply(sysm.b_t.view(1, -1, 1))):
                     raise _Fail(f"the learned preconditioner ({mname}) produced NaN/Inf")
                 return M, None
 
-            def solve(M):
+            def run(M):
                 # a nonlinear map (a network) breaks PCG's recurrences: flexible CG instead
                 meth = "fcg" if method == "cg" and not getattr(M, "linear", True) else method
                 row["solver"] = meth
-                return run_method(meth, sysm.A, sysm.Bm, M.apply, None, rtol, 0.0, maxiter,
-                                  **(options if meth == method else {}))
+                return _krylov(meth, sysm, M, rtol, maxiter, options if meth == method else {})
         elif kind == "solver":
             def setup():
                 return None, None
 
-            def solve(_):
+            def run(_):
                 return model.solve(batch, rtol=rtol, maxiter=maxiter)
         else:
             raise _Skip(f"{mname} is a {kind!r} model, not a solver or preconditioner")
         try:
-            X, sinfo, _, ts, tv = _measure(setup, solve, repeats)
+            X, sinfo, _, ts, tv = _measure(setup, run, repeats)
         except ValueError as e:  # the model does not apply here (e.g. fixed-size low-rank on another size)
             raise _Skip(f"{mname}: {e}") from e
         if kind == "solver":
@@ -359,7 +297,7 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
 
 
 def _add_ratios(rows: list[dict], rtols) -> None:
-    base = next((r for r in rows if r["preconditioner"] in ("ic0", "ilu0") and r["status"] in EVALUATED), None)
+    base = next((r for r in rows if r["preconditioner"] in REFERENCE_LABELS and r["status"] in EVALUATED), None)
     for r in rows:
         for t in rtols:
             key, it = rtol_key("ratio_ic0", t), rtol_key("iters", t)
@@ -377,7 +315,7 @@ def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1
         info = classify(name, data)
         A = SparseMatrix.from_pyg(data).detach()
         b = data.b.detach().double().cpu().numpy().reshape(-1)
-        sysm = _System(info, data, A, data.b.view(1, -1, 1).to(A.dtype), to_scipy(data).tocsr(), b)
+        sysm = _System(info, data, A, data.b.view(-1).to(A.dtype), to_scipy(data).tocsr(), b)
     except Exception as e:  # noqa: BLE001 -- a malformed system is a row, not a crash
         return [_row(None, name, rtols, status="error", reason=f"{type(e).__name__}: {e}")]
     rows: list[dict] = []

@@ -437,7 +437,7 @@ def _gmres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, rest
 _CORES = {"cg": _cg, "fcg": _fcg, "minres": _minres, "bicgstab": _bicgstab, "gmres": _gmres}
 
 
-def run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, X0: Tensor | None,
+def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, X0: Tensor | None,
                rtol: float, atol: float, maxiter: int, callback=None, **options):
     """Run a Krylov method on canonical blocks; returns (X, SolveInfo in (B, G, k) shape)."""
     if method not in _CORES:
@@ -464,7 +464,7 @@ def _public(method: str, A, b: Tensor, M, x0, rtol, atol, maxiter, callback, **o
     X0 = None if x0 is None else canonicalize(x0, n, op.batch_size, None, name="x0")[0].expand_as(Bm)
     Mf = resolve_preconditioner(M, op)
     apply = None if Mf is None else Mf.apply  # resolve_preconditioner returns a Preconditioner or None
-    X, info = run_method(method, op, Bm, apply, X0, default_rtol(b.dtype) if rtol is None else float(rtol),
+    X, info = _run_method(method, op, Bm, apply, X0, default_rtol(b.dtype) if rtol is None else float(rtol),
                          float(atol), default_maxiter(method, n) if maxiter is None else int(maxiter),
                          callback, **options)
     return layout.unpack(X), info._reshaped(_system_shape(layout, info))
@@ -500,4 +500,4 @@ def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=Non
     return _public("gmres", A, b, M, x0, rtol, atol, maxiter, callback, restart=restart)
 
 
-__all__ = ["METHODS", "SolveInfo", "bicgstab", "cg", "default_rtol", "fcg", "gmres", "minres", "run_method"]
+__all__ = ["METHODS", "SolveInfo", "bicgstab", "cg", "default_rtol", "fcg", "gmres", "minres"]

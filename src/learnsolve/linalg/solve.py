@@ -42,7 +42,7 @@ from torch import Tensor
 from ._layout import canonicalize
 from ._validate import validate_system
 from .direct import factorize
-from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, default_maxiter, default_rtol, run_method
+from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, default_maxiter, default_rtol, _run_method
 from .operator import DenseOperator, LinearOperator, as_operator
 from .precond import resolve_preconditioner
 from .sparse import SparseMatrix
@@ -164,7 +164,7 @@ class _Spec:
                 r0 = (Bm - op.mv(self._last)).norm()
                 X0 = self._last if bool(r0 < Bm.norm()) else X0
             M = None if self.precond is None else self.precond.apply
-            X, info = run_method(self.method, op, Bm, M, X0, self.rtol, self.atol, self.maxiter, **self.options)
+            X, info = _run_method(self.method, op, Bm, M, X0, self.rtol, self.atol, self.maxiter, **self.options)
             if self.warm_start:
                 self._last = X.detach()
         info = self.reshape(info)
@@ -369,7 +369,7 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
 def _unrolled(spec: _Spec, op: LinearOperator, Bm: Tensor):
     """Run the method with autograd recording every iteration."""
     M = None if spec.precond is None else spec.precond.apply
-    X, info = run_method(spec.method, op, Bm, M, spec.x0, spec.rtol, spec.atol, spec.maxiter, **spec.options)
+    X, info = _run_method(spec.method, op, Bm, M, spec.x0, spec.rtol, spec.atol, spec.maxiter, **spec.options)
     info = spec.reshape(info)
     spec.sink(info)
     _check(info, spec.on_fail, "forward")
@@ -383,7 +383,7 @@ def _truncated(spec: _Spec, op: LinearOperator, Bm: Tensor, k: int) -> Tensor:
     M = None if spec.precond is None else spec.precond.apply
     with torch.no_grad():
         opd = op.with_params([p.detach() for p in op.params()])
-        Xf, info = run_method(spec.method, opd, Bm.detach(), M, spec.x0, spec.rtol, spec.atol, spec.maxiter,
+        Xf, info = _run_method(spec.method, opd, Bm.detach(), M, spec.x0, spec.rtol, spec.atol, spec.maxiter,
                               callback=lambda X, it: snaps.append((it, X.clone())), **spec.options)
     info = spec.reshape(info)
     spec.sink(info)
@@ -391,7 +391,7 @@ def _truncated(spec: _Spec, op: LinearOperator, Bm: Tensor, k: int) -> Tensor:
     N = info.niter
     it0, Xs = max((s for s in snaps if s[0] <= max(N - k, 0)), key=lambda s: s[0], default=snaps[0])
     steps = max(N - it0, 1)
-    Xt, _ = run_method(spec.method, op, Bm, M, Xs.detach(), spec.rtol, spec.atol, steps, **spec.options)
+    Xt, _ = _run_method(spec.method, op, Bm, M, Xs.detach(), spec.rtol, spec.atol, steps, **spec.options)
     return Xf + (Xt - Xt.detach())
 
 

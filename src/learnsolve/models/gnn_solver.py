@@ -26,8 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from learnsolve.linalg import IC0, SolveInfo, SparseMatrix
-from learnsolve.linalg.krylov import run_method
+from learnsolve.linalg import IC0, FunctionPreconditioner, SolveInfo, SparseMatrix, fcg
 from learnsolve.nn.layers import SystemConv, mlp
 
 LOSSES = ("log_residual", "energy")
@@ -102,7 +101,9 @@ class GNNSolver(nn.Module):
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         M, A, red = self.preconditioner(batch)
         Bm = batch.b.view(1, -1, 1).to(A.dtype)
-        X, _ = run_method("fcg", A, Bm, M, None, 0.0, 0.0, self.unroll_steps, truncation=self.truncation)
+        x, _ = fcg(A, Bm.view(-1), FunctionPreconditioner(M, linear=False), rtol=0.0, maxiter=self.unroll_steps,
+                   truncation=self.truncation)
+        X = x.view(1, -1, 1)
         bn = red.norm(Bm)
         rel = red.norm(Bm - A.mv(X)) / bn
         if self.loss_kind == "log_residual":
@@ -117,6 +118,5 @@ class GNNSolver(nn.Module):
     def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
         """Flexible CG with the learned preconditioner on every graph of the batch."""
         M, A, _ = self.preconditioner(batch)
-        Bm = batch.b.view(1, -1, 1).to(A.dtype)
-        X, info = run_method("fcg", A, Bm, M, None, rtol, 0.0, maxiter, truncation=self.truncation)
-        return X.view(-1), info
+        return fcg(A, batch.b.view(-1).to(A.dtype), FunctionPreconditioner(M, linear=False), rtol=rtol,
+                   maxiter=maxiter, truncation=self.truncation)

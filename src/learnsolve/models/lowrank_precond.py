@@ -40,9 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learnsolve.linalg import Preconditioner, SolveInfo, SparseMatrix
-from learnsolve.linalg.krylov import run_method
-from learnsolve.linalg.spectral import condition_estimate
+from learnsolve.linalg import Preconditioner, SolveInfo, SparseMatrix, cg, condition_estimate
 from learnsolve.nn.layers import SystemConv, mlp
 
 VARIANTS = ("gnn", "fixed")
@@ -219,7 +217,4 @@ class LowRankPreconditioner(nn.Module):
     def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
         """PCG with the learned M on every graph of the batch."""
         A, _ = self._system(batch)
-        M = self._precond(batch, A)
-        Bm = batch.b.view(1, -1, 1).to(A.dtype)
-        X, info = run_method("cg", A, Bm, M.apply, None, rtol, 0.0, maxiter)
-        return X.view(-1), info
+        return cg(A, batch.b.view(-1).to(A.dtype), self._precond(batch, A), rtol=rtol, maxiter=maxiter)

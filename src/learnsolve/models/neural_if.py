@@ -33,8 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from learnsolve.linalg import LLT, SolveInfo, SparseMatrix
-from learnsolve.linalg.krylov import run_method
+from learnsolve.linalg import LLT, SolveInfo, SparseMatrix, cg
 from learnsolve.nn.layers import SystemConv, mlp
 
 LOSSES = ("data", "probe")
@@ -149,7 +148,4 @@ class NeuralIF(nn.Module):
     def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
         """PCG with M = L L^T on every graph of the batch (each graph converges and is counted on its own)."""
         A, L, _ = self.factor(batch)
-        M = LLT(L)
-        Bm = batch.b.view(1, -1, 1).to(A.dtype)
-        X, info = run_method("cg", A, Bm, M.apply, None, rtol, 0.0, maxiter)
-        return X.view(-1), info
+        return cg(A, batch.b.view(-1).to(A.dtype), LLT(L), rtol=rtol, maxiter=maxiter)

@@ -36,8 +36,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from learnsolve.linalg import SolveInfo, SparseMatrix
-from learnsolve.linalg.krylov import run_method
+from learnsolve.linalg import SolveInfo, SparseMatrix, cg
 
 LOSSES = ("energy", "residual")
 PRECONDS = ("none", "jacobi")
@@ -95,15 +94,16 @@ class UnrolledCG(nn.Module):
     def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
         """K learned steps (a graph stops early once it reaches rtol), then plain (P)CG from there.
 
-        ``info.iterations`` (1, G, 1) = learned steps taken + CG iterations; ``converged`` from CG
+        ``info.iterations`` (G,) = learned steps taken + CG iterations; ``converged`` from CG
         (a graph already at rtol counts as converged with zero CG iterations)."""
         A, Bm, M = self._system(batch)
         X, _, taken, hist = self.iterate(A, Bm, M, rtol=rtol)
-        X, info = run_method("cg", A, Bm, M, X, rtol, 0.0, max(int(maxiter) - self.steps, 0))
-        history = torch.cat([torch.stack(hist[:-1]), info.residual_history])
-        info = dataclasses.replace(info, method="unrolled_cg", iterations=info.iterations + taken,
+        x, info = cg(A, Bm.view(-1), M, x0=X.view(-1), rtol=rtol, maxiter=max(int(maxiter) - self.steps, 0))
+        G = info.iterations.shape
+        history = torch.cat([torch.stack(hist[:-1]).reshape(-1, *G), info.residual_history])
+        info = dataclasses.replace(info, method="unrolled_cg", iterations=info.iterations + taken.reshape(G),
                                    residual_history=history)
-        return X.view(-1), info
+        return x, info
 
 
 def unrolled_cg(A: SparseMatrix, Bm: Tensor, s: Tensor, t: Tensor, M=None, rtol: float = 0.0):

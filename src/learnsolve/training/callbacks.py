@@ -18,6 +18,7 @@ import torch
 from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
+from learnsolve.evaluation.baselines import training_baselines
 from learnsolve.linalg import Jacobi, SparseMatrix, solve
 
 from .module import ITERATIVE_KINDS, baseline_solve
@@ -51,14 +52,12 @@ def wandb_run(trainer: pl.Trainer):
 
 class ConvergenceCurves(pl.Callback):
     """Relative residual ||b - A x_k|| / ||b|| against iteration k on the first validation system:
-    the learned solver or preconditioner next to plain CG, Jacobi and IC(0).
+    the learned solver or preconditioner next to the registry's training baselines (plain CG, Jacobi, IC(0)).
 
     Every ``every_n_epochs`` epochs (and after the last) it writes ``convergence_epochNNN.csv`` and a
     PNG plot (log scale) under ``dirpath`` and, with a W&B logger, a ``val/convergence`` line plot.
     Surrogate models (no iterations) are skipped.
     """
-
-    BASELINES = ("none", "jacobi", "ic0")
 
     def __init__(self, dirpath: str, every_n_epochs: int = 1, rtol: float = 1e-8, maxiter: int = 2000,
                  plot: bool = True):
@@ -78,7 +77,7 @@ class ConvergenceCurves(pl.Callback):
         with torch.no_grad():
             _, info = model.solve(system, rtol=self.rtol, maxiter=self.maxiter)
             out["learned"] = self._history(info)
-            for name in self.BASELINES:
+            for name in training_baselines():
                 out[name] = self._history(baseline_solve(system, name, self.rtol, self.maxiter)[1])
         return out
 

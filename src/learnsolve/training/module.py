@@ -8,32 +8,21 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from learnsolve.linalg import IC0, SparseMatrix
-from learnsolve.linalg.krylov import run_method
+from learnsolve.evaluation.baselines import build_baseline, training_baselines
+from learnsolve.linalg import SparseMatrix, cg
 
 ITERATIVE_KINDS = ("solver", "preconditioner")
 
 
-def classical_preconditioner(A: SparseMatrix, name: str | None):
-    """M^{-1} application of a baseline: None/"none" | "jacobi" | "ic0" (auto-shifted on breakdown) | "amg"."""
-    from learnsolve.linalg.precond import make_preconditioner
-
-    if name in (None, "none"):
-        return None
-    if name == "ic0":
-        return IC0(A, shift="auto").apply
-    return make_preconditioner(name, A).apply
-
-
 def baseline_solve(batch, precond: str | None, rtol: float, maxiter: int):
-    """CG with a classical preconditioner on every graph of ``batch``: (X, SolveInfo)."""
+    """CG with a registered classical baseline (``learnsolve.evaluation.baselines``) on every graph of
+    ``batch``: ``(x, SolveInfo)`` with per-graph iterations."""
     A = SparseMatrix.from_pyg(batch).detach()
-    M = classical_preconditioner(A, precond)
-    return run_method("cg", A, batch.b.view(1, -1, 1).to(A.dtype), M, None, rtol, 0.0, maxiter)
+    return cg(A, batch.b.view(-1).to(A.dtype), build_baseline(precond, A), rtol=rtol, maxiter=maxiter)
 
 
 def baseline_iterations(batch, precond: str | None, rtol: float, maxiter: int) -> torch.Tensor:
-    """Per-graph CG iterations with a classical preconditioner (None | "jacobi" | "ic0" | "amg")."""
+    """Per-graph CG iterations with a registered classical baseline."""
     return baseline_solve(batch, precond, rtol, maxiter)[1].iterations.view(-1).to(torch.float64)
 
 
@@ -42,7 +31,9 @@ class LearnedSolverModule(pl.LightningModule):
 
     Metrics: ``train/loss`` and ``val/loss`` (the model's ``training_loss``) plus the model's logs; for
     the iterative kinds also ``val/iters`` (mean iterations to ``eval_rtol`` on the validation systems)
-    and ``val/iters_ratio_ic0`` (per-system ratio to IC(0)-preconditioned CG, averaged); for surrogates
+    and ``val/iters_ratio_<baseline>`` for every training baseline of the registry but "none" (per-system
+    ratio to that baseline's PCG iterations, averaged; e.g. ``val/iters_ratio_ic0``). The baselines'
+    iterations do not change while the model trains: they are computed once per system and cached. For surrogates
     the model's ``metrics(batch)``. The same under ``test/``. A non-finite loss stops training with the
     step and the offending batch's seeds. Metrics are reduced across processes under DDP.
     """
@@ -58,6 +49,14 @@ class LearnedSolverModule(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.eval_rtol, self.eval_maxiter = float(eval_rtol), int(eval_maxiter)
         self.config = config  # the composed run config, stored in every checkpoint
+        self._baseline_iters: dict[tuple, torch.Tensor] = {}  # (baseline, seeds) -> per-graph iterations
+
+    def baseline_iterations(self, batch, name: str) -> torch.Tensor:
+        """Per-graph CG iterations of baseline ``name`` on ``batch`` (cached by the systems' seeds)."""
+        key = (name, self.eval_rtol, self.eval_maxiter, tuple(batch.seed.view(-1).tolist()))
+        if key not in self._baseline_iters:
+            self._baseline_iters[key] = baseline_iterations(batch, name, self.eval_rtol, self.eval_maxiter)
+        return self._baseline_iters[key]
 
     @property
     def iterative(self) -> bool:
@@ -80,9 +79,12 @@ class LearnedSolverModule(pl.LightningModule):
             if self.iterative:
                 _, info = self.model.solve(batch, rtol=self.eval_rtol, maxiter=self.eval_maxiter)
                 iters = info.iterations.view(-1).to(torch.float64)
-                ic0 = baseline_iterations(batch, "ic0", self.eval_rtol, self.eval_maxiter)
                 self.log(f"{stage}/iters", iters.mean(), batch_size=n, prog_bar=True, sync_dist=True)
-                self.log(f"{stage}/iters_ratio_ic0", (iters / ic0.clamp_min(1)).mean(), batch_size=n, sync_dist=True)
+                for name in training_baselines():
+                    if name != "none":
+                        base = self.baseline_iterations(batch, name).to(iters.device)
+                        self.log(f"{stage}/iters_ratio_{name}", (iters / base.clamp_min(1)).mean(), batch_size=n,
+                                 sync_dist=True)
                 self.log(f"{stage}/converged", info.converged.to(torch.float64).mean(), batch_size=n, sync_dist=True)
             else:
                 extra = {k: v for k, v in self.model.metrics(batch).items() if k not in logs and k != "loss"}

@@ -6,27 +6,24 @@ import time
 
 import torch
 
-from learnsolve.linalg import SparseMatrix
-from learnsolve.linalg.krylov import run_method
-
-from .module import classical_preconditioner
-
-BASELINES = ("none", "jacobi", "ic0")
+from learnsolve.evaluation.baselines import REFERENCE, build_baseline, training_baselines
+from learnsolve.linalg import SparseMatrix, cg
 
 
 def compare_on_test(model, loader, rtol: float = 1e-6, maxiter: int = 2000) -> list[dict]:
-    """Mean CG iterations and seconds (setup + solve) per system for none / Jacobi / IC(0), and the
-    learned model's own solve, over every system of ``loader`` (each batch solved at once)."""
-    totals = {k: {"iters": 0.0, "seconds": 0.0, "converged": 0, "systems": 0} for k in (*BASELINES, "learned")}
+    """Mean CG iterations and seconds (setup + solve) per system for the registry's training baselines
+    (none, Jacobi, IC(0), ...), and the learned model's own solve, over every system of ``loader`` (each
+    batch solved at once). ``iters_ratio_ic0``: iterations / the reference baseline's (IC(0))."""
+    baselines = training_baselines()
+    totals = {k: {"iters": 0.0, "seconds": 0.0, "converged": 0, "systems": 0} for k in (*baselines, "learned")}
     model.eval()
     with torch.no_grad():
         for batch in loader:
             A = SparseMatrix.from_pyg(batch).detach()
-            Bm = batch.b.view(1, -1, 1).to(A.dtype)
-            for name in BASELINES:
+            b = batch.b.view(-1).to(A.dtype)
+            for name in baselines:
                 t0 = time.perf_counter()
-                M = classical_preconditioner(A, name)
-                _, info = run_method("cg", A, Bm, M, None, rtol, 0.0, maxiter)
+                _, info = cg(A, b, build_baseline(name, A), rtol=rtol, maxiter=maxiter)
                 _add(totals[name], info, time.perf_counter() - t0)
             t0 = time.perf_counter()
             _, info = model.solve(batch, rtol=rtol, maxiter=maxiter)
@@ -36,9 +33,9 @@ def compare_on_test(model, loader, rtol: float = 1e-6, maxiter: int = 2000) -> l
         n = max(t["systems"], 1)
         rows.append({"method": name, "iters": t["iters"] / n, "seconds": t["seconds"] / n,
                      "converged": f"{t['converged']}/{t['systems']}"})
-    ic0 = next(r for r in rows if r["method"] == "ic0")
+    ref = next(r for r in rows if r["method"] == REFERENCE)
     for r in rows:
-        r["iters_ratio_ic0"] = r["iters"] / ic0["iters"] if ic0["iters"] else float("nan")
+        r["iters_ratio_ic0"] = r["iters"] / ref["iters"] if ref["iters"] else float("nan")
     return rows
 
 

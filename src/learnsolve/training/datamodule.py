@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
-from .dataset import LinearSystemDataset
+from learnsolve.data.dataset import LinearSystemDataset
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 

@@ -1,0 +1,166 @@
+"""The one registry of classical baseline preconditioners.
+
+Every comparison in the project -- ``evaluate`` (its default ``preconditioners``), the training's final
+table, validation (``val/iters_ratio_<name>``) and the benchmark scripts -- takes its baselines from
+:data:`BASELINES`. Adding a classical preconditioner is ONE :class:`Baseline` entry here (plus its
+implementation in :mod:`learnsolve.linalg`).
+
+A baseline's :attr:`~Baseline.setup` looks at the matrix's properties (:class:`MatrixProps`: symmetric,
+SPD) and returns ``(label, build)``: ``label`` is what the result row shows (``ic0`` becomes ``ilu0`` on a
+nonsymmetric matrix), ``build()`` returns ``(Preconditioner | None, note | None)`` and is timed as the
+setup. A baseline that does not apply to a matrix raises :class:`NotApplicable` (a "skipped" row); a
+setup that fails raises (a "failed" row, the message says why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from learnsolve.linalg import AMG, IC0, ILU0, FactorizationError, Jacobi, Preconditioner, SparseMatrix
+
+Build = Callable[[], tuple[Preconditioner | None, str | None]]
+
+
+class NotApplicable(Exception):
+    """This baseline does not apply to this matrix (e.g. IC(0) on a symmetric indefinite matrix)."""
+
+
+class SetupFailed(RuntimeError):
+    """The baseline applies to this matrix but its setup failed (the message says why)."""
+
+
+class MatrixProps(Protocol):
+    """What a baseline needs to know about a matrix (``learnsolve.evaluation.MatrixInfo`` has it)."""
+
+    symmetric: bool
+    spd: bool
+    why_not_spd: str | None
+
+
+@dataclass(frozen=True)
+class SPDProps:
+    """Properties of a matrix known to be SPD (the training families)."""
+
+    symmetric: bool = True
+    spd: bool = True
+    why_not_spd: str | None = None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One classical preconditioner.
+
+    ``name``: the config / column name; ``title``: for people (tables, plots); ``setup(A, props, options)``
+    -> ``(label, build)`` as in the module docstring; ``in_training``: also in the training's final table
+    and validation metrics (cheap enough to run every validation on every system).
+    """
+
+    name: str
+    title: str
+    setup: Callable[[SparseMatrix, MatrixProps, Mapping], tuple[str, Build]]
+    in_training: bool = True
+
+
+def _none(A, props, options):
+    return "none", lambda: (None, None)
+
+
+def _jacobi(A, props, options):
+    return "jacobi", lambda: (Jacobi(A), None)
+
+
+def _ic0(A, props, options):
+    if not props.symmetric:
+        return "ilu0", lambda: (ILU0(A), None)
+    if not props.spd:
+        raise NotApplicable(f"IC(0) needs an SPD matrix; this one is {props.why_not_spd}")
+
+    def build():
+        try:
+            return IC0(A), None
+        except FactorizationError as e:
+            M = IC0(A, shift="auto")  # raises FactorizationError again when no shift helps
+            return M, (f"IC(0) broke down at row {e.row}; retried with diagonal shift {M.shift:g} "
+                       f"(factor of A + {M.shift:g} diag(A))")
+    return "ic0", build
+
+
+def _amg(kind: str):
+    def setup(A, props, options):
+        opts = dict(options.get(kind) or {})
+        if kind == "sa" and not props.symmetric:
+            opts.setdefault("symmetry", "nonsymmetric")
+
+        def build():
+            said: list[str] = []  # pyamg's C++ core prints diagnostics: keep them for the note, off stdout
+            try:
+                with captured_stdout(said):
+                    M = AMG(A, kind=kind, **opts)
+            except Exception as e:
+                extra = f" (pyamg said: {said[0]})" if said and said[0] else ""
+                raise SetupFailed(f"pyamg {kind.upper()} setup failed: {type(e).__name__}: {e}{extra}") from e
+            return M, (f"pyamg said: {said[0]}" if said and said[0] else None)
+        return f"amg_{kind}", build
+    return setup
+
+
+BASELINES: dict[str, Baseline] = {b.name: b for b in (
+    Baseline("none", "no preconditioner", _none),
+    Baseline("jacobi", "Jacobi", _jacobi),
+    Baseline("ic0", "IC(0) (ILU(0) if nonsymmetric)", _ic0),
+    Baseline("amg_sa", "AMG, smoothed aggregation (pyamg)", _amg("sa"), in_training=False),
+    Baseline("amg_rs", "AMG, Ruge-Stueben (pyamg)", _amg("rs"), in_training=False),
+)}
+REFERENCE = "ic0"  # iteration ratios are reported against this baseline (ILU(0) on nonsymmetric matrices)
+REFERENCE_LABELS = ("ic0", "ilu0")
+
+
+def training_baselines() -> tuple[str, ...]:
+    """The baselines of the training's final table and validation metrics."""
+    return tuple(name for name, b in BASELINES.items() if b.in_training)
+
+
+def baseline_setup(name: str, A: SparseMatrix, props: MatrixProps = SPDProps(),
+                   options: Mapping | None = None) -> tuple[str, Build]:
+    """``(label, build)`` of the registered baseline ``name`` on ``A`` (raises :class:`NotApplicable`)."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline preconditioner {name!r}; choose from {', '.join(BASELINES)}")
+    return BASELINES[name].setup(A, props, options or {})
+
+
+def build_baseline(name: str | None, A: SparseMatrix, props: MatrixProps = SPDProps(),
+                   options: Mapping | None = None) -> Preconditioner | None:
+    """The preconditioner of baseline ``name`` for ``A`` (None for "none"); notes are dropped."""
+    return baseline_setup(name or "none", A.detach(), props, options)[1]()[0]
+
+
+@contextlib.contextmanager
+def captured_stdout(out: list[str]) -> Iterator[None]:
+    """Capture what is written to file descriptor 1 (Python and C/C++ code alike) into ``out[0]``
+    (distinct lines, whitespace squeezed)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    py = io.StringIO()
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(py):
+                yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            text = py.getvalue() + "\n" + tmp.read().decode(errors="replace")
+            lines = [" ".join(ln.split()) for ln in text.splitlines()]
+            out[:] = ["; ".join(dict.fromkeys(ln for ln in lines if ln))]
+
+
+__all__ = ["BASELINES", "REFERENCE", "Baseline", "MatrixProps", "NotApplicable", "SPDProps", "SetupFailed", "baseline_setup",
+           "build_baseline", "captured_stdout", "training_baselines"]
