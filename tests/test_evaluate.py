@@ -19,7 +19,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from learnsolve.data import GENERATORS, make_system
-from learnsolve.evaluation import PRECONDITIONERS, evaluate, evaluate_matrix, exit_code
+from learnsolve.evaluation import PRECONDITIONERS, evaluate_matrix, evaluate_suite, exit_code
 from learnsolve.models import LowRankPreconditioner
 
 from .conftest import SHARED_MATRICES, convdiff2d, diffusion2d
@@ -281,7 +281,7 @@ def test_nan_model_fails_fixed_size_model_skipped_on_other_sizes():
     rows = evaluate_matrix(_NaNPreconditioner(), *_system(diffusion2d(6)), **kw)
     assert rows[1]["status"] == "failed" and "NaN/Inf" in rows[1]["reason"]
     fixed = LowRankPreconditioner(variant="fixed", num_nodes=36, rank=2).double().eval()
-    rows = evaluate(fixed, [_system(diffusion2d(6), "n36"), _system(diffusion2d(7), "n49")], progress=False, **kw)
+    rows = evaluate_suite(fixed, [_system(diffusion2d(6), "n36"), _system(diffusion2d(7), "n49")], progress=False, **kw)
     learned = {r["matrix"]: r for r in rows if r["preconditioner"] == "learned"}
     assert learned["n36"]["status"] == "ok"
     assert learned["n49"]["status"] == "skipped" and "num_nodes=36" in learned["n49"]["reason"]
@@ -307,5 +307,5 @@ def test_unreadable_system_and_suite_failure_become_error_rows():
         yield _system(diffusion2d(4), "fine")
         raise RuntimeError("disk gone")
 
-    rows = evaluate(None, suite(), rtols=RTOLS, repeats=1, progress=False, preconditioners=["none"])
+    rows = evaluate_suite(None, suite(), rtols=RTOLS, repeats=1, progress=False, preconditioners=["none"])
     assert [r["status"] for r in rows] == ["ok", "error"] and "disk gone" in rows[1]["reason"]

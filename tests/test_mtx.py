@@ -277,7 +277,7 @@ def test_matrix_market_suite(tmp_path):
     err = out[2]
     assert isinstance(err, SuiteError) and err.path == str(tmp_path / "c_bad.mtx")
     assert "truncated" in err.reason
-    assert [o[0] for o in load_suite("matrix_market", folder=tmp_path) if isinstance(o, tuple)] == \
+    assert [o[0] for o in load_suite("matrix_market", path=tmp_path) if isinstance(o, tuple)] == \
         ["a_good", "b_good"]
     with pytest.raises(NotADirectoryError):
         list(matrix_market_suite(tmp_path / "missing"))
@@ -301,17 +301,20 @@ def test_generated_suite_and_registry():
 
 
 def test_suites_from_the_benchmark_configs(tmp_path):
-    """conf/benchmark/*.yaml build their suites (generated through the real generator registry)."""
+    """conf/benchmark/*.yaml build their suites through their ``_target_`` (generated through the real
+    generator registry); bad options fail when the suite is built, naming the option."""
     from pathlib import Path
 
     import yaml
 
-    from learnsolve.data.suites import suite_from_config
+    from learnsolve.evaluation.pipeline import build_suite as suite_from_config
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "benchmark"
     gen = yaml.safe_load((conf / "generated.yaml").read_text())
     gen["specs"] = [s for s in gen["specs"] if s[0] in ("poisson2d", "convdiff2d")]
-    systems = list(suite_from_config(gen))
+    suite = suite_from_config(gen)
+    assert len(suite) == 2
+    systems = list(suite)
     assert [name for name, _ in systems] == ["poisson2d_64_s900004", "convdiff2d_64_s900007"]
     for _, d in systems:
         A = sp.csr_matrix((d.edge_attr.numpy(), d.edge_index.numpy()), shape=(d.num_nodes, d.num_nodes))
@@ -319,5 +322,9 @@ def test_suites_from_the_benchmark_configs(tmp_path):
     mm = yaml.safe_load((conf / "matrix_market.yaml").read_text())
     with pytest.raises(ValueError, match="benchmark.path"):
         suite_from_config(mm)
+    with pytest.raises(ValueError, match="unknown generator families"):
+        suite_from_config({**gen, "specs": [["nope", 8, 0]]})
+    with pytest.raises(ValueError, match="unknown pyamg examples"):
+        suite_from_config({**yaml.safe_load((conf / "pyamg.yaml").read_text()), "names": ["nope"]})
     names = [n for n, _ in suite_from_config(yaml.safe_load((conf / "pyamg.yaml").read_text()))]
     assert "recirc_flow" in names and len(names) == 7

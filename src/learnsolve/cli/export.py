@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ._hydra import CONF_DIR
-
-_STATE: dict = {}
+from ._hydra import run_command
 
 
 def export_cli(cfg: DictConfig) -> int:
@@ -48,7 +45,7 @@ def export_cli(cfg: DictConfig) -> int:
         return 2
     out = report.folder
     print(f"exported {report.model} ({report.kind}) to {out}")
-    print(f"  model: {out / 'config.json'}, {out / 'model.safetensors'}  (learnsolve.export.load_model)")
+    print(f"  model: {out / 'config.json'}, {out / 'model.safetensors'}  (learnsolve.export.load_exported_model)")
     if report.program:
         print(f"  program: {out / report.program} ({report.program_format}; {report.program_note})")
     else:
@@ -67,20 +64,8 @@ def export_cli(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def _hydra_main(cfg: DictConfig) -> None:
-    _STATE["started"] = True  # past Hydra's composition: a failure from here on is not a bad argument
-    _STATE["code"] = export_cli(cfg)
-
-
 def main() -> int:
-    try:
-        _hydra_main()
-    except SystemExit as e:
-        if e.code not in (0, None) and not _STATE.get("started"):
-            return 2  # Hydra could not compose the config (bad override); it said why
-        raise
-    return int(_STATE.get("code", 0))
+    return run_command("learnsolve-export", "export", export_cli)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,19 @@ Every system is a PyG ``Data`` built by :func:`make_system` (see ``system.py`` f
 from .dataset import CacheError, LinearSystemDataset, config_hash
 from .generators import GENERATORS
 from .mtx import MatrixMarketError, load_system, read_matrix_market, write_matrix_market
-from .suites import SUITES, SuiteError, generated_suite, load_suite, matrix_market_suite, pyamg_suite
+from .suites import (
+    SUITES,
+    GeneratedSuite,
+    MatrixMarketSuite,
+    PyamgSuite,
+    Suite,
+    SuiteConfigError,
+    SuiteError,
+    generated_suite,
+    load_suite,
+    matrix_market_suite,
+    pyamg_suite,
+)
 from .system import FEATURES, RHS_KINDS, make_rhs, make_system, to_scipy
 
 __all__ = [
@@ -16,8 +28,13 @@ __all__ = [
     "RHS_KINDS",
     "SUITES",
     "CacheError",
+    "GeneratedSuite",
     "LinearSystemDataset",
     "MatrixMarketError",
+    "MatrixMarketSuite",
+    "PyamgSuite",
+    "Suite",
+    "SuiteConfigError",
     "SuiteError",
     "config_hash",
     "generated_suite",

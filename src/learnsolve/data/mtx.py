@@ -38,6 +38,7 @@ from .system import make_system
 __all__ = [
     "RHS_SUFFIXES",
     "MatrixMarketError",
+    "list_matrices",
     "load_system",
     "matrix_stem",
     "read_matrix_market",
@@ -68,6 +69,22 @@ def matrix_stem(path: str | os.PathLike) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return Path(name).stem
+
+
+def list_matrices(folder: str | os.PathLike) -> list[Path]:
+    """The matrix files of ``folder`` (not recursive), sorted by name: every ``*.mtx`` / ``*.mtx.gz``
+    except right-hand-side files ``<stem>_b.mtx`` / ``<stem>_rhs.mtx`` that sit next to a matrix
+    ``<stem>.mtx`` (they belong to that matrix's system). A missing folder raises ``NotADirectoryError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder (give a folder of .mtx / .mtx.gz files)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith((".mtx", ".mtx.gz")))
+    stems = {matrix_stem(p) for p in files}
+
+    def is_rhs(p: Path) -> bool:
+        stem = matrix_stem(p)
+        return any(stem.endswith(s) and stem[: -len(s)] in stems for s in RHS_SUFFIXES)
+    return [p for p in files if not is_rhs(p)]
 
 
 def _read_text(path: Path) -> str:

@@ -5,6 +5,8 @@
   cannot be read is yielded as a :class:`SuiteError` record (name, path, reason) and the rest still load;
 - ``generated``: held-out generated problems (:func:`generated_suite`), given a generator registry.
 
+The :class:`Suite` classes (:class:`GeneratedSuite`, :class:`PyamgSuite`, :class:`MatrixMarketSuite`) wrap
+them with checked options and a length; ``conf/benchmark/*.yaml`` name them with ``_target_``.
 ``load_suite(name, **kwargs)`` builds one by name from :data:`SUITES`.
 """
 
@@ -20,11 +22,11 @@ import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401 -- sp.linalg.norm
 from torch_geometric.data import Data
 
-from .mtx import RHS_SUFFIXES, MatrixMarketError, load_system, matrix_stem, reference_solution
+from .mtx import MatrixMarketError, list_matrices, load_system, matrix_stem, reference_solution
 from .system import make_system
 
-__all__ = ["PYAMG_EXAMPLES", "SUITES", "SuiteError", "generated_suite", "load_suite", "matrix_market_suite",
-           "pyamg_suite"]
+__all__ = ["PYAMG_EXAMPLES", "SUITES", "GeneratedSuite", "MatrixMarketSuite", "PyamgSuite", "Suite",
+           "SuiteConfigError", "SuiteError", "generated_suite", "load_suite", "matrix_market_suite", "pyamg_suite"]
 
 # name -> symmetric (SPD for the symmetric ones); recirc_flow is a nonsymmetric convection problem
 PYAMG_EXAMPLES = {
@@ -87,11 +89,6 @@ def pyamg_suite(names: Iterable[str] | None = None) -> Iterator[tuple[str, Data]
         yield name, data
 
 
-def _is_rhs_file(path: Path, stems: set[str]) -> bool:
-    stem = matrix_stem(path)
-    return any(stem.endswith(s) and stem[: -len(s)] in stems for s in RHS_SUFFIXES)
-
-
 def matrix_market_suite(folder: str | os.PathLike, rhs: str = "ones",
                         seed: int = 0) -> Iterator[tuple[str, Data] | SuiteError]:
     """Every ``*.mtx`` / ``*.mtx.gz`` in ``folder`` (not recursive), sorted by file name.
@@ -103,15 +100,7 @@ def matrix_market_suite(folder: str | os.PathLike, rhs: str = "ones",
     by that matrix's system and are not systems themselves. A missing folder raises
     ``NotADirectoryError``.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"matrix_market suite: {folder} is not a folder")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.name.lower().endswith((".mtx", ".mtx.gz")))
-    stems = {matrix_stem(p) for p in files}
-    for p in files:
-        if _is_rhs_file(p, stems):
-            continue
+    for p in list_matrices(folder):
         name = matrix_stem(p)
         try:
             data = load_system(p, rhs=rhs, seed=seed)
@@ -142,36 +131,93 @@ def generated_suite(specs: Iterable[tuple[str, int, int]],
         yield f"{family}_{size}_s{seed}", generators[family](size, seed=seed)
 
 
-SUITES: dict[str, Callable[..., Iterator]] = {
-    "pyamg": pyamg_suite,
-    "matrix_market": matrix_market_suite,
-    "generated": generated_suite,
+class SuiteConfigError(ValueError):
+    """A benchmark suite asked for with options that cannot work (the message names the option)."""
+
+
+class Suite:
+    """A benchmark suite built from a ``conf/benchmark/*.yaml`` (``_target_`` names the class): iterable
+    over ``(name, Data)`` items or :class:`SuiteError` records, with ``len()`` the number of systems.
+    Options are checked when the suite is built, before anything is loaded or generated."""
+
+    name: str = ""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator:
+        raise NotImplementedError
+
+
+class GeneratedSuite(Suite):
+    """``specs``: ``[(family, size, seed), ...]`` of :func:`generated_suite` over the generator registry."""
+
+    def __init__(self, specs, name: str = "generated", generators: Mapping[str, Callable[..., Data]] | None = None):
+        if generators is None:
+            from .generators import GENERATORS as generators
+        specs = [tuple(s) for s in (specs or [])]
+        bad = [s for s in specs if len(s) != 3]
+        if not specs or bad:
+            raise SuiteConfigError(f"benchmark.specs must be a non-empty list of [family, size, seed], got {specs}")
+        unknown = sorted({str(s[0]) for s in specs if s[0] not in generators})
+        if unknown:
+            raise SuiteConfigError(f"benchmark.specs: unknown generator families {unknown}; known: "
+                                   f"{sorted(generators)}")
+        self.specs, self.name, self.generators = specs, name, generators
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __iter__(self):
+        return generated_suite(self.specs, self.generators)
+
+
+class PyamgSuite(Suite):
+    """``names``: examples of :data:`PYAMG_EXAMPLES` (None = all), see :func:`pyamg_suite`."""
+
+    def __init__(self, names: Iterable[str] | None = None, name: str = "pyamg"):
+        names = list(PYAMG_EXAMPLES) if names is None else [str(n) for n in names]
+        unknown = [n for n in names if n not in PYAMG_EXAMPLES]
+        if unknown:
+            raise SuiteConfigError(f"benchmark.names: unknown pyamg examples {unknown}; choose from "
+                                   f"{', '.join(PYAMG_EXAMPLES)}")
+        self.names, self.name = names, name
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        return pyamg_suite(self.names)
+
+
+class MatrixMarketSuite(Suite):
+    """Every matrix file of the folder ``path`` (see :func:`matrix_market_suite`; ``rhs``, ``seed``)."""
+
+    def __init__(self, path: str | os.PathLike | None = None, rhs: str = "ones", seed: int = 0,
+                 name: str = "matrix_market"):
+        if path in (None, "???"):
+            raise SuiteConfigError("benchmark=matrix_market needs benchmark.path=DIR (a folder of .mtx files)")
+        if not Path(path).is_dir():
+            raise SuiteConfigError(f"benchmark.path={str(path)!r} is not a folder (give a folder of .mtx files)")
+        self.path, self.rhs, self.seed, self.name = Path(path), rhs, int(seed), name
+        self.files = list_matrices(self.path)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self):
+        return matrix_market_suite(self.path, rhs=self.rhs, seed=self.seed)
+
+
+SUITES: dict[str, type[Suite]] = {
+    "pyamg": PyamgSuite,
+    "matrix_market": MatrixMarketSuite,
+    "generated": GeneratedSuite,
 }
 
 
-def load_suite(name: str, **kwargs) -> Iterator:
-    """Suite ``name`` from :data:`SUITES`, built with ``kwargs`` (e.g. ``folder=`` for matrix_market)."""
+def load_suite(name: str, **kwargs) -> Suite:
+    """Suite ``name`` from :data:`SUITES`, built with ``kwargs`` (e.g. ``path=`` for matrix_market)."""
     if name not in SUITES:
         raise ValueError(f"unknown benchmark suite {name!r}; choose from {', '.join(SUITES)}")
     return SUITES[name](**kwargs)
-
-
-def suite_from_config(cfg: Mapping) -> Iterator:
-    """A suite from a ``conf/benchmark/*.yaml`` mapping (``name`` plus that suite's keys).
-
-    ``generated``: ``specs`` [(family, size, seed), ...] over the generator registry;
-    ``pyamg``: ``names`` (None = all); ``matrix_market``: ``path``, ``rhs``, ``seed``.
-    """
-    name = cfg.get("name")
-    if name == "generated":
-        from .generators import GENERATORS
-
-        return generated_suite([tuple(s) for s in cfg["specs"]], GENERATORS)
-    if name == "pyamg":
-        return pyamg_suite(cfg.get("names"))
-    if name == "matrix_market":
-        path = cfg.get("path")
-        if path in (None, "???"):
-            raise ValueError("benchmark=matrix_market needs benchmark.path=DIR (a folder of .mtx files)")
-        return matrix_market_suite(path, rhs=cfg.get("rhs", "ones"), seed=int(cfg.get("seed", 0)))
-    return load_suite(str(name))

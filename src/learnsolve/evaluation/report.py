@@ -2,8 +2,8 @@
 ``plots/convergence_<matrix>.png`` (relative residual against iteration, every preconditioner on one
 plot) and ``plots/summary.png`` (iterations relative to IC(0) per matrix); optionally the same to W&B.
 
-Every file is written under a temporary name and moved into place (``os.replace``), so a reader never
-sees half a file.
+Every file is written atomically (:mod:`learnsolve.files`: a temporary name, then ``os.replace``), so a
+reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from learnsolve.files import atomic_path, write_text
 
 from .runner import HISTORY_KEY, SURROGATE_COLUMNS, columns, rtol_key
 
@@ -34,23 +36,6 @@ METHOD_NOTE = (
 )
 
 
-# ------------------------------------------------------------------------------------------------
-# atomic writes
-# ------------------------------------------------------------------------------------------------
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def _plain(v):
     """A JSON/CSV-friendly scalar (NaN/Inf become None: JSON has no NaN)."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -60,7 +45,9 @@ def _plain(v):
     return v
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping], cols: Sequence[str]) -> Path:
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping], cols: Sequence[str] | None = None) -> Path:
+    """Rows as CSV (columns ``cols``, default the first row's keys; None is written as empty), atomically."""
+    cols = list(rows[0]) if cols is None and rows else list(cols or [])
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(cols), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -167,13 +154,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-    os.replace(tmp, path)
-    return path
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure atomically (the format from the suffix) and close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        _pyplot().close(fig)
+    return Path(path)
 
 
 def safe_name(name: str) -> str:
@@ -202,7 +190,7 @@ def plot_convergence(rows: Sequence[Mapping], folder: str | os.PathLike, rtols: 
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(_save(fig, Path(folder) / f"convergence_{safe_name(name)}.png"))
+        paths.append(save_figure(fig, Path(folder) / f"convergence_{safe_name(name)}.png"))
     return paths
 
 
@@ -245,7 +233,7 @@ def plot_summary(rows: Sequence[Mapping], path: str | os.PathLike, rtols: Sequen
             ax.text(0.5, 0.5, "no IC(0) ratio available", ha="center", va="center", transform=ax.transAxes)
         ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,6 +263,17 @@ def write_surrogate_results(outdir: str | os.PathLike, rows: Sequence[Mapping], 
             "md": write_surrogate_markdown(out / "results.md", rows, meta)}
 
 
+def finish_wandb(exit_code: int = 0) -> None:
+    """Finish the current W&B run, if any (every job ends its run, failed ones with ``exit_code`` 1)."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+
+
 def log_wandb(run, rows: Sequence[Mapping], cols: Sequence[str], paths: Mapping) -> None:
     """The results table (``evaluate/results``) and the PNGs (``evaluate/summary``,
     ``evaluate/convergence/<matrix>``) to a W&B run."""
@@ -289,6 +288,19 @@ def log_wandb(run, rows: Sequence[Mapping], cols: Sequence[str], paths: Mapping)
     run.log(payload)
 
 
-__all__ = ["METHOD_NOTE", "log_wandb", "markdown_table", "plot_convergence", "plot_summary", "safe_name",
-           "surrogate_markdown_table", "write_csv", "write_json", "write_markdown", "write_results",
-           "write_surrogate_results", "write_text"]
+__all__ = [
+    "METHOD_NOTE",
+    "finish_wandb",
+    "log_wandb",
+    "markdown_table",
+    "plot_convergence",
+    "plot_summary",
+    "safe_name",
+    "save_figure",
+    "surrogate_markdown_table",
+    "write_csv",
+    "write_json",
+    "write_markdown",
+    "write_results",
+    "write_surrogate_results",
+]

@@ -1,7 +1,8 @@
 """Evaluate a learned solver or preconditioner against classical preconditioners on a benchmark suite.
 
-For every matrix of the suite and every preconditioner in ``preconditioners`` (none, Jacobi, IC(0),
-pyamg smoothed aggregation and Ruge-Stueben AMG, the learned model) :func:`evaluate` returns one row:
+For every matrix of the suite and every preconditioner in ``preconditioners`` (the baselines of
+:mod:`learnsolve.evaluation.baselines` -- none, Jacobi, IC(0), pyamg smoothed aggregation and Ruge-Stueben
+AMG -- and the learned model) :func:`evaluate_suite` returns one row:
 
 - the Krylov method: CG when A is SPD (symmetric -- ``Data.symmetric`` or measured -- with a positive
   diagonal), restarted GMRES(``gmres_restart``) otherwise, unless ``solver`` forces cg | gmres | bicgstab
@@ -342,7 +343,7 @@ def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1
     return rows
 
 
-def evaluate(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e-8), repeats: int = 3,
+def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e-8), repeats: int = 3,
              maxiter: int = 2000, solver: str = "auto", preconditioners: Iterable[str] = PRECONDITIONERS,
              gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None, progress: bool = True,
              total: int | None = None) -> list[dict]:
@@ -453,5 +454,5 @@ def exit_code(rows: Sequence[dict]) -> int:
 
 
 __all__ = ["BASELINES", "EVALUATED", "HISTORY_KEY", "PRECONDITIONERS", "SOLVERS", "STATUSES", "SURROGATE_COLUMNS",
-           "MatrixInfo", "choose_solver", "classify", "columns", "evaluate", "evaluate_matrix", "evaluate_surrogate",
+           "MatrixInfo", "choose_solver", "classify", "columns", "evaluate_matrix", "evaluate_suite", "evaluate_surrogate",
            "exit_code", "rtol_key"]

@@ -42,7 +42,7 @@ from torch import Tensor
 from ._layout import canonicalize
 from ._validate import validate_system
 from .direct import factorize
-from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, default_maxiter, default_rtol, _run_method
+from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_maxiter, default_rtol
 from .operator import DenseOperator, LinearOperator, as_operator
 from .precond import resolve_preconditioner
 from .sparse import SparseMatrix

@@ -6,11 +6,9 @@ Both act on rank zero only, skip Lightning's sanity-check pass, write their file
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -19,6 +17,8 @@ from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
 from learnsolve.evaluation.baselines import training_baselines
+from learnsolve.evaluation.report import save_figure
+from learnsolve.files import write_text
 from learnsolve.linalg import Jacobi, SparseMatrix, solve
 
 from .module import ITERATIVE_KINDS, baseline_solve
@@ -31,13 +31,6 @@ def _due(trainer: pl.Trainer, every: int) -> bool:
         return False
     last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
     return (trainer.current_epoch + 1) % every == 0 or last
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def wandb_run(trainer: pl.Trainer):
@@ -100,7 +93,7 @@ class ConvergenceCurves(pl.Callback):
         n = max(len(v) for v in curves.values())
         rows = [["iteration", *curves]] + [[k, *(v[k] if k < len(v) else "" for v in curves.values())]
                                            for k in range(n)]
-        _atomic_write_text(stem.with_suffix(".csv"), "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+        write_text(stem.with_suffix(".csv"), "\n".join(",".join(map(str, r)) for r in rows) + "\n")
         if self.plot:
             self._plot(curves, stem.with_suffix(".png"), f"first validation system, epoch {epoch}")
         run = wandb_run(trainer)
@@ -130,11 +123,7 @@ class ConvergenceCurves(pl.Callback):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
+        save_figure(fig, path)
 
 
 class GradientQuality(pl.Callback):
@@ -222,19 +211,6 @@ class GradientQuality(pl.Callback):
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
         self.history.append(record)
         path = self.dirpath / "gradient_quality.jsonl"
-        _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
-
-
-def write_rows_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts as CSV, atomically (temporary name, then rename)."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)

@@ -17,7 +17,10 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import wandb_run, write_rows_csv
+from learnsolve.data.generators import SYMMETRIC
+from learnsolve.evaluation.report import finish_wandb, write_csv
+
+from .callbacks import wandb_run
 from .module import LearnedSolverModule
 from .report import compare_on_test, print_table
 
@@ -29,7 +32,7 @@ def train(cfg: DictConfig) -> float | None:
         pl.seed_everything(int(cfg.seed), workers=True)
     dm = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model.net)
-    if getattr(model, "requires_spd", False) and cfg.data.family in NONSYMMETRIC_FAMILIES:
+    if getattr(model, "requires_spd", False) and not SYMMETRIC.get(cfg.data.family, True):
         raise ValueError(f"model {cfg.model.name!r} runs CG-type solves and needs an SPD family; "
                          f"data={cfg.data.family} is nonsymmetric. Pick an SPD family (e.g. data=diffusion2d).")
     module = LearnedSolverModule(model=model, optimizer=hydra.utils.instantiate(cfg.model.optimizer),
@@ -38,7 +41,8 @@ def train(cfg: DictConfig) -> float | None:
                                  eval_rtol=cfg.eval.rtol, eval_maxiter=cfg.eval.maxiter,
                                  config=OmegaConf.to_container(cfg, resolve=True))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # a callback set to null (e.g. `callbacks.gradient_quality=null`, the debug configs) is switched off
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                       **_multirun_strategy(cfg.trainer))
     if logger:
@@ -56,19 +60,16 @@ def train(cfg: DictConfig) -> float | None:
             rows = compare_on_test(module.model, dm.report_dataloader(), rtol=cfg.eval.rtol, maxiter=cfg.eval.maxiter)
             title = f"{cfg.model.name} on {cfg.data.family} test systems (rtol {cfg.eval.rtol:g})"
             print_table(rows, title)
-            write_rows_csv(Path(cfg.paths.output_dir) / "report.csv", rows)
+            write_csv(Path(cfg.paths.output_dir) / "report.csv", rows)
             if logger:
                 _log_report(trainer, rows)
     except BaseException:
         failed = True
         raise
     finally:
-        _finish_wandb(exit_code=1 if failed else 0)
+        finish_wandb(exit_code=1 if failed else 0)
         _teardown_distributed(barrier=not failed)
     return metric
-
-
-NONSYMMETRIC_FAMILIES = ("convdiff2d",)
 
 
 def _log_report(trainer, rows: list[dict]) -> None:
@@ -111,13 +112,3 @@ def _teardown_distributed(barrier: bool = True) -> None:
         if barrier:  # a rank that failed must not wait for the others forever
             dist.barrier()
         dist.destroy_process_group()
-
-
-def _finish_wandb(exit_code: int = 0) -> None:
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
-    except ImportError:  # pragma: no cover
-        pass
