@@ -27,9 +27,9 @@ def _worker(args) -> None:
     import pytorch_lightning as pl
     import torch
 
-    from learnsolve.data.datamodule import LinearSystemDataModule
     from learnsolve.models import GNNSolver
     from learnsolve.training import LearnedSolverModule
+    from learnsolve.training.datamodule import LinearSystemDataModule
 
     torch.set_num_threads(args.threads)
 

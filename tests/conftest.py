@@ -35,6 +35,13 @@ def diffusion2d(m: int, seed: int = 0, contrast: float = 1.0) -> sp.csr_matrix:
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(m * m, m * m))
 
 
+def poisson2d(m: int) -> sp.csr_matrix:
+    """The 5-point Poisson matrix (4 on the diagonal, -1 off) on an m x m grid, Dirichlet (Kronecker sum)."""
+    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(m, m))
+    Id = sp.identity(m)
+    return (sp.kron(Id, T) + sp.kron(T, Id)).tocsr()
+
+
 def convdiff2d(m: int, peclet: float = 20.0) -> sp.csr_matrix:
     """Nonsymmetric upwind convection-diffusion on an m x m grid (M-matrix, Dirichlet)."""
     h = 1.0 / (m + 1)

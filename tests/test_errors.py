@@ -29,18 +29,13 @@ from learnsolve.linalg import (
 )
 
 from .conftest import SHARED_MATRICES
+from .conftest import poisson2d as _poisson2d
 
 F64 = torch.float64
 MATRICES = SHARED_MATRICES
 
 
 # one torch thread for these tiny problems: see conftest._single_thread
-
-
-def _poisson2d(m):
-    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(m, m))
-    Id = sp.identity(m)
-    return (sp.kron(Id, T) + sp.kron(T, Id)).tocsr()
 
 
 def _spd(n=6, seed=0):

@@ -20,6 +20,8 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from learnsolve.linalg import SparseMatrix
 
+from .conftest import poisson2d as _poisson2d
+
 F64 = torch.float64
 
 
@@ -38,12 +40,6 @@ def _rand_csr(n, m, density, rng, *, diag=False):
     A.sum_duplicates()
     A.sort_indices()
     return A
-
-
-def _poisson2d(m):
-    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(m, m))
-    Id = sp.identity(m)
-    return (sp.kron(Id, T) + sp.kron(T, Id)).tocsr()
 
 
 def _dense(S: SparseMatrix) -> np.ndarray:

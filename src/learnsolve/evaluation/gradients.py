@@ -37,8 +37,9 @@ inside it is no bias), ``rel_sd`` = the standard deviation of one draw / ||exact
 **Memory** (:func:`memory_study`). Peak memory of forward + backward with exactly ``iters`` PCG
 iterations (rtol 0, ``on_fail="ignore"``) on a 2D Poisson matrix with n unknowns, per mode, each
 point in a fresh Python process: ``peak_mb`` = the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs) minus the resident set just before the forward solve, with glibc's mmap threshold
-fixed at 64 KiB so that freed tensors leave the resident set; also ``saved_mb``.
+/proc/self/clear_refs) minus the resident set just before the forward solve (measured by
+:class:`learnsolve.evaluation.memory.PeakRSS`; None where the reset is unavailable), with glibc's mmap
+threshold fixed at 64 KiB so that freed tensors leave the resident set; also ``saved_mb``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ from torch import Tensor
 from learnsolve.data.generators import GENERATORS
 from learnsolve.linalg import SparseMatrix, solve
 
-from .report import _fmt, _md_table, _pyplot, _save, write_csv, write_json, write_text
+from .memory import PeakRSS
+from .report import _fmt, _md_table, _pyplot, save_figure, write_csv, write_json, write_text
 
 QUALITY_COLUMNS = ["m", "n", "sigma2", "cond", "rhs", "rhs_corr", "mode", "k", "iters", "adjoint_iters", "err_fd", "cos_fd",
                    "err_exact", "cos_exact", "err_values", "bias", "bias_noise", "rel_sd", "time_s", "saved_mb", "fd_err_est"]
@@ -311,30 +313,12 @@ def plot_quality(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # -------------------------------------------------------------------------------------------------
 # memory
 # -------------------------------------------------------------------------------------------------
-
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
 
 def memory_point(n: int, iters: int, mode: str, k: int = 10, seed: int = 0) -> dict:
     """One measurement in THIS process (call it in a fresh one: see :func:`memory_study`)."""
@@ -357,16 +341,14 @@ def memory_point(n: int, iters: int, mode: str, k: int = 10, seed: int = 0) -> d
     del vw, xw
     v = A.values.clone().requires_grad_()
     bb = b.clone().requires_grad_()
-    ok = _reset_peak()
-    rss0 = _proc_status_kb("VmRSS")
-    t0 = time.perf_counter()
-    with SavedBytes() as sb:
-        x, info = solve(A.with_values(v), bb, backward=mode, return_info=True, **kw)
-        loss = (w * x).sum()
-    loss.backward()
-    secs = time.perf_counter() - t0
-    hwm = _proc_status_kb("VmHWM")
-    peak = None if not ok or rss0 is None or hwm is None else (hwm - rss0) / 1024
+    with PeakRSS() as probe:  # VmHWM reset through /proc/self/clear_refs (learnsolve.evaluation.memory)
+        t0 = time.perf_counter()
+        with SavedBytes() as sb:
+            x, info = solve(A.with_values(v), bb, backward=mode, return_info=True, **kw)
+            loss = (w * x).sum()
+        loss.backward()
+        secs = time.perf_counter() - t0
+    peak = probe.growth_kb / 1024 if probe.exact and probe.growth_kb is not None else None
     return {"n": A.shape[0], "iters": int(iters), "mode": mode, "k": int(k) if mode == "truncated" else None,
             "peak_mb": peak, "saved_mb": sb.mb, "time_s": secs, "forward_iters": info.niter}
 
@@ -417,7 +399,7 @@ def plot_memory(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def write_study(outdir: str | os.PathLike, name: str, rows: Sequence[Mapping], cols: Sequence[str],

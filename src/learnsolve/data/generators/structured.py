@@ -39,6 +39,7 @@ __all__ = [
     "gaussian_random_field",
     "poisson2d",
     "poisson3d",
+    "poisson_matrix",
 ]
 
 PosFn = Callable[[np.ndarray], np.ndarray]
@@ -108,13 +109,29 @@ def _rhs_label(rhs: str, f: PosFn | None) -> str:
 # ------------------------------------------------------------------------------------------------ Poisson
 
 
+def poisson_matrix(m: int, d: int = 2) -> sp.csr_matrix:
+    """The matrix A of :func:`poisson2d` (``d = 2``) / :func:`poisson3d` (``d = 3``) alone, as scipy CSR.
+
+    The ``(2d+1)``-point finite-difference Laplacian on the ``m^d`` interior nodes of the unit square/cube,
+    ``h = 1 / (m + 1)``, scaled by ``1/h^2`` (diagonal ``2d/h^2``, neighbours ``-1/h^2``), homogeneous
+    Dirichlet boundary; float64, canonical CSR (sorted indices). No right-hand side and no reference solve,
+    so it is cheap at any size (benchmarks use ``m = 1000``: ``n = 1e6``). Same matrix as
+    ``to_scipy(poisson2d(m))``, entry for entry.
+    """
+    m = _check_m(m, f"poisson{d}d")
+    h = 1.0 / (m + 1)
+    offdiag = [(_unit(d, a, s), -1.0 / h**2) for a in range(d) for s in (1, -1)]
+    A = _assemble((m,) * d, 2.0 * d / h**2, offdiag)
+    A.sum_duplicates()
+    A.sort_indices()
+    return A
+
+
 def _poisson(m: int, d: int, seed: int, rhs: str, f: PosFn | None, family: str) -> Data:
     m = _check_m(m, family)
     rng = np.random.default_rng(seed)
-    pos, h = _node_pos(m, d)
-    shape = (m,) * d
-    offdiag = [(_unit(d, a, s), -1.0 / h**2) for a in range(d) for s in (1, -1)]
-    A = _assemble(shape, 2.0 * d / h**2, offdiag)
+    pos, _ = _node_pos(m, d)
+    A = poisson_matrix(m, d)
     b = _rhs(rhs, f, pos, rng)
     params = {"m": m, "rhs": _rhs_label(rhs, f)}
     return make_system(A, b, pos=pos, coeff=1.0, family=family, params=params, seed=seed, symmetric=True)
