@@ -96,7 +96,7 @@ def measure(method: str, model, batch, rtol: float, maxiter: int, repeats: int) 
         if method in CLASSICAL:
             return build_baseline(method, A)
         if model.kind == "preconditioner":
-            return model.preconditioner(batch)
+            return model.preconditioner_for(batch)
         return None  # learned solvers build their context inside solve (timed there)
 
     with torch.no_grad():

@@ -11,9 +11,9 @@ import scipy.sparse as sp
 import torch
 
 from learnsolve.data import make_rhs, make_system
-from learnsolve.training.datamodule import LinearSystemDataModule
 from learnsolve.data.dataset import CacheError, LinearSystemDataset
 from learnsolve.linalg import SparseMatrix, solve
+from learnsolve.training.datamodule import LinearSystemDataModule
 
 CALLS = []
 

@@ -270,7 +270,7 @@ class _NaNPreconditioner(torch.nn.Module):
     kind = "preconditioner"
     requires_spd = True
 
-    def preconditioner(self, batch):
+    def preconditioner_for(self, batch):
         from learnsolve.linalg import FunctionPreconditioner
 
         return FunctionPreconditioner(lambda R: R * float("nan"), symmetric=True)

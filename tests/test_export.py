@@ -25,16 +25,18 @@ from learnsolve.export import (
     ExportError,
     export_model,
     export_preconditioners,
-    load_model,
+    load_exported_model,
     load_preconditioner,
     load_program,
     read_config,
 )
-from learnsolve.export.model import compile_program
-from learnsolve.export.preconditioners import NONLINEAR
-from learnsolve.linalg import SparseMatrix, cg
+from learnsolve.export.programs import compile_program
+from learnsolve.export.reader import load_program_file
+from learnsolve.linalg import LowRankDiagonal, SparseMatrix, cg
 from learnsolve.models import LowRankPreconditioner, NeuralIF
+from learnsolve.models.base import LearnedModel, ProgramModule, ProgramSpec
 from learnsolve.models.checkpoint import load_model as load_checkpoint
+from learnsolve.nn.features import diagonal
 
 from .conftest import SHARED_MATRICES, convdiff2d, diffusion2d
 
@@ -129,8 +131,7 @@ def _outputs(model, data, name: str, r: torch.Tensor | None = None) -> tuple:
             return (model.factor(batch)[1].to_dense(),)
         if name == "lowrank_precond":
             return tuple(model.factors(batch))
-        apply, _, _ = model.preconditioner(batch)
-        return (apply(r.view(1, -1, 1)).view(-1),)
+        return (model.preconditioner_for(batch).apply(r.view(1, -1, 1)).view(-1),)
 
 
 def _program_outputs(prog, data, name: str, r: torch.Tensor | None = None) -> tuple:
@@ -170,7 +171,7 @@ def test_model_round_trip(name, ckpts, exported):
     assert cfg["preconditioner"] == {"neural_if": "llt", "lowrank_precond": "lowrank_diag"}.get(name)
 
     ref_model, _ = load_checkpoint(ckpts[name])
-    model = load_model(folder)
+    model = load_exported_model(folder)
     assert type(model) is type(ref_model)
     data = _held_out(10)  # n = 100: neither of the export's check sizes (30, 63)
     r = torch.randn(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -245,7 +246,7 @@ def test_cli_per_matrix_files(cli_export, mats):
     L_mtx, L_npz = read_matrix_market(pre / "diff12_L.mtx"), sp.load_npz(pre / "diff12_L.npz")
     assert L_npz.format == "csr" and (L_mtx != L_npz).nnz == 0 and sp.triu(L_npz, 1).nnz == 0
     # and it is the checkpoint model's factor of that matrix
-    model = load_model(out)
+    model = load_exported_model(out)
     L_model = model.factor(Batch.from_data_list([load_system(mats["diff12"])]))[1].to_scipy()
     assert abs(L_model - L_npz).max() == 0.0
 
@@ -285,7 +286,7 @@ def test_scipy_cg_with_exported_preconditioner(name, ckpts, exported, mats):
         # the same M^-1 as the model's (Woodbury / triangular solves: to rounding)
         R = np.random.default_rng(0).standard_normal((A.shape[0], 2))
         with torch.no_grad():
-            ref = ref_model.preconditioner(batch).apply(torch.from_numpy(R).unsqueeze(0))[0].numpy()
+            ref = ref_model.preconditioner_for(batch).apply(torch.from_numpy(R).unsqueeze(0))[0].numpy()
         assert np.abs(M.matmat(R) - ref).max() <= 1e-10 * np.abs(ref).max()
         assert np.abs(M @ R[:, 0] - ref[:, 0]).max() <= 1e-10 * np.abs(ref).max()
         scipy_iters = _scipy_cg_iterations(A, b, M)
@@ -301,13 +302,14 @@ def test_nonlinear_model_exports_program_only(exported, ckpts, mats, tmp_path, c
     folder = exported["gnn_solver"]
     cfg = read_config(folder)
     assert cfg["preconditioner"] is None and not (folder / "preconditioners").exists()
-    assert cfg["matrices"]["skipped"] == NONLINEAR.format(name="gnn_solver")
+    nonlinear = ("gnn_solver is a nonlinear preconditioner (z = f(r)); it cannot be written as a fixed matrix: "
+                 "exported the model and its program only")
+    assert cfg["matrices"]["skipped"] == nonlinear
     assert "inside flexible CG" in cfg["program_inputs"]["outputs"][0]
     # the command: the same message, the model and its program written, exit status 0
     code = _cli(f"ckpt_path={ckpts['gnn_solver']}", f"out_dir={tmp_path / 'g'}", f"matrices={mats['diff8']}")
     err = capsys.readouterr().err
-    assert code == 0 and "gnn_solver is a nonlinear preconditioner (z = f(r)); it cannot be written as a fixed " \
-        "matrix: exported the model and its program only" in err
+    assert code == 0 and nonlinear in err
     assert _tree(tmp_path / "g") == ["config.json", "model.safetensors", "program.pt2"]
     with pytest.raises(ExportError, match="nonlinear preconditioner"):
         export_preconditioners(folder, [mats["diff8"]], tmp_path / "p")
@@ -317,8 +319,8 @@ def test_load_path_needs_no_hydra_or_lightning(exported):
     folder = exported["neural_if"]
     code = (
         "import sys\n"
-        "from learnsolve.export import load_model, load_preconditioner, load_program\n"
-        f"m = load_model({str(folder)!r}); p = load_program({str(folder)!r})\n"
+        "from learnsolve.export import load_exported_model, load_preconditioner, load_program\n"
+        f"m = load_exported_model({str(folder)!r}); p = load_program({str(folder)!r})\n"
         f"M = load_preconditioner({str(folder / 'preconditioners' / 'diff8.json')!r})\n"
         f"Mt = load_preconditioner({str(folder / 'preconditioners' / 'diff8.json')!r}, backend='torch')\n"
         "bad = [k for k in sys.modules if k.split('.')[0] in ('hydra', 'omegaconf', 'lightning', "
@@ -435,7 +437,7 @@ def test_models_without_a_matrix(name, mats, tmp_path):
     assert rep.program is None and rep.program_note and not rep.preconditioners
     assert rep.skipped and "exported the model only" in rep.skipped and name in rep.skipped
     assert _tree(tmp_path / "out") == ["config.json", "model.safetensors"]
-    back = load_model(tmp_path / "out")
+    back = load_exported_model(tmp_path / "out")
     assert type(back) is type(model)
     ref = model.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in back.state_dict().items())
@@ -465,8 +467,71 @@ def test_load_errors_name_the_file(exported, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(dict(cfg, target="os.system")))
     with pytest.raises(ExportError, match="outside learnsolve.models; refusing"):
-        load_model(folder)
+        load_exported_model(folder)
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ExportError, match=r"model\.safetensors: not a readable safetensors file"):
-        load_model(folder)
+        load_exported_model(folder)
+
+
+class _NewPreconditioner(LearnedModel):
+    """A learned preconditioner export has never heard of: M = exp(s) diag(A) + u u^T with u_i = w sqrt(a_ii)."""
+
+    kind = "preconditioner"
+    is_linear = True
+    matrix_type = "lowrank_diag"
+
+    def __init__(self):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+        self.w = torch.nn.Parameter(torch.tensor([0.2, -0.1], dtype=torch.float64))
+
+    def arrays(self, row, col, values, n: int):
+        d = diagonal(row, col, values, n)
+        return torch.exp(self.s) * d, torch.sqrt(d).unsqueeze(-1) * self.w
+
+    def preconditioner_for(self, batch):
+        A = SparseMatrix.from_pyg(batch).detach()
+        red = A.reducer()
+        D, U = self.arrays(A.pattern.row.long(), A.pattern.col.long(), A.values, A.shape[0])
+        return LowRankDiagonal(D, U, segment=red.segment, num_blocks=red.G)
+
+    def training_loss(self, batch):
+        return (self.s - 1.0) ** 2, {}
+
+    def export_program(self):
+        def reference(data, _inputs):
+            P = self.preconditioner_for(Batch.from_data_list([data]))
+            return P.D[0], P.U[0]
+
+        return ProgramSpec(_NewProgram(self), reference=reference, outputs=["D (n,)", "U (n, 2)"])
+
+
+class _NewProgram(ProgramModule):
+    def forward(self, edge_index, values, feat):
+        return self.model.arrays(edge_index[0], edge_index[1], values, feat.shape[0])
+
+
+def test_new_learned_preconditioner_exports_without_export_changes(mats, tmp_path):
+    """Export asks the model: a new class implementing the base's methods gets its per-matrix files and its compiled
+    program (checked against the model) with no line of export code of its own."""
+    model = _NewPreconditioner().eval()
+    assert model.matrix_export_reason("new") is None
+    written, failed = export_preconditioners(model, [mats["diff8"]], tmp_path / "pre", name="new")
+    assert list(written) == ["diff8"] and not failed
+    meta = json.loads(written["diff8"].read_text())
+    assert meta["type"] == "lowrank_diag" and meta["model"] == "new" and meta["rank"] == 2
+    M = load_preconditioner(written["diff8"])
+    A = read_matrix_market(mats["diff8"])
+    D = np.exp(0.3) * A.diagonal()
+    u = np.sqrt(A.diagonal())[:, None] * np.array([0.2, -0.1])
+    x = np.random.default_rng(2).standard_normal(A.shape[0])
+    assert np.allclose((np.diag(D) + u @ u.T) @ (M @ x), x, rtol=0, atol=1e-10 * np.abs(x).max())
+    (tmp_path / "prog").mkdir()
+    info = compile_program(model, tmp_path / "prog")
+    assert info["program"] == "program.pt2" and info["program_inputs"]["outputs"] == ["D (n,)", "U (n, 2)"]
+    prog = load_program_file("torch.export", tmp_path / "prog" / "program.pt2")
+    data = _held_out(9)
+    Dp, Up = prog(data.edge_index, data.edge_attr.double(), data.feat.double())
+    P = model.preconditioner_for(Batch.from_data_list([data]))
+    assert torch.allclose(Dp, P.D[0]) and torch.allclose(Up, P.U[0])

@@ -10,12 +10,8 @@ from torch.autograd import gradcheck
 from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
-from learnsolve.linalg import SparseMatrix, cg, condition_estimate
-from learnsolve.models.lowrank_precond import (
-    BlockLowRankPreconditioner,
-    LowRankPreconditioner,
-    probe_residual,
-)
+from learnsolve.linalg import LowRankDiagonal, SparseMatrix, cg, condition_estimate
+from learnsolve.models.lowrank_precond import LowRankPreconditioner, probe_residual
 
 
 def _batch(specs):
@@ -35,7 +31,7 @@ def test_woodbury_equals_dense_solve_per_graph():
     g = torch.Generator().manual_seed(0)
     D = torch.rand(N, generator=g, dtype=torch.float64) + 0.5
     U = torch.randn(N, 3, generator=g, dtype=torch.float64)
-    P = BlockLowRankPreconditioner(D, U, red.segment, red.G)
+    P = LowRankDiagonal(D, U, segment=red.segment, num_blocks=red.G)
     R = torch.randn(2, N, 4, generator=g, dtype=torch.float64)  # 2 block rows x 4 right-hand sides
     Z = P.apply(R)
     assert Z.shape == R.shape
@@ -45,7 +41,7 @@ def test_woodbury_equals_dense_solve_per_graph():
     # and the model's own factors on the same batch (gnn variant, untrained)
     model = LowRankPreconditioner(rank=3).double()
     Dm, Um = model.factors(batch)
-    Minv = _dense_inverse(model.preconditioner(batch), N)
+    Minv = _dense_inverse(model.preconditioner_for(batch), N)
     for a, b in itertools.pairwise(ptr):
         ref = torch.linalg.inv(torch.diag(Dm[a:b]) + Um[a:b] @ Um[a:b].T)
         assert torch.allclose(Minv[a:b, a:b], ref, rtol=1e-12, atol=1e-14)
@@ -59,7 +55,7 @@ def test_untrained_gnn_is_spd_jacobi_plus_low_rank():
     D, U = model.factors(batch)
     assert torch.allclose(D, A.diagonal(), rtol=1e-14)  # the diagonal head starts at zero: D = diag(A)
     assert 0 < U.abs().max().item() < 0.5 * D.max().item()
-    P = model.preconditioner(batch)
+    P = model.preconditioner_for(batch)
     Minv = _dense_inverse(P, batch.num_nodes)
     assert torch.allclose(Minv, Minv.T, atol=1e-14)
     assert torch.linalg.eigvalsh(Minv.detach()).min().item() > 0
@@ -72,10 +68,10 @@ def test_scale_covariance_of_the_gnn_variant():
     batch = _batch([(5, 3)])
     model = LowRankPreconditioner(rank=2, hidden=8).double()
     R = torch.randn(1, batch.num_nodes, 1, dtype=torch.float64)
-    Z1 = model.preconditioner(batch).apply(R)
+    Z1 = model.preconditioner_for(batch).apply(R)
     scaled = _batch([(5, 3)])
     scaled.edge_attr = 7.0 * scaled.edge_attr
-    Z7 = model.preconditioner(scaled).apply(R)
+    Z7 = model.preconditioner_for(scaled).apply(R)
     assert torch.allclose(7.0 * Z7, Z1, rtol=1e-5)  # float32 network: ~1e-7 relative in its inputs
 
 
@@ -90,12 +86,12 @@ def test_gradcheck_loss_core_wrt_d_and_u():
     b0 = torch.randn(18, generator=g, dtype=torch.float64)
 
     def core(D, U):
-        P = BlockLowRankPreconditioner(D, U, red.segment, red.G)
+        P = LowRankDiagonal(D, U, segment=red.segment, num_blocks=red.G)
         return probe_residual(A, P, Z).sum() + torch.log(condition_estimate(A, b=b0, M=P, steps=4)).sum()
 
     assert gradcheck(core, (D, U), eps=1e-6, atol=1e-6)
     # probe_residual against its dense definition
-    P = BlockLowRankPreconditioner(D.detach(), U.detach(), red.segment, red.G)
+    P = LowRankDiagonal(D.detach(), U.detach(), segment=red.segment, num_blocks=red.G)
     E = A.to_dense() @ _dense_inverse(P, 18) @ Z[0] - Z[0]
     for gi, (a, b) in enumerate([(0, 9), (9, 18)]):
         ref = ((E[a:b] ** 2).sum(0) / (Z[0, a:b] ** 2).sum(0)).mean()
@@ -104,9 +100,9 @@ def test_gradcheck_loss_core_wrt_d_and_u():
 
 def test_fixed_variant_rejects_a_wrong_size_and_bad_arguments():
     model = LowRankPreconditioner(variant="fixed", num_nodes=16, rank=2)
-    model.preconditioner(_batch([(4, 0), (4, 1)]))  # right size: fine
+    model.preconditioner_for(_batch([(4, 0), (4, 1)]))  # right size: fine
     with pytest.raises(ValueError, match=r"num_nodes=16.*graph 1 of the batch has 25 nodes"):
-        model.preconditioner(_batch([(4, 0), (5, 1)]))
+        model.preconditioner_for(_batch([(4, 0), (5, 1)]))
     with pytest.raises(ValueError, match="lowrank_precond: variant 'fixed' needs num_nodes"):
         LowRankPreconditioner(variant="fixed")
     with pytest.raises(ValueError, match="lowrank_precond: unknown variant"):
@@ -168,5 +164,5 @@ def test_solve_converges(variant):
     # the same preconditioner through the public cg: identical per-graph iterations (no_grad: the same
     # in-place update path as solve; with autograd recording, rounding differs and can shift a count)
     with torch.no_grad():
-        _, ref = cg(SparseMatrix.from_pyg(batch), batch.b, M=model.preconditioner(batch), rtol=1e-8)
+        _, ref = cg(SparseMatrix.from_pyg(batch), batch.b, M=model.preconditioner_for(batch), rtol=1e-8)
     assert torch.equal(info.iterations.view(-1), ref.iterations)

@@ -91,14 +91,14 @@ def test_factor_is_scale_equivariant():
 def test_preconditioner_apply_matches_dense_solve_and_is_symmetric():
     model = _perturbed(seed=3)
     batch = _batch([0, 1], m=[4, 5])
-    M = model.preconditioner(batch)
+    M = model.preconditioner_for(batch)
     Ld = M.L.to_dense()
     R = torch.randn(1, batch.num_nodes, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ref = torch.linalg.solve(Ld @ Ld.T, R[0])
     assert torch.allclose(M.apply(R)[0], ref, rtol=1e-10, atol=1e-12)
     assert torch.allclose(M.apply_transpose(R), M.apply(R), rtol=1e-12, atol=0)
     # the batched factor equals the per-graph factors (graphs are independent)
-    single = model.preconditioner(_batch([1], m=5))
+    single = model.preconditioner_for(_batch([1], m=5))
     n0 = int(batch.ptr[1])
     assert torch.allclose(M.apply(R)[:, n0:], single.apply(R[:, n0:].contiguous()), rtol=1e-12, atol=1e-14)
 

@@ -10,9 +10,9 @@ import torch
 from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS, to_scipy
-from learnsolve.training import LinearSystemDataModule
 from learnsolve.data.generators.trajectory import mass_matrix_values, trajectory2d
 from learnsolve.models.neural_ode import NeuralODE
+from learnsolve.training import LinearSystemDataModule
 
 
 def _batch(seeds, m=4, **params):

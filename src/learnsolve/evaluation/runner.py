@@ -262,7 +262,7 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
             batch = sysm.data
         if kind == "preconditioner":
             def setup():
-                M = model.preconditioner(batch)
+                M = model.preconditioner_for(batch)
                 if not _finite(M.apply(sysm.b_t.view(1, -1, 1))):
                     raise _Fail(f"the learned preconditioner ({mname}) produced NaN/Inf")
                 return M, None

@@ -1,48 +1,24 @@
-"""Errors and atomic writing for the export package.
+"""Errors, JSON reading and folder-level atomic writing for the export package.
 
-Two levels of atomicity:
-
-- one file: :func:`atomic_file` writes to a hidden temporary file in the same folder and renames it over
-  the target with ``os.replace`` (a reader sees the old file or the whole new one, never a part);
-- one output folder: :class:`StagedFolder` fills a hidden temporary sibling folder and renames it into
-  place only once everything was written; on failure the sibling is removed (and any parent folders it
-  had to create), and with ``overwrite`` an existing folder is replaced only after success.
+One file is written atomically with :mod:`learnsolve.files` (temporary sibling, fsync, ``os.replace``). One
+output folder: :class:`StagedFolder` fills a hidden temporary sibling folder and renames it into place only
+once everything was written; on failure the sibling is removed (and any parent folders it had to create),
+and with ``overwrite`` an existing folder is replaced only after success.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 
 class ExportError(ValueError):
     """An export that cannot be done, or exported files that cannot be loaded: the message says which file
     or argument and why."""
-
-
-def atomic_file(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` through ``write(binary file object)``: temporary sibling, fsync, ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    return atomic_file(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def read_json(path: str | os.PathLike, what: str) -> dict:
@@ -132,3 +108,14 @@ class StagedFolder:
                 q.rmdir()
             except OSError:
                 break
+
+
+@contextlib.contextmanager
+def export_errors() -> Iterator[None]:
+    """Re-raise the checkpoint loader's errors as ExportError (same message) for export's users."""
+    from learnsolve.models.checkpoint import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as e:
+        raise ExportError(str(e)) from e

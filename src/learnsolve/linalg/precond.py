@@ -347,13 +347,20 @@ class ILU0(Preconditioner):
 class LowRankDiagonal(Preconditioner):
     """M = D + U V^T (D diagonal, U, V of rank r), applied with the Woodbury identity
 
-        M^{-1} r = D^{-1} r - D^{-1} U (I + V^T D^{-1} U)^{-1} V^T D^{-1} r.
+        M^{-1} r = D^{-1} r - D^{-1} U C^{-1} V^T D^{-1} r,      C = I_r + V^T D^{-1} U.
 
-    D: (n,) or (B, n); U, V: (n, r) or (B, n, r). Cost O(n r + r^3); differentiable in D, U, V.
-    ``V=None`` means V = U (symmetric M). M^{-T} swaps U and V.
+    D: (n,) or (B, n); U, V: (n, r) or (B, n, r). ``V=None`` means V = U (symmetric M; SPD when D > 0,
+    since then C >= I). M^{-T} swaps U and V (C -> C^T).
+
+    Block-diagonal M (a PyG batch of G systems): ``segment`` (n,) int64 gives the block of each row, and M is
+    D + U_g V_g^T on block g (U_g, V_g the rows of block g), with one r x r matrix C_g per block, assembled
+    by a segment sum of the per-row outer products v_i u_i^T / d_i. ``num_blocks`` G (default: from
+    ``segment``). No n x n matrix is formed. Setup O(n r^2); apply to k right-hand sides O(n r k + G r^3).
+    Differentiable in D, U, V (twice: double backward works).
     """
 
-    def __init__(self, D: Tensor, U: Tensor, V: Tensor | None = None):
+    def __init__(self, D: Tensor, U: Tensor, V: Tensor | None = None, *, segment: Tensor | None = None,
+                 num_blocks: int | None = None):
         if bool((D == 0).any()):
             raise ValueError("LowRankDiagonal: D has zero entries; keep D > 0 (e.g. softplus)")
         self.symmetric = V is None
@@ -364,19 +371,43 @@ class LowRankDiagonal(Preconditioner):
         if self.U.shape != self.V.shape or self.U.shape[:2] != self.D.shape:
             raise ValueError(f"LowRankDiagonal: shapes D {tuple(D.shape)}, U {tuple(U.shape)}, "
                              f"V {tuple(V.shape)} do not match (n,), (n, r), (n, r)")
+        n = self.D.shape[1]
+        if segment is not None:
+            segment = segment.long().to(self.D.device)
+            if segment.shape != (n,):
+                raise ValueError(f"LowRankDiagonal: segment must have shape ({n},), got {tuple(segment.shape)}")
+            if num_blocks is None:
+                num_blocks = int(segment.max()) + 1 if n else 0
+        self.segment, self.G = segment, 1 if segment is None else int(num_blocks)
+        self.Dinv = (1.0 / self.D).unsqueeze(-1)  # (B, n, 1)
+        r = self.U.shape[-1]
+        eye = torch.eye(r, dtype=self.U.dtype, device=self.U.device)
+        DU = self.Dinv * self.U
+        if segment is None:
+            self.C = (eye + self.V.mT @ DU).unsqueeze(1)  # (B, 1, r, r)
+        else:
+            self.C = eye + self._blocksum(self.V.unsqueeze(-1) * DU.unsqueeze(-2))  # (B, G, r, r)
 
-    def _apply(self, R, U, V):
-        Dinv = (1.0 / self.D).unsqueeze(-1)  # (B, n, 1)
-        DR = Dinv * R
-        r = U.shape[-1]
-        C = torch.eye(r, dtype=R.dtype, device=R.device) + V.mT @ (Dinv * U)
-        return DR - Dinv * (U @ torch.linalg.solve(C, V.mT @ DR))
+    def _blocksum(self, X: Tensor) -> Tensor:
+        """Sum over the rows of each block: (B, n, r, k) -> (B, G, r, k)."""
+        return X.new_zeros(X.shape[0], self.G, *X.shape[2:]).index_add(1, self.segment, X)
+
+    def _apply(self, R: Tensor, U: Tensor, V: Tensor, C: Tensor) -> Tensor:
+        DR = self.Dinv * R  # (B, n, k)
+        if self.segment is None:  # one block: plain matrix products, no (n, r, k) temporary
+            Y = torch.linalg.solve(C[:, 0], V.mT @ DR)
+            return DR - self.Dinv * (U @ Y)
+        W = self._blocksum(V.unsqueeze(-1) * DR.unsqueeze(-2))  # (B, G, r, k): V_g^T D_g^{-1} R_g
+        Y = torch.linalg.solve(C, W).index_select(1, self.segment)  # (B, n, r, k): C_g^{-1} W_g per row
+        return DR - self.Dinv * (U.unsqueeze(-1) * Y).sum(-2)
 
     def apply(self, R):
-        return self._apply(R, self.U, self.V)
+        return self._apply(R, self.U, self.V, self.C)
 
     def apply_transpose(self, R):
-        return self._apply(R, self.V, self.U)
+        if self.symmetric:  # M^{-T} = M^{-1} exactly (C is symmetric only up to rounding)
+            return self.apply(R)
+        return self._apply(R, self.V, self.U, self.C.mT)
 
 
 class AMG(Preconditioner):

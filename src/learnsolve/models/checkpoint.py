@@ -1,25 +1,53 @@
-"""Rebuild a trained model from a training checkpoint, without Lightning, Hydra's runtime or retyped
-overrides (here, in the models layer, so that evaluation and export can use it).
+"""The one way to turn a training checkpoint into a model: no Lightning, no Hydra, no code named by a file.
 
-Every checkpoint written by ``learnsolve.training.module.LearnedSolverModule`` stores the composed
-run config under ``learnsolve_config``; the model is ``hydra.utils.instantiate(config["model"]["net"])``
-with the module's ``model.*`` weights.
+Every checkpoint written by ``learnsolve.training.module.LearnedSolverModule`` stores the composed run config
+under ``learnsolve_config``; the model is ``target(**kwargs)`` for its ``model.net`` entry, with the module's
+``model.*`` weights. Only the classes registered in :data:`learnsolve.models.MODELS` may be built
+(:func:`resolve_target`): a config is data, and must not be able to import and run arbitrary code. Export
+builds exported folders with the same functions.
+
+Configs stored by older versions are upgraded on load (:func:`upgrade_config`): a ``_target_`` that has moved
+since is rewritten, so the returned config instantiates with this version.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+
+from .base import LearnedModel
+
+# _target_s that moved: old dotted name -> new one (applied anywhere in a stored config)
+MOVED_TARGETS = {
+    "learnsolve.data.datamodule.LinearSystemDataModule": "learnsolve.training.datamodule.LinearSystemDataModule",
+}
+STATE_PREFIX = "model."  # the LightningModule holds the network as `model`
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable, or not a learnsolve training checkpoint."""
+    """A checkpoint (or model config) that is missing, unreadable, not from learnsolve, or names a model this
+    learnsolve cannot build; the message names the file and the reason."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded training checkpoint: the model (eval mode), its registry name, its class as a dotted name, the
+    keyword arguments it was built with, and the (upgraded) run config."""
+
+    model: LearnedModel
+    name: str
+    target: str
+    kwargs: dict
+    config: dict
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict (``state_dict``, ``learnsolve_config``, ...), checked; CheckpointError otherwise."""
     p = Path(path)
     if p.is_dir():
         raise CheckpointError(f"checkpoint {str(p)!r} is a folder; give a checkpoint file inside it, e.g. "
@@ -41,22 +69,115 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, composed run config) from a training checkpoint."""
-    import hydra
+def upgrade_config(config):
+    """A copy of a stored run config with every moved ``_target_`` (:data:`MOVED_TARGETS`) rewritten."""
+    config = copy.deepcopy(config)
+    todo = [config]
+    while todo:
+        node = todo.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if key == "_target_" and value in MOVED_TARGETS:
+                node[key] = MOVED_TARGETS[value]
+            elif isinstance(value, (dict, list)):
+                todo.append(value)
+    return config
 
-    ckpt = read_checkpoint(path)
-    cfg = ckpt["learnsolve_config"]
+
+def _known() -> str:
+    from learnsolve.models import MODELS
+
+    return ", ".join(f"{c.__module__}.{c.__name__}" for c in MODELS.values())
+
+
+def resolve_target(target, where: str) -> type[LearnedModel]:
+    """The model class named ``target``; only the classes registered in ``learnsolve.models.MODELS``."""
+    from learnsolve.models import MODELS
+
+    if not isinstance(target, str) or "." not in target:
+        raise CheckpointError(f"{where}: model target {target!r} is not a dotted class name")
+    module, _, name = target.rpartition(".")
+    if module != "learnsolve.models" and not module.startswith("learnsolve.models."):
+        raise CheckpointError(f"{where}: model target {target!r} is outside learnsolve.models; refusing to import it")
     try:
-        net_cfg = cfg["model"]["net"]
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: its config has no model.net entry") from e
-    model = hydra.utils.instantiate(net_cfg)
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise CheckpointError(f"{where}: model target {target!r} does not exist in this learnsolve ({e})") from e
+    if not (isinstance(obj, type) and obj in MODELS.values()):
+        raise CheckpointError(f"{where}: {target!r} is not a learnsolve model class (known: {_known()})")
+    return obj
+
+
+def build_model(cls: type[LearnedModel], kwargs, where: str) -> LearnedModel:
+    """``cls(**kwargs)``; plain values only (a nested ``_target_`` object is refused)."""
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{where}: model kwargs must be a mapping, got {type(kwargs).__name__}")
+    if any(isinstance(v, dict) and "_target_" in v for v in kwargs.values()):
+        raise CheckpointError(f"{where}: nested objects (_target_) in the model arguments are not supported")
     try:
-        model.load_state_dict(state)
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: cannot build {cls.__name__} from {kwargs}: {e}") from e
+
+
+def load_weights(model: LearnedModel, state: dict, where: str) -> LearnedModel:
+    """``model`` with ``state`` loaded (strict), in the weights' dtype when they share one (a model trained in
+    float64 stays float64), in eval mode."""
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:
+        model = model.to(dtypes.pop())
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: weights do not fit model "
-                              f"{cfg['model'].get('name', '?')!r} built from its own config: {e}") from e
-    return model.to(map_location).eval(), cfg
+        raise CheckpointError(f"{where}: weights do not fit {type(model).__name__}: {e}") from e
+    return model.eval()
+
+
+def model_entry(config: dict, where: str) -> tuple[str, type[LearnedModel], dict]:
+    """(registry name, class, kwargs) of a run config's ``model`` entry, checked against the registry."""
+    from learnsolve.models import MODELS
+
+    mcfg = config.get("model")
+    net = mcfg.get("net") if isinstance(mcfg, dict) else None
+    if not isinstance(net, dict):
+        raise CheckpointError(f"{where}: its config has no model.net entry (not a learnsolve training checkpoint)")
+    name = mcfg.get("name")
+    if name not in MODELS:
+        raise CheckpointError(f"{where} is from model family {name!r}, which this learnsolve does not know "
+                              f"(known: {', '.join(MODELS)})")
+    cls = resolve_target(net.get("_target_"), where)
+    if cls is not MODELS[name]:
+        raise CheckpointError(f"{where}: its model name {name!r} and its class {net.get('_target_')!r} disagree")
+    return name, cls, {k: v for k, v in net.items() if not str(k).startswith("_")}
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """The model of a training checkpoint and what it was built from; CheckpointError naming the file."""
+    where = f"checkpoint {str(path)!r}"
+    ckpt = read_checkpoint(path)
+    config = upgrade_config(ckpt["learnsolve_config"])
+    name, cls, kwargs = model_entry(config, where)
+    state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
+    model = load_weights(build_model(cls, kwargs, where), state, where)
+    return Checkpoint(model.to(map_location), name, f"{cls.__module__}.{cls.__name__}", kwargs, config)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[LearnedModel, dict]:
+    """(model in eval mode, upgraded run config) from a training checkpoint."""
+    ckpt = load_checkpoint(path, map_location)
+    return ckpt.model, ckpt.config
+
+
+__all__ = [
+    "MOVED_TARGETS",
+    "Checkpoint",
+    "CheckpointError",
+    "build_model",
+    "load_checkpoint",
+    "load_model",
+    "load_weights",
+    "model_entry",
+    "read_checkpoint",
+    "resolve_target",
+    "upgrade_config",
+]

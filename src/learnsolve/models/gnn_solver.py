@@ -23,86 +23,132 @@ later phase of the solve did not fix it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from learnsolve.linalg import IC0, FunctionPreconditioner, SolveInfo, SparseMatrix, fcg
+from learnsolve.nn.features import graph_rms, node_coefficient, require_positive_diagonal, system_features
 from learnsolve.nn.layers import SystemConv, mlp
+
+from .base import (
+    LearnedModel,
+    ProgramModule,
+    ProgramSpec,
+    check_choice,
+    check_int,
+    one_system_batch,
+    system_tensors,
+)
 
 LOSSES = ("log_residual", "energy")
 BASES = ("jacobi", "ic0")
 
 
-class GNNSolver(nn.Module):
+@dataclass
+class Context:
+    """What the network needs of a batch of systems, computed once per solve (no parameters inside):
+    ``diag`` (N,), ``edge_index`` (2, E), ``edge`` (E, 1) and ``static`` (N, 2) features in the parameter
+    dtype, ``graph`` (N,) graph of each node (None: one system) and ``num_graphs``."""
+
+    diag: Tensor
+    edge_index: Tensor
+    edge: Tensor
+    static: Tensor
+    graph: Tensor | None
+    num_graphs: int
+
+
+class GNNSolver(LearnedModel):
     kind = "solver"
     requires_spd = True  # flexible CG
+    is_linear = False  # preconditioner_for is the nonlinear z = f(r)
 
     def __init__(self, hidden: int = 32, layers: int = 3, unroll_steps: int = 8, truncation: int = 1,
                  loss: str = "log_residual", base: str = "jacobi"):
         super().__init__()
-        if base not in BASES:
-            raise ValueError(f"gnn_solver: unknown base {base!r}; choose one of {', '.join(BASES)}")
-        self.base = base
-        if loss not in LOSSES:
-            raise ValueError(f"gnn_solver: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-        if unroll_steps < 1:
-            raise ValueError(f"gnn_solver: unroll_steps must be >= 1, got {unroll_steps}")
-        self.unroll_steps, self.truncation, self.loss_kind = int(unroll_steps), int(truncation), loss
+        check_choice("gnn_solver", "base", base, BASES)
+        check_choice("gnn_solver", "loss", loss, LOSSES)
+        self.base, self.loss_kind = base, loss
+        self.unroll_steps = check_int("gnn_solver", "unroll_steps", unroll_steps, 1)
+        self.truncation = int(truncation)
         self.encoder = mlp([4, hidden, hidden])
         self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=1) for _ in range(layers))
         self.head = mlp([hidden, hidden, 1])
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    # -- the preconditioner ------------------------------------------------------------------------
-    def _context(self, batch):
-        A = SparseMatrix.from_pyg(batch).detach()
-        red = A.reducer()
-        d = A.diagonal()
-        if bool((d <= 0).any()):
-            raise ValueError("gnn_solver needs a positive diagonal (an SPD family); got a non-positive a_ii")
-        r, c = A.pattern.row.long(), A.pattern.col.long()
+    # -- the preconditioner: plain tensor code shared with the exported program -------------------------
+    def context(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor, graph: Tensor | None = None,
+                num_graphs: int = 1) -> Context:
+        """The parameter-free inputs from A's COO entries (CSR order) and the node coefficients (N,)."""
         pdt = self.head[-1].weight.dtype
-        e = (A.values / torch.sqrt(d[r] * d[c])).unsqueeze(-1).to(pdt)
-        counts = torch.ones(1, d.shape[0], 1, dtype=d.dtype, device=d.device)
-        n_g = red.dot(counts, counts)  # (1, G, 1) nodes per graph
-        dmean = red.expand(red.dot(d.view(1, -1, 1), counts) / n_g).view(-1)
-        coeff = batch.feat[:, 1] if hasattr(batch, "feat") else torch.ones_like(d)
-        static = torch.stack([torch.log(d / dmean), torch.log(coeff.abs().clamp_min(1e-12))], -1).to(pdt)
-        return A, red, d, e, n_g, static
+        f = system_features(row, col, values, coeff, graph, num_graphs)
+        return Context(f.diag, torch.stack([row, col]), f.edge.to(pdt), f.node.to(pdt), graph, num_graphs)
 
-    def preconditioner(self, batch):
-        """The nonlinear map R -> Z on canonical (1, N, 1) blocks for this batch of systems."""
-        A, red, d, e, n_g, static = self._context(batch)
-        ei = torch.stack([A.pattern.row.long(), A.pattern.col.long()])
-        pdt = static.dtype
+    def direction(self, ctx: Context, r: Tensor, pr: Tensor) -> Tensor:
+        """z = P r + rms(P r) g(features) (N,) for a residual r (N,) and its base-preconditioned P r (N,)."""
+        pdt = ctx.static.dtype
+        sj = graph_rms(pr, ctx.graph, ctx.num_graphs)
+        x = torch.cat([(r / graph_rms(r, ctx.graph, ctx.num_graphs)).unsqueeze(-1).to(pdt),
+                       (pr / sj).unsqueeze(-1).to(pdt), ctx.static], -1)
+        h = self.encoder(x)
+        for conv in self.convs:
+            h = conv(h, ctx.edge_index, ctx.edge)
+        return pr + sj * self.head(h).view(-1).to(r.dtype)
 
-        def rms(v: Tensor) -> Tensor:  # per-graph root mean square, expanded to nodes, never 0
-            s = red.expand(torch.sqrt(red.dot(v, v) / n_g)).view(-1)
-            return torch.where(s > 0, s, torch.ones_like(s))
-
+    def _setup(self, batch) -> tuple[SparseMatrix, FunctionPreconditioner]:
+        A = SparseMatrix.from_pyg(batch).detach()
+        require_positive_diagonal(A.diagonal(), "gnn_solver")
+        red = A.reducer()
+        ctx = self.context(A.pattern.row.long(), A.pattern.col.long(), A.values, node_coefficient(batch, A.values),
+                           red.segment, red.G)
         base = IC0(A, shift="auto").apply if self.base == "ic0" else None
 
         def apply(R: Tensor) -> Tensor:
-            r = R.view(1, -1, 1)
-            pr = r / d.view(1, -1, 1) if base is None else base(r)
-            sj = rms(pr)
-            x = torch.cat([(r.view(-1) / rms(r)).unsqueeze(-1).to(pdt), (pr.view(-1) / sj).unsqueeze(-1).to(pdt),
-                           static], -1)
-            h = self.encoder(x)
-            for conv in self.convs:
-                h = conv(h, ei, e)
-            w = self.head(h).view(-1).to(R.dtype)
-            return (pr.view(-1) + sj * w).view(1, -1, 1)
+            r = R.reshape(-1)
+            pr = r / ctx.diag if base is None else base(R.reshape(1, -1, 1)).reshape(-1)
+            return self.direction(ctx, r, pr).view(1, -1, 1)
 
-        return apply, A, red
+        return A, FunctionPreconditioner(apply, linear=False)
+
+    def preconditioner_for(self, batch) -> FunctionPreconditioner:
+        """The nonlinear map R -> Z on canonical (1, N, 1) blocks for this batch of systems (flexible CG)."""
+        return self._setup(batch)[1]
+
+    def export_program(self) -> ProgramSpec:
+        """One application z = f(r): inputs (system, r) with base "jacobi", (system, r, P r) with base "ic0"
+        (the IC(0) solve is a compiled kernel no exporter captures: the caller computes it)."""
+        def residual(data, seed: int) -> Tensor:
+            g = torch.Generator().manual_seed(seed)
+            return torch.randn(int(data.num_nodes), generator=g, dtype=torch.float64)
+
+        def inputs(data, seed: int) -> tuple:
+            r = residual(data, seed)
+            if self.base == "jacobi":
+                return (*system_tensors(data), r)
+            A = SparseMatrix.from_pyg(one_system_batch(data)).detach()
+            return (*system_tensors(data), r, IC0(A, shift="auto").apply(r.view(1, -1, 1)).view(-1))
+
+        def reference(data, inputs: tuple) -> tuple:
+            return (self.preconditioner_for(one_system_batch(data)).apply(inputs[3].view(1, -1, 1)).view(-1),)
+
+        extra = ["r (n,) float64: the residual"]
+        if self.base == "ic0":
+            extra.append("pr (n,) float64: P r, the IC(0) preconditioner applied to r "
+                         "(learnsolve.linalg.IC0(A, shift='auto')), computed by the caller")
+        module = _JacobiProgram(self) if self.base == "jacobi" else _BaseInputProgram(self)
+        z = ("z (n,) float64: one application z = f(r) of the nonlinear preconditioner (use it inside flexible "
+             "CG / FGMRES, not plain CG)")
+        return ProgramSpec(module, inputs=inputs, reference=reference, extra_inputs=extra, outputs=[z])
 
     # -- training and solving -------------------------------------------------------------------------
     def training_loss(self, batch) -> tuple[Tensor, dict]:
-        M, A, red = self.preconditioner(batch)
+        A, M = self._setup(batch)
+        red = A.reducer()
         Bm = batch.b.view(1, -1, 1).to(A.dtype)
-        x, _ = fcg(A, Bm.view(-1), FunctionPreconditioner(M, linear=False), rtol=0.0, maxiter=self.unroll_steps,
-                   truncation=self.truncation)
+        x, _ = fcg(A, Bm.view(-1), M, rtol=0.0, maxiter=self.unroll_steps, truncation=self.truncation)
         X = x.view(1, -1, 1)
         bn = red.norm(Bm)
         rel = red.norm(Bm - A.mv(X)) / bn
@@ -117,6 +163,21 @@ class GNNSolver(nn.Module):
     @torch.no_grad()
     def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
         """Flexible CG with the learned preconditioner on every graph of the batch."""
-        M, A, _ = self.preconditioner(batch)
-        return fcg(A, batch.b.view(-1).to(A.dtype), FunctionPreconditioner(M, linear=False), rtol=rtol,
-                   maxiter=maxiter, truncation=self.truncation)
+        A, M = self._setup(batch)
+        return fcg(A, batch.b.view(-1).to(A.dtype), M, rtol=rtol, maxiter=maxiter, truncation=self.truncation)
+
+
+class _JacobiProgram(ProgramModule):
+    """(edge_index, values, feat, r) -> z with P r = r / diag(A): :meth:`GNNSolver.direction`."""
+
+    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, r: Tensor) -> Tensor:
+        ctx = self.model.context(edge_index[0], edge_index[1], values, feat[:, 1])
+        return self.model.direction(ctx, r, r / ctx.diag)
+
+
+class _BaseInputProgram(ProgramModule):
+    """(edge_index, values, feat, r, pr) -> z with P r given: :meth:`GNNSolver.direction`."""
+
+    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, r: Tensor, pr: Tensor) -> Tensor:
+        ctx = self.model.context(edge_index[0], edge_index[1], values, feat[:, 1])
+        return self.model.direction(ctx, r, pr)

@@ -9,9 +9,10 @@ and PCG applies M_g^{-1} with the Woodbury identity
     M_g^{-1} v = D_g^{-1} v - D_g^{-1} U_g C_g^{-1} U_g^T D_g^{-1} v,     C_g = I_r + U_g^T D_g^{-1} U_g,
 
 so M^{-1} is linear, symmetric and positive definite (C_g >= I) for any parameters: plain CG applies.
-The r x r matrices C_g are assembled for all graphs at once with a segment sum of the per-node outer
-products u_i u_i^T / d_i and factored by a batched Cholesky; an application costs O(N r k) for k
-right-hand sides plus O(G r^2 k) for the small solves. No n x n matrix is ever formed.
+M^{-1} is :class:`learnsolve.linalg.LowRankDiagonal` with one block per graph (``segment``): the r x r
+matrices C_g are assembled for all graphs at once with a segment sum of the per-node outer products
+u_i u_i^T / d_i; an application costs O(N r k) for k right-hand sides plus O(G r^3) for the small solves.
+No n x n matrix is ever formed.
 
 Variants:
 
@@ -40,49 +41,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learnsolve.linalg import Preconditioner, SolveInfo, SparseMatrix, cg, condition_estimate
+from learnsolve.linalg import LowRankDiagonal, Preconditioner, SparseMatrix, condition_estimate
+from learnsolve.nn.features import (
+    diagonal,
+    graph_mean,
+    graph_size,
+    node_coefficient,
+    require_positive_diagonal,
+    system_features,
+)
 from learnsolve.nn.layers import SystemConv, mlp
+
+from .base import LearnedModel, ProgramModule, ProgramSpec, check_choice, check_int, one_system_batch
 
 VARIANTS = ("gnn", "fixed")
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1
-
-
-class BlockLowRankPreconditioner(Preconditioner):
-    """M^{-1} for M = D + U U^T on each diagonal block, by Woodbury (see the module docstring).
-
-    ``D`` (N,) > 0, ``U`` (N, r); ``segment`` (N,) int64 block of each row (sorted, as in a PyG batch)
-    or None for one block; ``num_blocks`` G. Applies to canonical blocks (Bx, N, k). Setup: O(N r^2)
-    + a (G, r, r) Cholesky; apply: O(N r k + G r^2 k). Differentiable w.r.t. D and U. Symmetric.
-    """
-
-    symmetric = True
-
-    def __init__(self, D: Tensor, U: Tensor, segment: Tensor | None = None, num_blocks: int = 1):
-        if D.ndim != 1 or U.ndim != 2 or U.shape[0] != D.shape[0]:
-            raise ValueError(f"BlockLowRankPreconditioner: D must be (N,) and U (N, r), got {tuple(D.shape)} "
-                             f"and {tuple(U.shape)}")
-        if not bool((D > 0).all()):
-            raise ValueError("BlockLowRankPreconditioner: D must be positive (M = D + U U^T SPD)")
-        N, r = U.shape
-        if segment is None:
-            segment, num_blocks = torch.zeros(N, dtype=torch.int64, device=D.device), 1
-        self.segment, self.G = segment.long(), int(num_blocks)
-        self.Dinv = 1.0 / D
-        self.U = U
-        outer = (U * self.Dinv.unsqueeze(-1)).unsqueeze(-1) * U.unsqueeze(-2)  # (N, r, r): u_i u_i^T / d_i
-        C = torch.eye(r, dtype=U.dtype, device=U.device).expand(self.G, r, r)
-        C = C.index_add(0, self.segment, outer)
-        self.L = torch.linalg.cholesky(C)  # C >= I: never fails for finite D, U
-
-    def apply(self, R: Tensor) -> Tensor:
-        Bx, N, k = R.shape
-        DR = R * self.Dinv.view(1, -1, 1)
-        # W_g = U_g^T D_g^{-1} R_g: (Bx, G, r, k) by a segment sum of per-node rank-one terms
-        W = R.new_zeros(Bx, self.G, self.U.shape[1], k).index_add(1, self.segment,
-                                                                   self.U.view(1, N, -1, 1) * DR.unsqueeze(2))
-        Y = torch.cholesky_solve(W, self.L.expand(Bx, *self.L.shape))
-        corr = (self.U.view(1, N, -1, 1) * Y.index_select(1, self.segment)).sum(2)  # (Bx, N, k): U_g Y_g
-        return DR - self.Dinv.view(1, -1, 1) * corr
 
 
 def probe_residual(A: SparseMatrix, M: Preconditioner, Z: Tensor) -> Tensor:
@@ -92,7 +65,7 @@ def probe_residual(A: SparseMatrix, M: Preconditioner, Z: Tensor) -> Tensor:
     return (red.dot(E, E) / red.dot(Z, Z)).mean(-1).view(-1)
 
 
-class LowRankPreconditioner(nn.Module):
+class LowRankPreconditioner(LearnedModel):
     """Learned M = D + U U^T per system, applied by Woodbury inside PCG.
 
     Args: ``variant`` "gnn" | "fixed"; ``rank`` r >= 1; ``num_nodes`` (fixed variant only: the one
@@ -103,17 +76,17 @@ class LowRankPreconditioner(nn.Module):
 
     kind = "preconditioner"
     requires_spd = True
+    is_linear = True
+    matrix_type = "lowrank_diag"
 
     def __init__(self, variant: str = "gnn", rank: int = 4, num_nodes: int | None = None, hidden: int = 16,
                  layers: int = 2, probes: int = 4, cond_weight: float = 0.0, cond_steps: int = 20,
                  init_scale: float = 0.1):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"lowrank_precond: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        check_choice("lowrank_precond", "variant", variant, VARIANTS)
         for name, val, lo in (("rank", rank, 1), ("probes", probes, 1), ("cond_steps", cond_steps, 2),
                               ("hidden", hidden, 1), ("layers", layers, 0)):
-            if int(val) != val or val < lo:
-                raise ValueError(f"lowrank_precond: {name} must be an integer >= {lo}, got {val!r}")
+            check_int("lowrank_precond", name, val, lo)
         if not cond_weight >= 0:
             raise ValueError(f"lowrank_precond: cond_weight must be >= 0, got {cond_weight!r}")
         if not init_scale > 0:
@@ -141,67 +114,68 @@ class LowRankPreconditioner(nn.Module):
                 self.head_u[-1].bias.mul_(init_scale)
 
     # -- the preconditioner --------------------------------------------------------------------------
-    def _system(self, batch):
+    def _system(self, batch) -> SparseMatrix:
         A = SparseMatrix.from_pyg(batch).detach()
-        d = A.diagonal()
-        if bool((d <= 0).any()):
-            raise ValueError("lowrank_precond needs a positive diagonal (an SPD family); got a non-positive a_ii")
-        return A, d
+        require_positive_diagonal(A.diagonal(), "lowrank_precond")
+        return A
+
+    def factor_arrays(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor, graph: Tensor | None = None,
+                      num_graphs: int = 1) -> tuple[Tensor, Tensor]:
+        """(D (N,), U (N, r)) in the values' dtype from A's COO entries in CSR order (row, col, values (E,),
+        coefficient (N,); ``graph`` (N,) graph of each node, None for one system). Plain tensor code: the
+        batched :meth:`factors` and the exported program both run it. The fixed variant needs graphs of
+        ``num_nodes`` nodes (checked by :meth:`factors`)."""
+        dt = values.dtype
+        if self.variant == "fixed":
+            d = diagonal(row, col, values, coeff.shape[0])
+            dmean = graph_mean(d, graph, num_graphs)
+            copies = d.shape[0] // self.num_nodes
+            D = dmean * torch.exp(self.log_d).to(dt).repeat(copies)
+            U = torch.sqrt(dmean / graph_size(graph, num_graphs, d)).unsqueeze(-1) * self.u.to(dt).repeat(copies, 1)
+            return D, U
+        pdt = self.head_d[-1].weight.dtype
+        f = system_features(row, col, values, coeff, graph, num_graphs, rowsum=True)
+        h = self.encoder(f.node.to(pdt))
+        ei, edge = torch.stack([row, col]), f.edge.to(pdt)
+        for conv in self.convs:
+            h = conv(h, ei, edge)
+        D = f.diag * F.softplus(self.head_d(h).view(-1).to(dt) + _SOFTPLUS_ONE)
+        U = torch.sqrt(f.diag / graph_size(graph, num_graphs, f.diag)).unsqueeze(-1) * self.head_u(h).to(dt)
+        return D, U
 
     def factors(self, batch, A: SparseMatrix | None = None) -> tuple[Tensor, Tensor]:
         """(D (N,), U (N, r)) in the system dtype for every graph of the batch."""
-        if A is None:
-            A, d = self._system(batch)
-        else:
-            d = A.diagonal()
+        A = self._system(batch) if A is None else A
         red = A.reducer()
-        ones = torch.ones(1, d.shape[0], 1, dtype=d.dtype, device=d.device)
-        n_g = red.dot(ones, ones)  # (1, G, 1) nodes per graph
-        dmean = red.expand(red.dot(d.view(1, -1, 1), ones) / n_g).view(-1)
-        n_node = red.expand(n_g).view(-1)
         if self.variant == "fixed":
-            sizes = (n_g.view(-1)).to(torch.int64).tolist()
+            sizes = torch.bincount(red.segment, minlength=red.G).tolist() if red.segment is not None else [A.shape[0]]
             bad = [(g, s) for g, s in enumerate(sizes) if s != self.num_nodes]
             if bad:
                 g, s = bad[0]
                 raise ValueError(f"lowrank_precond (variant 'fixed') was built for num_nodes={self.num_nodes}, "
                                  f"but graph {g} of the batch has {s} nodes; use variant 'gnn' for other sizes")
-            G = len(sizes)
-            D = dmean * torch.exp(self.log_d).to(d.dtype).repeat(G)
-            U = torch.sqrt(dmean / n_node).unsqueeze(-1) * self.u.to(d.dtype).repeat(G, 1)
-            return D, U
-        h_d, h_u = self._embed(batch, A, d, dmean)
-        D = d * F.softplus(h_d.to(d.dtype) + _SOFTPLUS_ONE)
-        U = torch.sqrt(d / n_node).unsqueeze(-1) * h_u.to(d.dtype)
-        return D, U
+        return self.factor_arrays(A.pattern.row.long(), A.pattern.col.long(), A.values,
+                                  node_coefficient(batch, A.values), red.segment, red.G)
 
-    def _embed(self, batch, A: SparseMatrix, d: Tensor, dmean: Tensor):
-        pdt = self.head_d[-1].weight.dtype
-        r, c = A.pattern.row.long(), A.pattern.col.long()
-        e = (A.values / torch.sqrt(d[r] * d[c])).unsqueeze(-1).to(pdt)
-        coeff = batch.feat[:, 1] if getattr(batch, "feat", None) is not None else torch.ones_like(d)
-        rowsum = torch.zeros_like(d).index_add(0, r, A.values)
-        x = torch.stack([torch.log(d / dmean), torch.log(coeff.to(d.dtype).abs().clamp_min(1e-12)), rowsum / d],
-                        -1).to(pdt)
-        h = self.encoder(x)
-        ei = torch.stack([r, c])
-        for conv in self.convs:
-            h = conv(h, ei, e)
-        return self.head_d(h).view(-1), self.head_u(h)
-
-    def preconditioner(self, batch) -> BlockLowRankPreconditioner:
+    def preconditioner_for(self, batch) -> LowRankDiagonal:
         """M^{-1} (linear, SPD, symmetric) on canonical (1, N, k) blocks of this batch's block-diagonal A."""
-        A, _ = self._system(batch)
-        return self._precond(batch, A)
+        return self._precond(batch, self._system(batch))
 
-    def _precond(self, batch, A: SparseMatrix) -> BlockLowRankPreconditioner:
+    def _precond(self, batch, A: SparseMatrix) -> LowRankDiagonal:
         D, U = self.factors(batch, A)
         red = A.reducer()
-        return BlockLowRankPreconditioner(D, U, red.segment, red.G)
+        return LowRankDiagonal(D, U, segment=red.segment, num_blocks=red.G)
+
+    def export_program(self) -> ProgramSpec:
+        def reference(data, _inputs):
+            return self.factors(one_system_batch(data))
+
+        return ProgramSpec(_FactorsProgram(self), reference=reference,
+                           outputs=["D (n,) float64 > 0", f"U (n, {self.rank}) float64: M = D + U U^T"])
 
     # -- training and solving ------------------------------------------------------------------------
     def training_loss(self, batch) -> tuple[Tensor, dict]:
-        A, _ = self._system(batch)
+        A = self._system(batch)
         M = self._precond(batch, A)
         Z = torch.randn(1, A.shape[0], self.probes, dtype=A.dtype, device=A.device)  # fresh probes every call
         probe = probe_residual(A, M, Z).mean()
@@ -213,8 +187,9 @@ class LowRankPreconditioner(nn.Module):
             logs["log_kappa"] = float(log_kappa.detach())
         return loss, logs
 
-    @torch.no_grad()
-    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
-        """PCG with the learned M on every graph of the batch."""
-        A, _ = self._system(batch)
-        return cg(A, batch.b.view(-1).to(A.dtype), self._precond(batch, A), rtol=rtol, maxiter=maxiter)
+
+class _FactorsProgram(ProgramModule):
+    """(edge_index, values, feat) -> (D, U): :meth:`LowRankPreconditioner.factor_arrays` on one system."""
+
+    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor):
+        return self.model.factor_arrays(edge_index[0], edge_index[1], values, feat[:, 1])

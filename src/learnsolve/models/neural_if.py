@@ -33,13 +33,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from learnsolve.linalg import LLT, SolveInfo, SparseMatrix, cg
+from learnsolve.linalg import LLT, SparseMatrix
+from learnsolve.nn.features import node_coefficient, require_positive_diagonal, system_features
 from learnsolve.nn.layers import SystemConv, mlp
+
+from .base import LearnedModel, ProgramModule, ProgramSpec, check_choice, check_int, one_system_batch
 
 LOSSES = ("data", "probe")
 
 
-class NeuralIF(nn.Module):
+class NeuralIF(LearnedModel):
     """Learned sparse factor L on tril(A) and M = L L^T for PCG.
 
     Args: ``hidden`` channels, ``layers`` message-passing layers (>= 0), ``loss`` ("data" | "probe"),
@@ -49,24 +52,20 @@ class NeuralIF(nn.Module):
 
     kind = "preconditioner"
     requires_spd = True  # M = L L^T is SPD, but PCG also needs A SPD
+    is_linear = True
+    matrix_type = "llt"
 
     def __init__(self, hidden: int = 16, layers: int = 3, loss: str = "data", num_probes: int = 4,
                  diag_reg: float = 0.0):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"neural_if: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-        if int(hidden) < 1:
-            raise ValueError(f"neural_if: hidden must be >= 1, got {hidden}")
-        if int(layers) < 0:
-            raise ValueError(f"neural_if: layers must be >= 0, got {layers}")
-        if int(num_probes) < 1:
-            raise ValueError(f"neural_if: num_probes must be >= 1, got {num_probes}")
+        check_choice("neural_if", "loss", loss, LOSSES)
+        hidden, layers = check_int("neural_if", "hidden", hidden, 1), check_int("neural_if", "layers", layers, 0)
         if not float(diag_reg) >= 0.0:
             raise ValueError(f"neural_if: diag_reg must be >= 0, got {diag_reg}")
-        hidden = int(hidden)
-        self.loss_kind, self.num_probes, self.diag_reg = loss, int(num_probes), float(diag_reg)
+        self.loss_kind, self.diag_reg = loss, float(diag_reg)
+        self.num_probes = check_int("neural_if", "num_probes", num_probes, 1)
         self.encoder = mlp([2, hidden, hidden])
-        self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=1) for _ in range(int(layers)))
+        self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=1) for _ in range(layers))
         self.edge_head = mlp([2 * hidden + 1, hidden, 1])  # w_ij from [h_i, h_j, e_ij], i > j
         self.diag_head = mlp([hidden, hidden, 1])  # w_ii from h_i
         for head in (self.edge_head, self.diag_head):
@@ -75,6 +74,31 @@ class NeuralIF(nn.Module):
             nn.init.zeros_(head[-1].bias)
 
     # -- the factor ----------------------------------------------------------------------------------
+    def factor_entries(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor, graph: Tensor | None = None,
+                       num_graphs: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The factor from A's COO entries in CSR order (row, col, values (E,), coefficient (N,); ``graph`` (N,)
+        graph of each node, None for one system): (row, col, values) of L on the entries of tril(A), in A's
+        order (so in tril(A)'s CSR order), and the (N,) diagonal outputs w_ii. Plain tensor code: the batched
+        :meth:`factor` and the exported program both run it. Cost O(nnz(A) hidden^2)."""
+        pdt = self.diag_head[-1].weight.dtype
+        f = system_features(row, col, values, coeff, graph, num_graphs)
+        sd = torch.sqrt(f.diag)
+        h = self.encoder(f.node.to(pdt))
+        ei = torch.stack([row, col])
+        edge = f.edge.to(pdt)
+        for conv in self.convs:
+            h = conv(h, ei, edge)
+        low = row >= col
+        lr, lc, lv, le = row[low], col[low], values[low], edge[low]
+        off = lr != lc
+        w_diag = self.diag_head(h).view(-1).to(values.dtype)
+        # the edge MLP only on the strictly lower entries (the diagonal comes from the node head)
+        lr_o, lc_o = lr[off], lc[off]
+        w_off = self.edge_head(torch.cat([h[lr_o], h[lc_o], le[off]], -1)).view(-1).to(values.dtype)
+        vals = (sd * torch.exp(w_diag))[lr]
+        vals = vals.masked_scatter(off, lv[off] / sd[lc_o] * (1.0 + w_off))
+        return lr, lc, vals, w_diag
+
     def factor(self, batch) -> tuple[SparseMatrix, SparseMatrix, Tensor]:
         """(A, L, w_diag): A block-diagonal (detached), L on tril(A)'s pattern with values differentiable
         w.r.t. the parameters, and the (N,) diagonal outputs w_ii (for the regulariser).
@@ -82,46 +106,29 @@ class NeuralIF(nn.Module):
         Cost: O(nnz(A) hidden^2) for the GNN and O(nnz(A)) to assemble L.
         """
         A = SparseMatrix.from_pyg(batch).detach()
-        d = A.diagonal()
-        if bool((d <= 0).any()):
-            i = int((d <= 0).nonzero()[0, 0])
-            raise ValueError(f"neural_if needs a positive diagonal (an SPD family); got a_ii = {float(d[i]):g} "
-                             f"in row {i}")
+        require_positive_diagonal(A.diagonal(), "neural_if")
         if not A.is_symmetric(rtol=1e-10):
             raise ValueError("neural_if needs a symmetric (SPD) matrix: L L^T approximates A and PCG needs "
                              "A = A^T; use an SPD family (not convdiff2d)")
         red = A.reducer()
-        r, c = A.pattern.row.long(), A.pattern.col.long()
-        pdt = self.diag_head[-1].weight.dtype
-        sd = torch.sqrt(d)
-        e = (A.values / (sd[r] * sd[c])).unsqueeze(-1).to(pdt)
-        ones = torch.ones(1, d.shape[0], 1, dtype=d.dtype, device=d.device)
-        dmean = red.expand(red.dot(d.view(1, -1, 1), ones) / red.dot(ones, ones)).view(-1)
-        coeff = batch.feat[:, 1] if hasattr(batch, "feat") else torch.ones_like(d)
-        x = torch.stack([torch.log(d / dmean), torch.log(coeff.abs().clamp_min(1e-12))], -1).to(pdt)
-        h = self.encoder(x)
-        ei = torch.stack([r, c])
-        for conv in self.convs:
-            h = conv(h, ei, e)
+        _, _, vals, w_diag = self.factor_entries(A.pattern.row.long(), A.pattern.col.long(), A.values,
+                                                 node_coefficient(batch, A.values), red.segment, red.G)
+        return A, A.tril().with_values(vals), w_diag
 
-        low = A.tril()
-        lr, lc = low.pattern.row.long(), low.pattern.col.long()
-        off = lr != lc
-        w_diag = self.diag_head(h).view(-1).to(d.dtype)
-        # the edge MLP only on the strictly lower entries (the diagonal comes from the node head)
-        lr_o, lc_o = lr[off], lc[off]
-        e_o = (low.values[off] / (sd[lr_o] * sd[lc_o])).unsqueeze(-1).to(pdt)
-        w_off = self.edge_head(torch.cat([h[lr_o], h[lc_o], e_o], -1)).view(-1).to(d.dtype)
-        vals = torch.empty_like(low.values)
-        vals = vals.masked_scatter(off, low.values[off] / sd[lc_o] * (1.0 + w_off))
-        vals = vals.masked_scatter(~off, (sd * torch.exp(w_diag))[lr[~off]])
-        return A, low.with_values(vals), w_diag
-
-    def preconditioner(self, batch) -> LLT:
+    def preconditioner_for(self, batch) -> LLT:
         """M^{-1} = L^{-T} L^{-1} on canonical (1, N, 1) blocks of the batch's block-diagonal A (linear, SPD)."""
         return LLT(self.factor(batch)[1])
 
-    # -- training and solving -------------------------------------------------------------------------
+    def export_program(self) -> ProgramSpec:
+        def reference(data, _inputs):
+            L = self.factor(one_system_batch(data))[1]
+            return L.pattern.row.long(), L.pattern.col.long(), L.values
+
+        return ProgramSpec(_FactorProgram(self), reference=reference, outputs=[
+            "row (nnz_L,) int64", "col (nnz_L,) int64",
+            "values (nnz_L,) float64: the factor L on tril(A), in the input's order; M = L L^T"])
+
+    # -- training ------------------------------------------------------------------------------------
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         A, L, w_diag = self.factor(batch)
         red = A.reducer()
@@ -144,8 +151,10 @@ class NeuralIF(nn.Module):
         return loss, {"rel_mismatch": float(rel.detach().sqrt().mean()),
                       "log_diag_rms": float(w_diag.detach().pow(2).mean().sqrt())}
 
-    @torch.no_grad()
-    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
-        """PCG with M = L L^T on every graph of the batch (each graph converges and is counted on its own)."""
-        A, L, _ = self.factor(batch)
-        return cg(A, batch.b.view(-1).to(A.dtype), LLT(L), rtol=rtol, maxiter=maxiter)
+
+class _FactorProgram(ProgramModule):
+    """(edge_index, values, feat) -> (row, col, values) of L on tril(A): :meth:`NeuralIF.factor_entries`."""
+
+    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor):
+        lr, lc, vals, _ = self.model.factor_entries(edge_index[0], edge_index[1], values, feat[:, 1])
+        return lr, lc, vals

@@ -42,7 +42,10 @@ from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from learnsolve.linalg import Jacobi, SparseMatrix, solve
+from learnsolve.nn.features import edge_features, log_coefficient, node_coefficient
 from learnsolve.nn.layers import mlp
+
+from .base import LearnedModel, check_choice, check_int
 
 FIXED_METHODS = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS = ("dopri5", "bosh3")
@@ -79,7 +82,7 @@ def _grid(substeps: int):
     return construct
 
 
-class NeuralODE(nn.Module):
+class NeuralODE(LearnedModel):
     """Neural ODE with a learned sparse SPD mass matrix (see the module docstring).
 
     Args:
@@ -99,13 +102,8 @@ class NeuralODE(nn.Module):
                  adjoint: bool = False, solver_rtol: float = 1e-8, eps: float = 1e-3, ode_rtol: float = 1e-6,
                  ode_atol: float = 1e-8):
         super().__init__()
-        if method not in FIXED_METHODS + ADAPTIVE_METHODS:
-            raise ValueError(f"neural_ode: unknown method {method!r}; choose one of "
-                             f"{', '.join(FIXED_METHODS + ADAPTIVE_METHODS)}")
-        if int(hidden) != hidden or hidden < 1:
-            raise ValueError(f"neural_ode: hidden must be a positive integer, got {hidden!r}")
-        if int(layers) != layers or layers < 1:
-            raise ValueError(f"neural_ode: layers must be a positive integer, got {layers!r}")
+        check_choice("neural_ode", "method", method, FIXED_METHODS + ADAPTIVE_METHODS)
+        hidden, layers = check_int("neural_ode", "hidden", hidden, 1), check_int("neural_ode", "layers", layers, 1)
         if not 0 < step_size <= 1:
             raise ValueError(f"neural_ode: step_size is a fraction of the output spacing in (0, 1], got {step_size}")
         if not 0 < solver_rtol < 1:
@@ -117,7 +115,6 @@ class NeuralODE(nn.Module):
         self.method, self.adjoint = method, bool(adjoint)
         self.step_size, self.solver_rtol, self.eps = float(step_size), float(solver_rtol), float(eps)
         self.ode_rtol, self.ode_atol = float(ode_rtol), float(ode_atol)
-        hidden, layers = int(hidden), int(layers)
         self.edge_mlp = mlp([3] + [hidden] * layers + [1])
         self.node_mlp = mlp([2] + [hidden] * layers + [1])
         # start at M_theta = I: no coupling, softplus(bias) + eps = 1
@@ -143,9 +140,8 @@ class NeuralODE(nn.Module):
             raise ValueError("neural_ode needs an SPD stiffness K (positive diagonal); got a non-positive k_ii")
         off = (row != col).nonzero().squeeze(1)
         pdt = self.node_mlp[-1].weight.dtype
-        khat = (K.values[off] / torch.sqrt(d[row[off]] * d[col[off]])).unsqueeze(-1).to(pdt)
-        coeff = batch.feat[:, 1] if getattr(batch, "feat", None) is not None else torch.ones_like(d)
-        logc = torch.log(coeff.abs().clamp_min(1e-12)).unsqueeze(-1).to(pdt)
+        khat = edge_features(row[off], col[off], K.values[off], d).to(pdt)
+        logc = log_coefficient(node_coefficient(batch, d)).unsqueeze(-1).to(pdt)
         n = d.shape[0]
         gid = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros(n, dtype=torch.long)
         G = int(getattr(batch, "num_graphs", 1) or 1)

@@ -58,6 +58,8 @@ from torch.nn import functional as F
 from learnsolve.linalg import SparseMatrix, solve
 from learnsolve.nn.layers import mlp
 
+from .base import LearnedModel, check_choice, check_int
+
 VARIANTS = ("sparse", "dense")
 DENSE_FORMS = ("spd", "general")
 ON_FAIL = ("raise", "warn", "ignore")
@@ -174,7 +176,7 @@ def assemble(st: Stencil, t: Tensor, beta: Tensor, eps: float = 0.0) -> Tensor:
     return vals.index_add(0, st.off, -t).index_add(0, st.diag, d)
 
 
-class PhysicsNN(nn.Module):
+class PhysicsNN(LearnedModel):
     """Learned discretisation: an MLP-assembled sparse A(theta) and b(theta), fit to solutions through solve.
 
     Args: ``variant`` "sparse" | "dense"; ``hidden`` width and ``layers`` hidden layers of every MLP
@@ -189,16 +191,10 @@ class PhysicsNN(nn.Module):
     def __init__(self, variant: str = "sparse", hidden: int = 32, layers: int = 2, num_nodes: int | None = None,
                  dense_form: str = "spd", rtol: float = 1e-8, eps: float = 1e-8, on_fail: str = "warn"):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"physics_nn: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-        if dense_form not in DENSE_FORMS:
-            raise ValueError(f"physics_nn: unknown dense_form {dense_form!r}; choose one of {', '.join(DENSE_FORMS)}")
-        if on_fail not in ON_FAIL:
-            raise ValueError(f"physics_nn: on_fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
-        if int(hidden) != hidden or hidden < 1:
-            raise ValueError(f"physics_nn: hidden must be a positive integer, got {hidden!r}")
-        if int(layers) != layers or layers < 1:
-            raise ValueError(f"physics_nn: layers must be a positive integer, got {layers!r}")
+        for arg, value, choices in (("variant", variant, VARIANTS), ("dense_form", dense_form, DENSE_FORMS),
+                                    ("on_fail", on_fail, ON_FAIL)):
+            check_choice("physics_nn", arg, value, choices)
+        hidden, layers = check_int("physics_nn", "hidden", hidden, 1), check_int("physics_nn", "layers", layers, 1)
         if not 0.0 < rtol < 1.0:
             raise ValueError(f"physics_nn: rtol must be in (0, 1), got {rtol!r}")
         if not 0.0 <= eps < 1.0:
@@ -207,7 +203,7 @@ class PhysicsNN(nn.Module):
         self.rtol, self.eps, self.on_fail = float(rtol), float(eps), on_fail
         self.num_nodes = None if num_nodes is None else int(num_nodes)
         if variant == "sparse":
-            sizes = [int(hidden)] * int(layers)
+            sizes = [hidden] * layers
             self.edge_net = mlp([EDGE_FEATURES, *sizes, 1])
             self.boundary_net = mlp([NODE_FEATURES, *sizes, 1])
             self.rhs_net = mlp([NODE_FEATURES, *sizes, 1])

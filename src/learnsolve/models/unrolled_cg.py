@@ -37,12 +37,15 @@ import torch
 from torch import Tensor, nn
 
 from learnsolve.linalg import SolveInfo, SparseMatrix, cg
+from learnsolve.nn.features import require_positive_diagonal
+
+from .base import LearnedModel, check_choice, check_int
 
 LOSSES = ("energy", "residual")
 PRECONDS = ("none", "jacobi")
 
 
-class UnrolledCG(nn.Module):
+class UnrolledCG(LearnedModel):
     """K (P)CG iterations with learned step scalings exp(s_k) and direction scalings exp(t_k).
 
     Args: ``steps`` K >= 1; ``loss`` "energy" | "residual"; ``precond`` "none" | "jacobi".
@@ -54,13 +57,9 @@ class UnrolledCG(nn.Module):
 
     def __init__(self, steps: int = 8, loss: str = "residual", precond: str = "none"):
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"unrolled_cg: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-        if precond not in PRECONDS:
-            raise ValueError(f"unrolled_cg: unknown precond {precond!r}; choose one of {', '.join(PRECONDS)}")
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"unrolled_cg: steps must be an integer >= 1, got {steps!r}")
-        self.steps, self.loss_kind, self.precond = int(steps), loss, precond
+        check_choice("unrolled_cg", "loss", loss, LOSSES)
+        check_choice("unrolled_cg", "precond", precond, PRECONDS)
+        self.steps, self.loss_kind, self.precond = check_int("unrolled_cg", "steps", steps, 1), loss, precond
         self.s = nn.Parameter(torch.zeros(self.steps))
         self.t = nn.Parameter(torch.zeros(self.steps))
 
@@ -68,8 +67,7 @@ class UnrolledCG(nn.Module):
     def _system(self, batch):
         A = SparseMatrix.from_pyg(batch).detach()
         d = A.diagonal()
-        if bool((d <= 0).any()):
-            raise ValueError("unrolled_cg needs a positive diagonal (an SPD family); got a non-positive a_ii")
+        require_positive_diagonal(d, "unrolled_cg")
         Bm = batch.b.view(1, -1, 1).to(A.dtype)
         M = (lambda R: R / d.view(1, -1, 1)) if self.precond == "jacobi" else None
         return A, Bm, M
@@ -77,6 +75,10 @@ class UnrolledCG(nn.Module):
     def iterate(self, A: SparseMatrix, Bm: Tensor, M=None, rtol: float = 0.0):
         """The K learned steps with this model's parameters: see :func:`unrolled_cg`."""
         return unrolled_cg(A, Bm, self.s, self.t, M, rtol)
+
+    def export_program(self) -> str:
+        return ("unrolled_cg has no network to compile: its learned parameters are the K step scalings exp(s_k) "
+                "and direction scalings exp(t_k) (tensors s and t in model.safetensors) of plain (P)CG")
 
     # -- training and solving ------------------------------------------------------------------------
     def training_loss(self, batch) -> tuple[Tensor, dict]:

@@ -154,7 +154,7 @@ class GradientQuality(pl.Callback):
         a0, b0 = A0.values.detach().to(torch.float64), system.b.to(torch.float64)
         if getattr(model, "kind", None) == "preconditioner":
             with torch.no_grad():
-                P = model.preconditioner(system)
+                P = model.preconditioner_for(system)
         else:
             P = Jacobi(A0)
         gen = torch.Generator().manual_seed(self.seed + 1)

@@ -1,0 +1,243 @@
+"""Reading exported files back: the model folder, its compiled program, per-matrix preconditioners.
+
+Model folder layout (``FORMAT`` 1)::
+
+    config.json         {"format", "model", "kind", "target", "kwargs", "dtype", "weights", "program",
+                         "program_format", "program_note", "program_inputs", "preconditioner", "matrices",
+                         "learnsolve_version", "torch_version", "source_checkpoint"}
+    model.safetensors   the nn.Module's state_dict (contiguous CPU tensors)
+    program.pt2         torch.export program (dynamic n and E), or program.ts (TorchScript), or none
+    preconditioners/    per-matrix files, when matrices were given (see learnsolve.export.preconditioners)
+
+:func:`load_exported_model` builds ``target(**kwargs)`` (a class registered in ``learnsolve.models.MODELS``,
+nothing else: :func:`learnsolve.models.checkpoint.resolve_target`) and loads the safetensors weights;
+:func:`load_program` loads the compiled program; :func:`load_preconditioner` turns a per-matrix ``<stem>.json``
+into a scipy ``LinearOperator`` or a :class:`learnsolve.linalg.Preconditioner`. Needs neither Lightning nor Hydra.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ._io import ExportError, export_errors, read_json
+
+FORMAT = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+PRECONDITIONERS = "preconditioners"
+PROGRAM_FILES = {"torch.export": "program.pt2", "torchscript": "program.ts"}
+TYPES = ("llt", "lowrank_diag")  # the per-matrix file types (learnsolve.models.base.MATRIX_TYPES)
+
+
+# ------------------------------------------------------------------------------------------------
+# the model folder
+# ------------------------------------------------------------------------------------------------
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """config.json of an exported model folder, checked (ExportError naming the file)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"exported model folder {str(folder)!r} does not exist")
+    path = folder / CONFIG
+    cfg = read_json(path, "model config")
+    if cfg.get("format") != FORMAT:
+        raise ExportError(f"{path}: format {cfg.get('format')!r} is not {FORMAT} (written by another learnsolve?)")
+    for key in ("model", "target", "kwargs"):
+        if key not in cfg:
+            raise ExportError(f"{path}: missing key {key!r}")
+    return cfg
+
+
+def load_exported_model(folder: str | os.PathLike):
+    """The model of an exported folder (eval mode, CPU): ``target(**kwargs)`` with the safetensors weights.
+
+    Raises ExportError for a missing or malformed config, a target outside ``learnsolve.models``, or missing /
+    unreadable / mismatched weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from learnsolve.models.checkpoint import build_model, load_weights, resolve_target
+
+    folder = Path(folder)
+    cfg = read_config(folder)
+    where = str(folder / CONFIG)
+    with export_errors():
+        model = build_model(resolve_target(cfg["target"], where), cfg["kwargs"], where)
+    wpath = folder / str(cfg.get("weights", WEIGHTS))
+    if not wpath.is_file():
+        raise ExportError(f"{wpath}: weights file missing")
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"{wpath}: not a readable safetensors file ({e})") from e
+    with export_errors():
+        return load_weights(model, state, str(wpath))
+
+
+def load_program(folder: str | os.PathLike):
+    """The compiled program of an exported folder as a callable module (see config.json "program_inputs"),
+    or ExportError when none was written (config.json "program_note" says why)."""
+    folder = Path(folder)
+    cfg = read_config(folder)
+    if not cfg.get("program"):
+        raise ExportError(f"{folder / CONFIG}: no program was exported: {cfg.get('program_note')}")
+    return load_program_file(cfg.get("program_format"), folder / cfg["program"])
+
+
+def load_program_file(fmt: str, path: Path):
+    """A program file of format ``fmt`` ("torch.export" | "torchscript") as a callable module."""
+    if not path.is_file():
+        raise ExportError(f"{path}: program file missing")
+    try:
+        if fmt == "torch.export":
+            return torch.export.load(str(path)).module()
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.jit.load(str(path))
+    except Exception as e:
+        raise ExportError(f"{path}: cannot load the {fmt} program ({type(e).__name__}: {e})") from e
+    raise ExportError(f"{path}: unknown program format {fmt!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# per-matrix preconditioners
+# ------------------------------------------------------------------------------------------------
+
+def _file(json_path: Path, files: dict, key: str) -> Path:
+    rel = files.get(key)
+    if not isinstance(rel, str) or not rel:
+        raise ExportError(f"{json_path}: files.{key} is missing")
+    p = json_path.parent / rel
+    if not p.is_file():
+        raise ExportError(f"{json_path}: file {str(p)!r} (files.{key}) is missing")
+    return p
+
+
+def _read_factor(json_path: Path, files: dict, n: int) -> sp.csr_matrix:
+    if "L_npz" in files:
+        p = _file(json_path, files, "L_npz")
+        try:
+            L = sp.load_npz(p)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ExportError(f"{p}: not a readable scipy .npz sparse matrix ({type(e).__name__}: {e})") from e
+    else:
+        from learnsolve.data.mtx import MatrixMarketError, read_matrix_market
+
+        p = _file(json_path, files, "L_mtx")
+        try:
+            L = read_matrix_market(p)
+        except MatrixMarketError as e:
+            raise ExportError(str(e)) from e
+    L = sp.csr_matrix(L, dtype=np.float64)
+    L.sort_indices()
+    if L.shape != (n, n):
+        raise ExportError(f"{p}: factor is {L.shape[0]} x {L.shape[1]}, but {json_path.name} says n = {n}")
+    if sp.triu(L, 1).count_nonzero():
+        raise ExportError(f"{p}: factor L is not lower triangular")
+    d = L.diagonal()
+    if not (np.all(np.isfinite(L.data)) and np.all(d != 0)):
+        raise ExportError(f"{p}: factor L has a zero diagonal entry or a non-finite value (singular)")
+    return L
+
+
+def _read_lowrank(json_path: Path, files: dict, n: int):
+    p = _file(json_path, files, "lowrank")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            D, U = np.asarray(z["D"], np.float64), np.asarray(z["U"], np.float64)
+            V = np.asarray(z["V"], np.float64) if "V" in z.files else U
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ExportError(f"{p}: not a readable .npz with arrays D, U, V ({type(e).__name__}: {e})") from e
+    if D.shape != (n,) or U.ndim != 2 or U.shape[0] != n or V.shape != U.shape:
+        raise ExportError(f"{p}: shapes D {D.shape}, U {U.shape}, V {V.shape} do not match (n,), (n, r), (n, r) "
+                          f"with n = {n}")
+    if not (np.all(np.isfinite(D)) and np.all(np.isfinite(U)) and np.all(np.isfinite(V)) and np.all(D != 0)):
+        raise ExportError(f"{p}: D has a zero entry or the arrays hold non-finite values")
+    return D, U, V
+
+
+def _llt_scipy(L: sp.csr_matrix):
+    import scipy.sparse.linalg as spla
+
+    n = L.shape[0]
+    # SuperLU with the natural ordering and diagonal pivots factors a triangular L without fill or permutation
+    # (L = (L D^-1) D): two sparse substitutions per application, ~3x faster than spsolve_triangular
+    lu = spla.splu(L.tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    if np.array_equal(lu.perm_r, np.arange(n)) and np.array_equal(lu.perm_c, np.arange(n)):
+        def solve(r):
+            return lu.solve(lu.solve(r), trans="T")
+    else:  # not expected; exact anyway
+        LT = L.T.tocsr()
+
+        def solve(r):
+            return spla.spsolve_triangular(LT, spla.spsolve_triangular(L, r, lower=True), lower=False)
+
+    def matvec(r):
+        return solve(np.asarray(r, dtype=np.float64).reshape(n))
+
+    def matmat(R):
+        return solve(np.ascontiguousarray(R, dtype=np.float64))
+
+    return spla.LinearOperator((n, n), matvec=matvec, rmatvec=matvec, matmat=matmat, dtype=np.float64)
+
+
+def _torch_as_scipy(P, n: int):
+    """A learnsolve.linalg Preconditioner (float64, one n x n block) as a scipy LinearOperator."""
+    import scipy.sparse.linalg as spla
+
+    def run(apply, X):
+        X = np.asarray(X, dtype=np.float64)
+        with torch.no_grad():
+            Z = apply(torch.from_numpy(np.ascontiguousarray(X.reshape(n, -1))).unsqueeze(0))[0]
+        return Z.numpy().reshape(X.shape)
+
+    return spla.LinearOperator((n, n), matvec=lambda x: run(P.apply, x), rmatvec=lambda x: run(P.apply_transpose, x),
+                               matmat=lambda X: run(P.apply, X), dtype=np.float64)
+
+
+def load_preconditioner(path: str | os.PathLike, backend: str = "scipy"):
+    """M^{-1} of an exported ``<stem>.json``.
+
+    ``backend="scipy"``: a ``scipy.sparse.linalg.LinearOperator`` (n x n, float64; ``M=`` of
+    ``scipy.sparse.linalg.cg``): two sparse triangular substitutions for ``"llt"``, Woodbury
+    (:class:`learnsolve.linalg.LowRankDiagonal`) for ``"lowrank_diag"``. ``backend="torch"``: a
+    :class:`learnsolve.linalg.Preconditioner` (``LLT`` / ``LowRankDiagonal``, float64) for
+    ``learnsolve.linalg.solve(..., precond=...)``.
+    ExportError (naming the file) for a missing or malformed JSON, an unknown type or missing / bad data files.
+    """
+    if backend not in ("scipy", "torch"):
+        raise ExportError(f"load_preconditioner: backend must be 'scipy' or 'torch', got {backend!r}")
+    path = Path(path)
+    meta = read_json(path, "preconditioner file")
+    typ = meta.get("type")
+    if typ not in TYPES:
+        raise ExportError(f"{path}: preconditioner type {typ!r} is not one of {', '.join(TYPES)}")
+    n = meta.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ExportError(f"{path}: 'n' must be a positive integer, got {n!r}")
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise ExportError(f"{path}: 'files' must be an object naming the data files, got {files!r}")
+    if typ == "llt":
+        L = _read_factor(path, files, n)
+        if backend == "scipy":
+            return _llt_scipy(L)
+        from learnsolve.linalg import LLT, SparseMatrix
+
+        return LLT(SparseMatrix.from_scipy(L, dtype=torch.float64))
+    from learnsolve.linalg import LowRankDiagonal
+
+    D, U, V = (torch.from_numpy(a) for a in _read_lowrank(path, files, n))
+    P = LowRankDiagonal(D, U, None if torch.equal(U, V) else V)
+    return _torch_as_scipy(P, n) if backend == "scipy" else P
+
+
+__all__ = ["load_exported_model", "load_preconditioner", "load_program", "load_program_file", "read_config"]
