@@ -10,16 +10,14 @@ the same run (``scipy.sparse.linalg.spsolve`` with the same ordering on the gene
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse.linalg as spla
 
 from learnsolve.data import GENERATORS, to_scipy
+from learnsolve.files import write_json
 
 CASES = [("diffusion2d", 64), ("diffusion2d", 256), ("fem_poisson", 4096), ("elasticity2d", 64),
          ("poisson3d", 16)]
@@ -51,11 +49,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['family']:<14}{r['size']:>6}{r['n']:>9}{r['nnz']:>10}{1e3 * r['seconds_per_system']:>12.1f}"
               f"{r['systems_per_second']:>11.1f}{r['direct_solve_seconds'] / r['seconds_per_system']:>12.0%}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"rows": rows, "repeats": args.repeats, "numpy": np.__version__}, indent=2))
-    os.replace(tmp, out)
+    out = write_json(args.out, {"rows": rows, "repeats": args.repeats, "numpy": np.__version__})
     print(f"JSON: {out}")
     return 0
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from torch_geometric.data import InMemoryDataset
 
+from learnsolve.files import atomic_path, write_json
+
 FORMAT_VERSION = 1
 
 
@@ -34,16 +36,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """Short stable hash of a JSON-serialisable generating config."""
     blob = json.dumps({"format": FORMAT_VERSION, **config}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class LinearSystemDataset(InMemoryDataset):
@@ -126,5 +118,6 @@ class LinearSystemDataset(InMemoryDataset):
         systems = [self.generator(c["size"], seed=s, rhs=c["rhs"], **c["params"]) for s in it]
         Path(self.root).mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT_VERSION, "hash": self.hash, "config": self.config}
-        _atomic_write(self._meta_path(), lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str)))
-        _atomic_write(Path(self.processed_paths[0]), lambda p: self.save(systems, p))
+        write_json(self._meta_path(), meta, default=str)
+        with atomic_path(self.processed_paths[0]) as tmp:
+            self.save(systems, str(tmp))

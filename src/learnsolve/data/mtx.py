@@ -24,7 +24,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,8 @@ import scipy.io as sio
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from torch_geometric.data import Data
+
+from learnsolve.files import atomic_open
 
 from .system import make_system
 
@@ -277,23 +278,12 @@ def write_matrix_market(path: str | os.PathLike, A, comment: str = "", *,
     if symmetric and not is_sym:
         raise ValueError(f"{path}: symmetric=True but A is not exactly symmetric")
     symmetry = "symmetric" if (is_sym if symmetric is None else symmetric) else "general"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.name.lower().endswith(".gz"):
-                with gzip.GzipFile(fileobj=raw, mode="wb", filename="") as gz:
-                    _write_body(gz, A, comment, symmetry)
-            else:
-                _write_body(raw, A, comment, symmetry)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb", mkdir=False) as raw:
+        if path.name.lower().endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb", filename="") as gz:
+                _write_body(gz, A, comment, symmetry)
+        else:
+            _write_body(raw, A, comment, symmetry)
     return path
 
 

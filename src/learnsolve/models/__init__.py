@@ -8,7 +8,7 @@ export ask it rather than test its class:
   fixed linear map: PCG), ``matrix_type`` (what its per-matrix export holds) and ``num_nodes``;
 - ``training_loss(batch) -> (loss, logs)`` on a PyG batch of systems (block-diagonal A);
 - solvers and preconditioners: ``solve(batch, rtol, maxiter) -> (x, SolveInfo)`` with per-graph iteration
-  counts; preconditioners ``preconditioner_for(batch) -> linalg.Preconditioner`` (alias ``preconditioner``);
+  counts; preconditioners ``preconditioner_for(batch) -> linalg.Preconditioner``;
 - surrogates: ``metrics(batch) -> dict`` of scalar tensors;
 - export: ``matrix_export_reason(name)``, ``export_matrix(batch)``, ``export_program()``.
 

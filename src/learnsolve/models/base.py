@@ -7,8 +7,8 @@ instead of testing its class:
   (its preconditioner is a fixed linear map: plain PCG; else flexible CG), ``matrix_type`` (the form of its
   per-matrix export, one of :data:`MATRIX_TYPES`, or None) and ``num_nodes`` (the one system size it serves,
   None for any size);
-- ``training_loss(batch)``; ``solve(batch, rtol, maxiter)``; ``preconditioner_for(batch)`` (alias
-  ``preconditioner``); ``metrics(batch)`` (surrogates); :meth:`LearnedModel.implements` says which of the
+- ``training_loss(batch)``; ``solve(batch, rtol, maxiter)``; ``preconditioner_for(batch)``;
+  ``metrics(batch)`` (surrogates); :meth:`LearnedModel.implements` says which of the
   optional ones a class provides;
 - export: ``matrix_export_reason(name)`` / ``export_matrix(batch)`` (the preconditioner of one matrix as
   arrays) and ``export_program()`` (a :class:`ProgramSpec`, or the reason why there is none).

@@ -66,7 +66,7 @@ class LearnedSolverModule(pl.LightningModule):
         loss, logs = self.model.training_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite {stage} loss {float(loss)} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"non-finite {stage} loss {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}); "
                 f"offending batch: systems with seeds {batch.seed.view(-1).tolist()}. Lower the learning rate "
                 "(model.optimizer.lr), keep gradient clipping on (trainer.gradient_clip_val), or check the data.")
         n = batch.num_graphs
