@@ -97,3 +97,31 @@ def blk(x):
     """numpy (n,) or (n, k) -> canonical (1, n, k) block."""
     t = torch.from_numpy(np.asarray(x, dtype=np.float64))
     return t.reshape(1, -1, 1) if t.ndim == 1 else t.unsqueeze(0)
+
+
+def dense_mic0(A):
+    """Dense right-looking MIC(0) on tril(A)'s pattern: fill-in outside the pattern is subtracted from the two
+    diagonal entries of its row and column (Gustafsson); returns L."""
+    W = np.array(A, dtype=np.float64)
+    n = W.shape[0]
+    P = W != 0
+    L = np.zeros_like(W)
+    for k in range(n):
+        L[k, k] = np.sqrt(W[k, k])
+        for i in range(k + 1, n):
+            if P[i, k]:
+                L[i, k] = W[i, k] / L[k, k]
+        for i in range(k + 1, n):
+            for j in range(k + 1, i + 1):
+                if L[i, k] == 0 or L[j, k] == 0:
+                    continue
+                prod = L[i, k] * L[j, k]
+                if P[i, j]:
+                    W[i, j] -= prod
+                    if i != j:
+                        W[j, i] -= prod
+                else:
+                    W[i, i] -= prod
+                    W[j, j] -= prod
+    return L
+

@@ -20,10 +20,13 @@ from learnsolve.linalg import (
     IC0,
     ILU0,
     LLT,
+    MIC0,
     DenseOperator,
     FactorizationError,
     Jacobi,
     SparseMatrix,
+    cg,
+    make_preconditioner,
     triangular_solve,
 )
 
@@ -32,6 +35,7 @@ from .precond_refs import blk as _blk
 from .precond_refs import csr as _csr
 from .precond_refs import dense_ic0 as _dense_ic0
 from .precond_refs import dense_ilu0 as _dense_ilu0
+from .precond_refs import dense_mic0 as _dense_mic0
 from .precond_refs import dense_of as _dense_of
 from .precond_refs import poisson2d as _poisson2d
 from .precond_refs import random_nonsym as _random_nonsym
@@ -207,6 +211,55 @@ def test_ic0_matches_reference_on_variable_poisson_and_batch():
     np.testing.assert_allclose(IC0(S).L.to_dense().numpy(), Ls[0], rtol=0, atol=0)
     Pd = IC0(DenseOperator(torch.from_numpy(A1.toarray())))
     np.testing.assert_allclose(Pd.L.to_dense().numpy(), Ls[0], rtol=1e-15, atol=0)
+
+
+def test_mic0_matches_reference_preserves_row_sums_and_beats_ic0():
+    """MIC(0): same pattern as IC(0); L L^T has A's row sums (the defining property), A's off-diagonal entries on
+    the pattern, and equals a dense right-looking reference; batched and unbatched agree; on a diffusion matrix
+    it needs fewer CG iterations than IC(0) (its purpose)."""
+    rng = np.random.default_rng(11)
+    A1, A2 = _poisson2d(7, rng), _poisson2d(7, rng)
+    S = SparseMatrix.from_scipy(A1)
+    Sb = S.with_values(torch.stack([S.values, torch.from_numpy(A2.data)]))
+    Pb = MIC0(Sb)
+    Ls = Pb.L.to_dense().numpy()
+    R = rng.standard_normal((2, 49, 1))
+    out = Pb.apply(torch.from_numpy(R)).numpy()
+    for i, A in enumerate((A1, A2)):
+        Ad = A.toarray()
+        Lref = _dense_mic0(Ad)
+        np.testing.assert_allclose(Ls[i], Lref, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(Ls[i] != 0, np.tril(Ad) != 0)  # zero fill, like IC(0)
+        LLt = Ls[i] @ Ls[i].T
+        np.testing.assert_allclose(LLt.sum(1), Ad.sum(1), rtol=0, atol=1e-12 * np.abs(Ad).max())
+        off = (Ad != 0) & ~np.eye(49, dtype=bool)
+        np.testing.assert_allclose(LLt[off], Ad[off], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out[i], np.linalg.solve(Lref @ Lref.T, R[i]), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(MIC0(S).L.to_dense().numpy(), Ls[0], rtol=0, atol=0)
+    assert isinstance(make_preconditioner("mic0", S), MIC0) and Pb.symmetric and Pb.T is Pb
+    from .conftest import diffusion2d
+
+    D = SparseMatrix.from_scipy(diffusion2d(32, seed=1))
+    b = torch.from_numpy(np.random.default_rng(0).standard_normal(32 * 32))
+    its = {P.__name__: int(cg(D, b, P(D), rtol=1e-8)[1].iterations) for P in (IC0, MIC0)}
+    assert its["MIC0"] < 0.85 * its["IC0"], its
+
+
+def test_mic0_breakdown_names_row_and_auto_shift():
+    # SPD (smallest eigenvalue 0.13) but not an M-matrix: MIC(0)'s compensation of the dropped (1, 2) fill
+    # drives the last pivot negative (IC(0) factors it)
+    A = np.array([[1.0, -0.71, -0.47, 0.0], [-0.71, 1.0, 0.0, -0.39], [-0.47, 0.0, 1.0, 0.35],
+                  [0.0, -0.39, 0.35, 1.0]])
+    assert np.linalg.eigvalsh(A).min() > 0.1
+    S = SparseMatrix.from_scipy(sp.csr_matrix(A))
+    IC0(S)
+    with pytest.raises(FactorizationError, match=r"MIC\(0\) broke down at row 3") as err:
+        MIC0(S)
+    assert err.value.row == 3
+    P = MIC0(S, shift="auto")
+    assert P.shift > 0
+    L = P.L.to_dense().numpy()
+    assert np.isfinite(L).all() and (np.diag(L) > 0).all()
 
 
 def _breakdown_matrix():

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from learnsolve.linalg import AMG, IC0, ILU0, FactorizationError, Jacobi, Preconditioner, SparseMatrix
+from learnsolve.linalg import AMG, IC0, ILU0, MIC0, FactorizationError, Jacobi, Preconditioner, SparseMatrix
 
 Build = Callable[[], tuple[Preconditioner | None, str | None]]
 
@@ -76,20 +76,26 @@ def _jacobi(A, props, options):
     return "jacobi", lambda: (Jacobi(A), None)
 
 
-def _ic0(A, props, options):
-    if not props.symmetric:
-        return "ilu0", lambda: (ILU0(A), None)
-    if not props.spd:
-        raise NotApplicable(f"IC(0) needs an SPD matrix; this one is {props.why_not_spd}")
+def _incomplete_cholesky(cls, name: str, nonsymmetric: str | None):
+    """IC(0) / MIC(0): ``nonsymmetric`` names the baseline used instead on a nonsymmetric matrix (None: skip);
+    a breakdown is retried with a diagonal shift and the note says so."""
+    def setup(A, props, options):
+        if not props.symmetric:
+            if nonsymmetric == "ilu0":
+                return "ilu0", lambda: (ILU0(A), None)
+            raise NotApplicable(f"{cls.name} needs an SPD matrix; this one is nonsymmetric")
+        if not props.spd:
+            raise NotApplicable(f"{cls.name} needs an SPD matrix; this one is {props.why_not_spd}")
 
-    def build():
-        try:
-            return IC0(A), None
-        except FactorizationError as e:
-            M = IC0(A, shift="auto")  # raises FactorizationError again when no shift helps
-            return M, (f"IC(0) broke down at row {e.row}; retried with diagonal shift {M.shift:g} "
-                       f"(factor of A + {M.shift:g} diag(A))")
-    return "ic0", build
+        def build():
+            try:
+                return cls(A), None
+            except FactorizationError as e:
+                M = cls(A, shift="auto")  # raises FactorizationError again when no shift helps
+                return M, (f"{cls.name} broke down at row {e.row}; retried with diagonal shift {M.shift:g} "
+                           f"(factor of A + {M.shift:g} diag(A))")
+        return name, build
+    return setup
 
 
 def _amg(kind: str):
@@ -114,7 +120,8 @@ def _amg(kind: str):
 BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("none", "no preconditioner", _none),
     Baseline("jacobi", "Jacobi", _jacobi),
-    Baseline("ic0", "IC(0) (ILU(0) if nonsymmetric)", _ic0),
+    Baseline("ic0", "IC(0) (ILU(0) if nonsymmetric)", _incomplete_cholesky(IC0, "ic0", "ilu0")),
+    Baseline("mic0", "MIC(0): modified IC(0), row sums kept (SPD only)", _incomplete_cholesky(MIC0, "mic0", None)),
     Baseline("amg_sa", "AMG, smoothed aggregation (pyamg)", _amg("sa"), in_training=False),
     Baseline("amg_rs", "AMG, Ruge-Stueben (pyamg)", _amg("rs"), in_training=False),
 )}

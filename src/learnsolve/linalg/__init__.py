@@ -8,7 +8,7 @@ Public API:
   :func:`bicgstab`, :func:`gmres`
 - the differentiable solve: :func:`solve` (implicit / unrolled / truncated / stochastic backward)
 - Hessian-vector products by double backward through solves: :func:`hvp`
-- preconditioners with transposes: :class:`Jacobi`, :class:`IC0`, :class:`ILU0`, :class:`LLT`,
+- preconditioners with transposes: :class:`Jacobi`, :class:`IC0`, :class:`MIC0`, :class:`ILU0`, :class:`LLT`,
   :class:`LowRankDiagonal`, :class:`AMG`, :class:`FunctionPreconditioner`,
   :func:`make_preconditioner`, :func:`triangular_solve`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
@@ -16,32 +16,24 @@ Public API:
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
 """
 
+from .amg import AMG
 from .derivatives import hvp
 from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
 from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
-from .precond import (
-    AMG,
-    IC0,
-    ILU0,
-    LLT,
-    FactorizationError,
-    FunctionPreconditioner,
-    Jacobi,
-    LowRankDiagonal,
-    Preconditioner,
-    make_preconditioner,
-    triangular_solve,
-)
+from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
+from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner
 from .solve import AdjointOptions, ConvergenceError, ConvergenceWarning, solve
 from .sparse import CSRPattern, SparseMatrix
 from .spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
+from .triangular import triangular_solve
 
 __all__ = [
     "AMG",
     "IC0",
     "ILU0",
     "LLT",
+    "MIC0",
     "AdjointOptions",
     "CSRPattern",
     "ConvergenceError",

@@ -10,209 +10,20 @@ are differentiable w.r.t. the factor's values and the right-hand side:
 
 from __future__ import annotations
 
-import abc
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from . import _kernels
+from . import _kernels, _kernels_mic
+from .amg import AMG
 from .operator import DenseOperator, LinearOperator, as_operator
-from .sparse import CSRPattern, SparseMatrix, edge_products
-
-
-class FactorizationError(RuntimeError):
-    """An incomplete factorisation broke down (zero or negative pivot)."""
-
-    def __init__(self, message: str, row: int):
-        super().__init__(message)
-        self.row = row
-
-
-class Preconditioner(abc.ABC):
-    """Applies M^{-1} and M^{-T} to canonical blocks (B, n, k)."""
-
-    linear: bool = True
-    symmetric: bool = False
-
-    @abc.abstractmethod
-    def apply(self, R: Tensor) -> Tensor: ...
-
-    def apply_transpose(self, R: Tensor) -> Tensor:
-        if self.symmetric:
-            return self.apply(R)
-        raise NotImplementedError(f"{type(self).__name__} has no transpose")
-
-    @property
-    def T(self) -> Preconditioner:
-        return self if self.symmetric else _Transposed(self)
-
-    def __call__(self, R: Tensor) -> Tensor:
-        return self.apply(R)
-
-
-class _Transposed(Preconditioner):
-    def __init__(self, p: Preconditioner):
-        self.p = p
-        self.linear = p.linear
-
-    def apply(self, R):
-        return self.p.apply_transpose(R)
-
-    def apply_transpose(self, R):
-        return self.p.apply(R)
-
-    @property
-    def T(self):
-        return self.p
-
-
-class FunctionPreconditioner(Preconditioner):
-    """Wraps a callable on canonical blocks; ``transpose`` (optional) applies M^{-T}.
-
-    ``symmetric=True`` declares M^{-T} = M^{-1}. ``linear=False`` marks a nonlinear map (a network):
-    use it with ``fcg`` or ``gmres`` (flexible), not with ``cg``.
-    """
-
-    def __init__(self, fn, transpose=None, *, symmetric: bool = False, linear: bool = True):
-        self.fn, self.fnT = fn, transpose
-        self.symmetric, self.linear = symmetric, linear
-
-    def apply(self, R):
-        return self.fn(R)
-
-    def apply_transpose(self, R):
-        if self.fnT is not None:
-            return self.fnT(R)
-        return super().apply_transpose(R)
-
-
-# ------------------------------------------------------------------------------------------------
-# triangular solves
-# ------------------------------------------------------------------------------------------------
-
-def _np_pattern(pattern: CSRPattern):
-    if "np" not in pattern._cache:
-        pattern._cache["np"] = (pattern.crow.cpu().numpy(), pattern.col.cpu().numpy())
-    return pattern._cache["np"]
-
-
-def _fold_rhs(Bv: int, X: Tensor) -> Tensor:
-    """Right-hand sides (Bx, n, k) as a C-contiguous (B, n, k') block matching Bv value sets."""
-    Bx, n, k = X.shape
-    if Bv == 1 and Bx > 1:
-        return X.detach().permute(1, 0, 2).reshape(1, n, Bx * k).contiguous()
-    if Bv > 1 and Bx == 1:
-        return X.detach().expand(Bv, n, k).contiguous()
-    return X.detach().contiguous()
-
-
-def _unfold_rhs(Y: Tensor, Bv: int, Bx: int, k: int) -> Tensor:
-    if Bv == 1 and Bx > 1:
-        return Y.reshape(Y.shape[1], Bx, k).permute(1, 0, 2)
-    return Y
-
-
-def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
-    Bv, Bx = vals2d.shape[0], X.shape[0]
-    n, k = X.shape[1], X.shape[2]
-    if X.device.type != "cpu":
-        # GPU: dense fallback (cuSPARSE triangular solves are future work); O(n^2) memory.
-        T = mat.with_values(vals2d).to_dense()
-        if unit:
-            T = T.tril(-1) if lower else T.triu(1)
-            T = T + torch.eye(n, dtype=T.dtype, device=T.device)
-        else:
-            T = T.tril() if lower else T.triu()
-        return torch.linalg.solve_triangular(T, X, upper=not lower, unitriangular=unit)
-    indptr, indices = _np_pattern(mat.pattern)
-    data = vals2d.detach().contiguous().numpy()
-    bn = _fold_rhs(Bv, X).numpy()
-    out = np.empty_like(bn)
-    bad = _kernels.csr_trsv(indptr, indices, data, bn, lower, unit, out)
-    if bad >= 0:
-        raise FactorizationError(f"triangular factor has a zero or missing diagonal in row {bad}", int(bad))
-    return _unfold_rhs(torch.from_numpy(out), Bv, Bx, k)
-
-
-def _ldlt_solve(f, X: Tensor) -> Tensor:
-    """(L L^T)^{-1} X from ``_kernels.ldlt_factor``'s output: U^{-1} (dinv2 * (U^{-T} X)), both unit solves."""
-    lip, lix, lval, uip, uix, uval, dinv2, _ = f
-    Bv, Bx, k = lval.shape[0], X.shape[0], X.shape[2]
-    bn = _fold_rhs(Bv, X).numpy()
-    out = np.empty_like(bn)
-    if bn.shape[0] * bn.shape[2] == 1:
-        # one right-hand side: call the compiled loops directly (a compiled wrapper slows them down)
-        b1, o1 = bn[0, :, 0], out[0, :, 0]
-        _kernels.trsv_unit_lower(lip, lix, lval[0], dinv2[0, :0], b1, o1)
-        _kernels.trsv_unit_upper(uip, uix, uval[0], dinv2[0], o1, o1)
-    else:
-        _kernels.csr_trsv_unit(lip, lix, lval, dinv2[:, :0], bn, True, out)
-        _kernels.csr_trsv_unit(uip, uix, uval, dinv2, out, False, out)
-    return _unfold_rhs(torch.from_numpy(out), Bv, Bx, k)
-
-
-class _TriSolve(torch.autograd.Function):
-    @staticmethod
-    def forward(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
-        return _trsv_raw(mat, vals2d, X, lower, unit)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        mat, vals2d, X, lower, unit = inputs
-        ctx.mat, ctx.lower, ctx.unit, ctx.bx = mat, lower, unit, X.shape[0]
-        ctx.save_for_backward(vals2d, output)
-
-    @staticmethod
-    def backward(ctx, G):
-        vals2d, Y = ctx.saved_tensors
-        mat, lower, unit = ctx.mat, ctx.lower, ctx.unit
-        patT, perm = mat.pattern.transpose()
-        matT = SparseMatrix(patT, vals2d.index_select(1, perm))
-        GX = _tri_solve(matT, matT._vals2d, G, not lower, unit)
-        gv = None
-        if ctx.needs_input_grad[1]:
-            r, c = mat.pattern.row, mat.pattern.col
-            used = (c < r) if lower else (c > r)
-            if not unit:
-                used = used | (c == r)
-            gv = -edge_products(mat.pattern, GX, Y) * used.to(GX.dtype)
-            if gv.shape[0] != vals2d.shape[0]:
-                gv = gv.sum(0, keepdim=True)
-        if GX.shape[0] != ctx.bx:
-            GX = GX.sum(0, keepdim=True)
-        return None, gv, GX, None, None
-
-
-def _tri_solve(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
-    if torch.is_grad_enabled() and (vals2d.requires_grad or X.requires_grad):
-        return _TriSolve.apply(mat, vals2d, X, lower, unit)
-    return _trsv_raw(mat, vals2d, X, lower, unit)
-
-
-def triangular_solve(T: SparseMatrix, b: Tensor, lower: bool = True, unit_diagonal: bool = False) -> Tensor:
-    """Solve ``T y = b`` with the triangle of T (entries on the other side are ignored).
-
-    b: (n,), (n, k) or batched like :meth:`SparseMatrix.matvec`. Differentiable w.r.t. T's values and b.
-    Cost: O(nnz) per right-hand side (compiled, sequential in the row dimension).
-    """
-    from ._layout import canonicalize
-
-    X, layout = canonicalize(b, T.shape[0], T.batch_size, None)
-    return layout.unpack(_tri_solve(T, T._vals2d, X, lower, unit_diagonal))
-
+from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner, _as_sparse
+from .sparse import SparseMatrix
+from .triangular import _ldlt_solve, _np_pattern, _tri_solve
 
 # ------------------------------------------------------------------------------------------------
 # concrete preconditioners
 # ------------------------------------------------------------------------------------------------
-
-def _as_sparse(op: LinearOperator, what: str) -> SparseMatrix:
-    if isinstance(op, SparseMatrix):
-        return op
-    if isinstance(op, DenseOperator):
-        return SparseMatrix.from_dense(op.A)
-    raise TypeError(f"{what} needs an explicit matrix (SparseMatrix or dense tensor), got {type(op).__name__}")
-
 
 class Jacobi(Preconditioner):
     """M = diag(A). Cost: one elementwise product. Differentiable w.r.t. A's diagonal."""
@@ -292,10 +103,11 @@ class IC0(LLT):
     Setup O(nnz * row length), compiled.
     """
 
+    name = "IC(0)"
+
     def __init__(self, A: LinearOperator, shift: float | str = 0.0):
-        S = _as_sparse(A, "IC(0)").detach()
+        S = _as_sparse(A, self.name).detach()
         low = S.tril()
-        indptr, indices = _np_pattern(low.pattern)
         base = low._vals2d.cpu().numpy()
         pos = low.pattern.diag_positions().cpu().numpy()
         shifts = [0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0] if shift == "auto" else [float(shift)]
@@ -303,13 +115,13 @@ class IC0(LLT):
             data = base.copy()
             if s:
                 data[:, pos[pos >= 0]] *= 1.0 + s
-            L, info = _kernels.ic0(indptr, indices, np.ascontiguousarray(data))
+            L, info = self._factor(low, np.ascontiguousarray(data))
             if int(info.max()) < 0:
                 break
         else:
             row = int(info[info >= 0].min())
             raise FactorizationError(
-                f"IC(0) broke down at row {row} (non-positive pivot{'' if shift == 0 else f', shift {s}'}): "
+                f"{self.name} broke down at row {row} (non-positive pivot{'' if shift == 0 else f', shift {s}'}): "
                 "A may not be SPD; pass shift='auto' (or a float) to factor A + shift*diag(A), "
                 "or use ilu0/jacobi", row)
         self.shift = s
@@ -318,6 +130,35 @@ class IC0(LLT):
         super().__init__(low.with_values(vals))
         if S.device.type == "cpu":
             self._ldlt_factor()  # the fast path's factor, built at setup rather than on the first apply
+
+    @staticmethod
+    def _factor(low: SparseMatrix, data: np.ndarray):
+        """(L values (B, nnz(low)), info (B,)) of the factor of the lower triangle ``low`` with values ``data``."""
+        indptr, indices = _np_pattern(low.pattern)
+        return _kernels.ic0(indptr, indices, data)
+
+
+class MIC0(IC0):
+    """Modified incomplete Cholesky (MIC(0)) of an SPD A: M = L L^T on tril(A)'s pattern, the same nonzeros as
+    IC(0), with every dropped fill-in entry subtracted from the two diagonal entries of its row and column, so
+    that ``L L^T 1 = A 1`` (row sums preserved). On diffusion problems this removes IC(0)'s smallest eigenvalues:
+    iterations grow like the grid side's square root instead of the grid side (Gustafsson 1978).
+
+    Same ``shift`` / ``"auto"`` breakdown handling as :class:`IC0` (MIC(0) breaks down more often outside
+    M-matrices); compiled right-looking factorisation on the upper triangle (``_kernels_mic.ic0_upper``).
+    """
+
+    name = "MIC(0)"
+
+    @staticmethod
+    def _factor(low: SparseMatrix, data: np.ndarray):
+        patT, perm = low.pattern.transpose()  # triu(A): row k of U = L^T is column k of L
+        indptr, indices = _np_pattern(patT)
+        p = perm.cpu().numpy()
+        U, info = _kernels_mic.ic0_upper(indptr, indices, np.ascontiguousarray(data[:, p]), True)
+        L = np.empty_like(U)
+        L[:, p] = U  # back to tril's CSR order
+        return L, info
 
 
 class ILU0(Preconditioner):
@@ -410,115 +251,10 @@ class LowRankDiagonal(Preconditioner):
         return self._apply(R, self.V, self.U, self.C.mT)
 
 
-class AMG(Preconditioner):
-    """Algebraic multigrid V-cycle from pyamg (baseline; CPU, float64, not differentiable).
-
-    kind: "sa" (smoothed aggregation) or "rs" (Ruge-Stueben). For nonsymmetric A,
-    ``apply_transpose`` is the exact transpose M^{-T} of the V-cycle: the same hierarchy transposed
-    (A_l^T, P_l := R_l^T, R_l := P_l^T) with transposed, swapped smoothers (Gauss-Seidel / SOR
-    sweeps; other smoothers fall back to a second hierarchy built on A^T, a preconditioner for A^T
-    that is not exactly M^{-T})."""
-
-    def __init__(self, A: LinearOperator, kind: str = "sa", **kwargs):
-        import pyamg
-
-        if kind not in ("sa", "rs"):
-            raise ValueError(f"AMG kind must be 'sa' or 'rs', got {kind!r}")
-        self.S = _as_sparse(A, "AMG").detach()
-        self.kind, self.kwargs = kind, kwargs
-        self.symmetric = self.S.is_symmetric(rtol=1e-12)
-        self._pyamg = pyamg
-        self._ml = self._build(self.S)
-        self._mlT = None
-
-    def _make(self):
-        return (self._pyamg.smoothed_aggregation_solver if self.kind == "sa"
-                else self._pyamg.ruge_stuben_solver)
-
-    def _build(self, S: SparseMatrix):
-        B = S.batch_size or 1
-        self._hier = [self._make()(S.to_scipy(i if S.batch_size is not None else None).astype(np.float64),
-                                   **self.kwargs) for i in range(B)]
-        return [ml.aspreconditioner() for ml in self._hier]
-
-    def _build_transposed(self):
-        import inspect
-
-        from pyamg.multilevel import MultilevelSolver
-        from pyamg.relaxation.smoothing import change_smoothers
-
-        defaults = inspect.signature(self._make()).parameters
-        pre = _transpose_smoother(self.kwargs.get("postsmoother", defaults["postsmoother"].default))
-        post = _transpose_smoother(self.kwargs.get("presmoother", defaults["presmoother"].default))
-        if pre is _NOT_TRANSPOSABLE or post is _NOT_TRANSPOSABLE:
-            return self._build_on(self.S.T)
-        out = []
-        for ml in self._hier:
-            levels = []
-            for i, lv in enumerate(ml.levels):
-                t = MultilevelSolver.Level()
-                t.A = lv.A.T.asformat(lv.A.format)
-                if i < len(ml.levels) - 1:
-                    t.P, t.R = lv.R.T.asformat(lv.R.format), lv.P.T.asformat(lv.P.format)
-                levels.append(t)
-            mlT = MultilevelSolver(levels, coarse_solver=self.kwargs.get("coarse_solver", "pinv"))
-            change_smoothers(mlT, presmoother=pre, postsmoother=post)
-            out.append(mlT.aspreconditioner())
-        return out
-
-    def _build_on(self, S: SparseMatrix):
-        B = S.batch_size or 1
-        return [self._make()(S.to_scipy(i if S.batch_size is not None else None).astype(np.float64),
-                             **self.kwargs).aspreconditioner() for i in range(B)]
-
-    def _run(self, mls, R):
-        Rn = R.detach().cpu().to(torch.float64).numpy()
-        out = np.empty_like(Rn)
-        for b in range(Rn.shape[0]):
-            P = mls[b if len(mls) > 1 else 0]
-            for c in range(Rn.shape[2]):
-                out[b, :, c] = P.matvec(np.ascontiguousarray(Rn[b, :, c]))
-        return torch.from_numpy(out).to(dtype=R.dtype, device=R.device)
-
-    def apply(self, R):
-        return self._run(self._ml, R)
-
-    def apply_transpose(self, R):
-        if self.symmetric:
-            return self.apply(R)
-        if self._mlT is None:
-            self._mlT = self._build_transposed()
-        return self._run(self._mlT, R)
-
-
-_NOT_TRANSPOSABLE = object()
-
-
-def _transpose_smoother(spec):
-    """pyamg smoother spec whose sweep on A^T is the transpose of ``spec``'s sweep on A.
-
-    (D + L)^{-T} = (D + L^T)^{-1}: a forward Gauss-Seidel / SOR sweep on A transposes to a backward
-    sweep on A^T and vice versa; a symmetric sweep stays symmetric. Other smoothers: _NOT_TRANSPOSABLE.
-    """
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        name, opts = spec, {}
-    elif isinstance(spec, tuple) and len(spec) in (1, 2):
-        name, opts = spec[0], dict(spec[1]) if len(spec) == 2 else {}
-    else:
-        return _NOT_TRANSPOSABLE
-    flip = {"forward": "backward", "backward": "forward", "symmetric": "symmetric"}
-    if name not in ("gauss_seidel", "block_gauss_seidel", "sor") or "Dinv" in opts \
-            or opts.get("sweep", "forward") not in flip:
-        return _NOT_TRANSPOSABLE
-    opts["sweep"] = flip[opts.get("sweep", "forward")]
-    return (name, opts)
-
-
 PRECONDITIONERS = {
     "jacobi": Jacobi,
     "ic0": IC0,
+    "mic0": MIC0,
     "ilu0": ILU0,
     "amg": AMG,
     "amg_sa": lambda A, **kw: AMG(A, kind="sa", **kw),
@@ -527,7 +263,7 @@ PRECONDITIONERS = {
 
 
 def make_preconditioner(name: str, A: LinearOperator, **kwargs) -> Preconditioner:
-    """Build a named preconditioner (jacobi, ic0, ilu0, amg, amg_sa, amg_rs) for A (values detached)."""
+    """Build a named preconditioner (jacobi, ic0, mic0, ilu0, amg, amg_sa, amg_rs) for A (values detached)."""
     if name not in PRECONDITIONERS:
         raise ValueError(f"unknown preconditioner {name!r}; choose one of {', '.join(PRECONDITIONERS)}")
     if isinstance(A, SparseMatrix):
