@@ -57,7 +57,7 @@ TRAIN_DATA = {"num_train": 48, "num_val": 8, "num_test": 8, "extra_test_sizes": 
 
 def test_data_group_is_the_eight_families_plus_the_base():
     stems = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
-    assert stems == sorted(["_base", *EXPECTED_DATA])
+    assert stems == sorted(["_base", "mixed", *EXPECTED_DATA])
     assert set(EXPECTED_DATA) <= set(GENERATORS)
     assert (CONF / "data" / "_base.yaml").read_text().startswith("# NOT a data family")
 

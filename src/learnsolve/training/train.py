@@ -32,9 +32,11 @@ def train(cfg: DictConfig) -> float | None:
         pl.seed_everything(int(cfg.seed), workers=True)
     dm = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model.net)
-    if getattr(model, "requires_spd", False) and not SYMMETRIC.get(cfg.data.family, True):
+    nonsymmetric = [f for f in getattr(dm, "families", [cfg.data.family]) if not SYMMETRIC.get(f, True)]
+    if getattr(model, "requires_spd", False) and nonsymmetric:
         raise ValueError(f"model {cfg.model.name!r} runs CG-type solves and needs an SPD family; "
-                         f"data={cfg.data.family} is nonsymmetric. Pick an SPD family (e.g. data=diffusion2d).")
+                         f"data={cfg.data.family} has nonsymmetric {nonsymmetric}. Pick SPD families "
+                         "(e.g. data=diffusion2d).")
     module = LearnedSolverModule(model=model, optimizer=hydra.utils.instantiate(cfg.model.optimizer),
                                  scheduler=hydra.utils.instantiate(cfg.model.scheduler)
                                  if cfg.model.get("scheduler") else None,
