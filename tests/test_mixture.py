@@ -214,3 +214,16 @@ def test_train_neural_if_on_the_mixture_end_to_end(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     families = {p.parent.parent.name for p in (tmp_path / "data").glob("*/*/systems.pt")}
     assert families == {"diffusion2d", "anisotropic2d", "poisson2d", "poisson3d", "fem_poisson", "elasticity2d"}
+
+
+def test_components_of_one_system_collate_with_larger_ones(tmp_path):
+    """A one-system cache returns scalars (seed, symmetric) as Python numbers, a larger one as (1,) tensors: the
+    mixture makes them agree, so a split whose component holds a single system still batches (regression:
+    the 256-system data=mixed crashed in validation)."""
+    mix = [{"family": "diffusion2d", "size": 6, "count": {"train": 2, "val": 3, "test": 1}},
+           {"family": "poisson2d", "size": 5, "count": {"train": 2, "val": 1, "test": 1}}]
+    dm = make_dm(tmp_path, mixture=mix)
+    dm.setup("fit")
+    batches = list(dm.val_dataloader())
+    seeds = torch.cat([b.seed.view(-1) for b in batches])
+    assert seeds.numel() == 4 and seeds.dtype == torch.int64 and len(set(seeds.tolist())) == 4

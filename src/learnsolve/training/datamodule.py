@@ -185,7 +185,9 @@ def _json_value(v: Any) -> Any:
 class MixtureDataset(ConcatDataset):
     """One split of a mixture: the components' ``LinearSystemDataset`` caches concatenated. Items are
     shallow copies made collatable across families: ``pos`` padded with zero columns to ``pos_dim`` (at
-    least 3), ``params`` as its JSON string (families have different parameter keys)."""
+    least 3), ``params`` as its JSON string (families have different parameter keys), and scalar attributes
+    (``seed``, ``symmetric``, ...) as (1,) tensors (a one-system cache returns them as Python numbers, a larger
+    one as tensors: PyG cannot collate the two together)."""
 
     def __init__(self, parts: Sequence[tuple[MixtureComponent, LinearSystemDataset]], root: str):
         super().__init__([ds for _, ds in parts])
@@ -207,6 +209,9 @@ class MixtureDataset(ConcatDataset):
             data.pos = torch.cat([pos, pos.new_zeros(pos.shape[0], self.pos_dim - pos.shape[-1])], dim=-1)
         if isinstance(getattr(data, "params", None), Mapping):
             data.params = json.dumps(data.params, sort_keys=True, default=_json_value)
+        for key, value in data.items():
+            if isinstance(value, (bool, int, float)) and key != "num_nodes":
+                data[key] = torch.tensor([value])
         return data
 
 
