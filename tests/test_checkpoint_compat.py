@@ -3,6 +3,7 @@ still load through the one loader, give finite outputs, instantiate their upgrad
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,19 @@ def test_pre_house_neural_if_exports(tmp_path):
     model, _ = load_model(path)
     back = load_exported_model(tmp_path / "out")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in back.state_dict().items())
-    # the exported M^-1 is the checkpoint model's
+    # the exported M^-1 is the checkpoint model's, or IC(0)'s where the safeguard rejected it (the JSON says which)
     M = load_preconditioner(rep.preconditioners["diff7"])
+    written = json.loads(Path(rep.preconditioners["diff7"]).read_text())["factor"]
+    assert written in ("learned", "fallback:ic0")
     batch = Batch.from_data_list([load_system(mtx)])
     R = np.random.default_rng(0).standard_normal((49, 2))
     with torch.no_grad():
+        P = model.preconditioner_for(batch) if written == "learned" else model.fallback_for(batch)
+        ref = P.apply(torch.from_numpy(R).unsqueeze(0))[0].numpy()
+    assert np.abs(M.matmat(R) - ref).max() <= 1e-10 * np.abs(ref).max()
+    # without the safeguard the learned factor itself is written
+    raw = export_model(path, tmp_path / "raw", matrices=str(mtx.parent), safeguard=False)
+    with torch.no_grad():
         ref = model.preconditioner_for(batch).apply(torch.from_numpy(R).unsqueeze(0))[0].numpy()
+    M = load_preconditioner(raw.preconditioners["diff7"])
     assert np.abs(M.matmat(R) - ref).max() <= 1e-10 * np.abs(ref).max()

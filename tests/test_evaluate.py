@@ -67,7 +67,7 @@ def _check_outputs(out: Path, rows: list[dict], matrices: list[str], precs: list
     assert len(csv_rows) == len(rows) == len(matrices) * len(precs)
     assert "residual_history" not in csv_rows[0]
     for key in ("iters_1e-06", "iters_1e-08", "ratio_ic0_1e-06", "setup_s", "solve_s", "total_s", "rel_residual",
-                "converged", "status", "reason"):
+                "converged", "status", "reason", "fallback"):
         assert key in csv_rows[0], key
     assert sorted((r["matrix"], r["preconditioner"]) for r in rows) == sorted(
         (m, p) for m in matrices for p in precs)
@@ -79,6 +79,12 @@ def _check_outputs(out: Path, rows: list[dict], matrices: list[str], precs: list
         if r["status"] == "ok":
             assert r["converged"] and r["rel_residual"] <= 10 * min(RTOLS)
             assert r["total_s"] == pytest.approx(r["setup_s"] + r["solve_s"])
+        # the learned preconditioner's safeguard (on by default) says whether it fell back, and why
+        if r["preconditioner"] == "learned" and r["status"] == "ok":
+            assert isinstance(r["fallback"], bool)
+            assert r["fallback"] == ("safeguard: fell back to " in (r["reason"] or "")), r["reason"]
+        elif r["preconditioner"] != "learned":
+            assert r["fallback"] is None
 
 
 def _scipy_cg_iterations(A: sp.csr_matrix, b: np.ndarray, M, rtol: float, maxiter: int) -> int | None:
@@ -223,8 +229,12 @@ def test_malformed_file_next_to_good_ones_baselines_only(tmp_path):
     bad = [r for r in rows if r["matrix"] == "broken"]
     assert len(bad) == 1 and bad[0]["status"] == "error" and "broken.mtx" in bad[0]["reason"]
     good = [r for r in rows if r["matrix"] != "broken"]
-    assert len(good) == 2 * 5 and not any(r["preconditioner"] == "learned" for r in rows)
-    assert all(r["status"] == "ok" for r in good), [(r["matrix"], r["preconditioner"], r["reason"]) for r in good]
+    assert len(good) == 2 * len(BASELINES) and not any(r["preconditioner"] == "learned" for r in rows)
+    # every baseline solves both, except MIC(0) (SPD only) on the nonsymmetric one
+    mic_conv = [r for r in good if (r["matrix"], r["preconditioner"]) == ("conv7", "mic0")]
+    assert len(mic_conv) == 1 and mic_conv[0]["status"] == "skipped" and "SPD" in mic_conv[0]["reason"]
+    assert all(r["status"] == "ok" for r in good if r not in mic_conv), [(r["matrix"], r["preconditioner"],
+                                                                          r["reason"]) for r in good]
     assert "| broken |" in (out / "results.md").read_text()
     # nothing evaluable at all: exit status 1
     shutil.copy(folder / "broken.mtx", tmp_path / "only_bad.mtx")

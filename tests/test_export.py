@@ -134,8 +134,10 @@ def _outputs(model, data, name: str, r: torch.Tensor | None = None) -> tuple:
         return (model.preconditioner_for(batch).apply(r.view(1, -1, 1)).view(-1),)
 
 
-def _program_outputs(prog, data, name: str, r: torch.Tensor | None = None) -> tuple:
+def _program_outputs(prog, data, name: str, r: torch.Tensor | None = None, model=None) -> tuple:
     args = (data.edge_index, data.edge_attr.double(), data.feat.double()) + ((r,) if name == "gnn_solver" else ())
+    if name == "neural_if" and model is not None and model.base != "none":
+        args = model.export_program().inputs(data, 0)  # the system's tensors and its base factor (IC(0)/MIC(0))
     with torch.no_grad():
         out = prog(*args)
     if name == "neural_if":
@@ -183,7 +185,7 @@ def test_model_round_trip(name, ckpts, exported):
     for size in (10, 13):
         data = _held_out(size, seed=size)
         r = torch.randn(size * size, generator=torch.Generator().manual_seed(size), dtype=torch.float64)
-        for a, b in zip(_program_outputs(prog, data, name, r), _outputs(ref_model, data, name, r)):
+        for a, b in zip(_program_outputs(prog, data, name, r, ref_model), _outputs(ref_model, data, name, r)):
             assert a.shape == b.shape and _rel(a, b) < 1e-5
 
 
@@ -245,9 +247,14 @@ def test_cli_per_matrix_files(cli_export, mats):
     assert (pre / "diff12_L.mtx").read_text().startswith("%%MatrixMarket matrix coordinate real general")
     L_mtx, L_npz = read_matrix_market(pre / "diff12_L.mtx"), sp.load_npz(pre / "diff12_L.npz")
     assert L_npz.format == "csr" and (L_mtx != L_npz).nnz == 0 and sp.triu(L_npz, 1).nnz == 0
-    # and it is the checkpoint model's factor of that matrix
+    # and it is the checkpoint model's factor of that matrix where its safeguard keeps it, its fallback's where not
     model = load_exported_model(out)
-    L_model = model.factor(Batch.from_data_list([load_system(mats["diff12"])]))[1].to_scipy()
+    batch = Batch.from_data_list([load_system(mats["diff12"])])
+    _, check = model.safe_preconditioner_for(batch, rhs=False)
+    assert meta["factor"] == ("learned" if check.all_accepted else f"fallback:{check.fallback_key}")
+    assert meta["safeguard"]["accepted"] == check.all_accepted
+    assert meta["safeguard"]["fallback"] == check.fallback_name  # the model's fallback_for: its base, IC(0) by default
+    L_model = (model.factor(batch)[1] if check.all_accepted else check.fallback.L).to_scipy()
     assert abs(L_model - L_npz).max() == 0.0
 
 
@@ -265,20 +272,24 @@ def _scipy_cg_iterations(A, b, M) -> int:
 @pytest.mark.parametrize("name", ["neural_if", "lowrank_precond"])
 def test_scipy_cg_with_exported_preconditioner(name, ckpts, exported, mats):
     """scipy's CG with the exported M^-1 takes the iterations of learnsolve's PCG with the checkpoint's model
-    (+-1: only the rounding of the dot products differs); the torch backend the same."""
+    (+-1: only the rounding of the dot products differs); the torch backend the same. Export keeps the model's M where
+    its safeguard accepts it and writes the fallback (IC(0); lowrank_precond: Jacobi, as a diagonal factor)
+    elsewhere: the comparison is with what the safeguard chose."""
     pre = exported[name] / "preconditioners"
-    if name == "lowrank_precond":
-        assert sorted(p.name for p in pre.iterdir()) == ["diff12.json", "diff12_lowrank.npz", "diff8.json",
-                                                         "diff8_lowrank.npz"]
-        z = np.load(pre / "diff12_lowrank.npz")
-        assert z["D"].shape == (144,) and z["U"].shape == (144, 4) and np.array_equal(z["U"], z["V"])
-        meta = json.loads((pre / "diff12.json").read_text())
-        assert meta["type"] == "lowrank_diag" and "Woodbury" in meta["apply"]
     ref_model, _ = load_checkpoint(ckpts[name])
     for stem in ("diff12", "diff8"):
         data = load_system(mats[stem])
         batch = Batch.from_data_list([data])
-        _, info = ref_model.solve(batch, rtol=RTOL, maxiter=2000)
+        chosen, check = ref_model.safe_preconditioner_for(batch, rhs=False)
+        meta = json.loads((pre / f"{stem}.json").read_text())
+        assert meta["factor"] == ("learned" if check.all_accepted else f"fallback:{check.fallback_key}")
+        if name == "lowrank_precond" and check.all_accepted:
+            assert sorted(p.name for p in pre.glob(f"{stem}[._]*")) == [f"{stem}.json", f"{stem}_lowrank.npz"]
+            z = np.load(pre / f"{stem}_lowrank.npz")
+            assert z["D"].shape == (data.num_nodes,) and z["U"].shape == (data.num_nodes, 4)
+            assert np.array_equal(z["U"], z["V"])
+            assert meta["type"] == "lowrank_diag" and "Woodbury" in meta["apply"]
+        _, info = ref_model.solve_with(batch, chosen, rtol=RTOL, maxiter=2000)
         pcg_iters = int(info.iterations.sum())
         A, b = read_matrix_market(mats[stem]), data.b.numpy()
         M = load_preconditioner(pre / f"{stem}.json")
@@ -286,7 +297,7 @@ def test_scipy_cg_with_exported_preconditioner(name, ckpts, exported, mats):
         # the same M^-1 as the model's (Woodbury / triangular solves: to rounding)
         R = np.random.default_rng(0).standard_normal((A.shape[0], 2))
         with torch.no_grad():
-            ref = ref_model.preconditioner_for(batch).apply(torch.from_numpy(R).unsqueeze(0))[0].numpy()
+            ref = chosen.apply(torch.from_numpy(R).unsqueeze(0))[0].numpy()
         assert np.abs(M.matmat(R) - ref).max() <= 1e-10 * np.abs(ref).max()
         assert np.abs(M @ R[:, 0] - ref[:, 0]).max() <= 1e-10 * np.abs(ref).max()
         scipy_iters = _scipy_cg_iterations(A, b, M)
@@ -294,7 +305,7 @@ def test_scipy_cg_with_exported_preconditioner(name, ckpts, exported, mats):
         Mt = load_preconditioner(pre / f"{stem}.json", backend="torch")
         _, tinfo = cg(SparseMatrix.from_scipy(A), torch.from_numpy(b), M=Mt, rtol=RTOL, maxiter=2000)
         assert bool(tinfo.converged.all()) and abs(int(tinfo.iterations.sum()) - pcg_iters) <= 1
-        if stem == "diff12":  # a learned M that helps: fewer iterations than plain CG
+        if stem == "diff12":  # the exported M (learned or its fallback) helps: fewer iterations than plain CG
             assert scipy_iters < _scipy_cg_iterations(A, b, None)
 
 
@@ -403,7 +414,9 @@ def test_existing_output_folder_and_atomicity(ckpts, tmp_path, capsys, monkeypat
 
 def test_matrix_of_wrong_size_for_fixed_model(mats, tmp_path):
     model = LowRankPreconditioner(variant="fixed", num_nodes=64, rank=2).eval()
-    written, failed = export_preconditioners(model, [mats["diff12"], mats["diff8"]], tmp_path, name="lowrank_precond")
+    # safeguard=False: the untrained model's own M is written (the format under test), not its Jacobi fallback
+    written, failed = export_preconditioners(model, [mats["diff12"], mats["diff8"]], tmp_path, name="lowrank_precond",
+                                             safeguard=False)
     assert list(written) == ["diff8"] and "trained for n = 64 unknowns; this matrix has n = 144" in failed["diff12"]
     assert _tree(tmp_path) == ["diff8.json", "diff8_lowrank.npz"]
     # the exported M^-1 is the model's (Woodbury, M = D + U U^T)
@@ -517,7 +530,8 @@ def test_new_learned_preconditioner_exports_without_export_changes(mats, tmp_pat
     program (checked against the model) with no line of export code of its own."""
     model = _NewPreconditioner().eval()
     assert model.matrix_export_reason("new") is None
-    written, failed = export_preconditioners(model, [mats["diff8"]], tmp_path / "pre", name="new")
+    # safeguard=False: this Jacobi-like M loses to IC(0), and the point here is writing the model's own arrays
+    written, failed = export_preconditioners(model, [mats["diff8"]], tmp_path / "pre", name="new", safeguard=False)
     assert list(written) == ["diff8"] and not failed
     meta = json.loads(written["diff8"].read_text())
     assert meta["type"] == "lowrank_diag" and meta["model"] == "new" and meta["rank"] == 2

@@ -39,6 +39,7 @@ def export_cli(cfg: DictConfig) -> int:
     try:
         report = export_model(str(cfg.ckpt_path), cfg.get("out_dir"), matrices=matrices,
                               overwrite=bool(cfg.get("overwrite", False)), program=bool(cfg.get("program", True)),
+                              safeguard=bool(cfg.get("safeguard", True)),
                               log_dir=str(cfg.paths.log_dir), progress=progress)
     except ExportError as e:
         print(f"learnsolve-export: {e}", file=sys.stderr)

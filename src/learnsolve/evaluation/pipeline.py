@@ -71,8 +71,12 @@ def options(cfg: DictConfig) -> dict:
     if bad:
         raise EvaluationConfigError(f"preconditioners: unknown {bad}; choose from {', '.join(PRECONDITIONERS)}")
     amg = OmegaConf.to_container(cfg.get("amg") or {}, resolve=True)
+    safeguard = cfg.get("safeguard", True)
+    if not isinstance(safeguard, bool):
+        raise EvaluationConfigError(f"safeguard must be true or false, got {safeguard!r}")
     return {"rtols": sorted(set(rtols), reverse=True), "repeats": repeats, "maxiter": maxiter,
-            "solver": str(cfg.solver), "preconditioners": precs, "gmres_restart": restart, "amg_options": amg}
+            "solver": str(cfg.solver), "preconditioners": precs, "gmres_restart": restart, "amg_options": amg,
+            "safeguard": safeguard}
 
 
 def build_suite(bcfg) -> Suite:

@@ -27,7 +27,10 @@ METHOD_NOTE = (
     "rel. residual is the TRUE final ||b - A x|| / ||b||, recomputed from the returned x. Times are medians "
     "of {repeats} further full solve(s) at rtol {rtol:g}: setup = building the preconditioner (learned "
     "preconditioner: network forward + one application), solve = the Krylov iterations, total = setup + "
-    "solve. Solver: CG for SPD matrices (symmetric, positive diagonal), restarted GMRES({restart}) otherwise "
+    "solve. The learned preconditioner is checked at setup by its safeguard (a few PCG steps against its "
+    "classical fallback, IC(0) by default; the check is part of its setup time) unless safeguard=false: fallback "
+    "= yes where it was rejected and the row was solved with the fallback (the note says why). Solver: CG for SPD "
+    "matrices (symmetric, positive diagonal), restarted GMRES({restart}) otherwise "
     "(solver={solver}); flexible CG for a nonlinear learned preconditioner; at most {maxiter} iterations. "
     "vs IC(0) = iterations / IC(0) iterations at the same rtol (ILU(0) on nonsymmetric matrices). Status: ok "
     "= the solver's test passed at rtol {rtol:g} and the true residual is at most 10 x rtol; not_converged = "
@@ -78,6 +81,8 @@ def _fmt(v, kind: str = "") -> str:
         return f"{v:.4g}"
     if kind == "sci":
         return f"{v:.1e}"
+    if kind == "yesno":
+        return "yes" if v else "no"
     return str(v)
 
 
@@ -94,7 +99,8 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def markdown_table(rows: Sequence[Mapping], rtols: Sequence[float]) -> str:
     """The results as a Markdown table; reasons become numbered notes below it."""
     header = ["matrix", "n", "solver", "preconditioner", "status", *[f"iters {r:g}" for r in rtols],
-              *[f"vs IC(0) {r:g}" for r in rtols], "setup ms", "solve ms", "total ms", "rel. residual", "note"]
+              *[f"vs IC(0) {r:g}" for r in rtols], "setup ms", "solve ms", "total ms", "rel. residual", "fallback",
+              "note"]
     notes: dict[str, int] = {}
     body = []
     for r in rows:
@@ -106,7 +112,7 @@ def markdown_table(rows: Sequence[Mapping], rtols: Sequence[float]) -> str:
                      *[_fmt(r.get(rtol_key("iters", t))) for t in rtols],
                      *[_fmt(r.get(rtol_key("ratio_ic0", t)), "ratio") for t in rtols],
                      _fmt(r.get("setup_s"), "ms"), _fmt(r.get("solve_s"), "ms"), _fmt(r.get("total_s"), "ms"),
-                     _fmt(r.get("rel_residual"), "sci"), note])
+                     _fmt(r.get("rel_residual"), "sci"), _fmt(r.get("fallback"), "yesno"), note])
     text = _md_table(header, body)
     if notes:
         text += "\n\n" + "\n".join(f"[{i}] {' '.join(t.split())}  " for t, i in notes.items())

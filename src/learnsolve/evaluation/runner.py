@@ -18,9 +18,13 @@ AMG -- and the learned model) :func:`evaluate_suite` returns one row:
   AND a true residual at most 10 x that rtol (the recursive residual can drift from the true one, e.g.
   flexible GMRES with an ill-conditioned preconditioner).
 - ``setup_s``, ``solve_s``: medians over ``repeats`` further full solves at the smallest rtol, the setup
-  (building the preconditioner; for a learned preconditioner the network forward plus one application,
-  the NaN/Inf check; 0 for a learned solver, whose network runs inside its solve) timed apart from the
-  solve; ``total_s = setup_s + solve_s``. The history solve also serves as the warm-up.
+  (building the preconditioner; for a learned preconditioner the network forward, the safeguard's check and
+  one application, the NaN/Inf check; 0 for a learned solver, whose network runs inside its solve) timed apart
+  from the solve; ``total_s = setup_s + solve_s``. The history solve also serves as the warm-up.
+- ``fallback``: for a learned linear preconditioner with ``safeguard=True`` (the default), whether the safeguard
+  (:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`: a short PCG race against the model's
+  ``fallback_for``, IC(0) by default) rejected it, so that the row was solved with the fallback; the reason then
+  says "safeguard: fell back to IC(0) (<why>)". Empty for baselines, learned solvers and ``safeguard=False``.
 - ``ratio_ic0_<rtol>``: iterations / IC(0) iterations (ILU(0) for nonsymmetric matrices) at that rtol,
   empty when that baseline did not reach it.
 - ``status``: ok | not_converged (iteration cap ``maxiter``, a breakdown, or a true residual above
@@ -120,7 +124,7 @@ def columns(rtols: Sequence[float]) -> list[str]:
     """The result columns, in order (``residual_history`` is kept out of the tables)."""
     return ["matrix", "n", "nnz", "symmetric", "spd", "singular", "solver", "preconditioner", "status", "reason",
             *[rtol_key("iters", r) for r in rtols], *[rtol_key("ratio_ic0", r) for r in rtols],
-            "setup_s", "solve_s", "total_s", "rel_residual", "converged"]
+            "setup_s", "solve_s", "total_s", "rel_residual", "converged", "fallback"]
 
 
 def _row(info: MatrixInfo | None, name: str, rtols, **kw) -> dict:
@@ -245,7 +249,22 @@ def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_opti
     rows_out.append(row)
 
 
-def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out):
+def _learned_setup(model, batch, safeguard: bool):
+    """(M, check): the model's safeguarded preconditioner (a model without ``safe_preconditioner_for``, or
+    ``safeguard=False``: the raw one, check None)."""
+    safe = getattr(model, "safe_preconditioner_for", None)
+    if safeguard and safe is not None:
+        return safe(batch)
+    return model.preconditioner_for(batch), None
+
+
+def _fallback_note(check) -> str | None:
+    if check is None or check.all_accepted:
+        return None
+    return f"safeguard: fell back to {check.fallback_name} ({check.reason})"
+
+
+def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out, safeguard: bool = True):
     from torch_geometric.data import Batch
 
     info = sysm.info
@@ -262,10 +281,10 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
             batch = sysm.data
         if kind == "preconditioner":
             def setup():
-                M = model.preconditioner_for(batch)
+                M, check = _learned_setup(model, batch, safeguard)
                 if not _finite(M.apply(sysm.b_t.view(1, -1, 1))):
                     raise _Fail(f"the learned preconditioner ({mname}) produced NaN/Inf")
-                return M, None
+                return M, check
 
             def run(M):
                 # a nonlinear map (a network) breaks PCG's recurrences: flexible CG instead
@@ -281,11 +300,13 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
         else:
             raise _Skip(f"{mname} is a {kind!r} model, not a solver or preconditioner")
         try:
-            X, sinfo, _, ts, tv = _measure(setup, run, repeats)
+            X, sinfo, check, ts, tv = _measure(setup, run, repeats)
         except ValueError as e:  # the model does not apply here (e.g. fixed-size low-rank on another size)
             raise _Skip(f"{mname}: {e}") from e
         if kind == "solver":
             row["solver"] = sinfo.method
+        if check is not None:
+            row.update(fallback=not check.all_accepted, reason=_fallback_note(check))
         _fill_from_solve(row, sysm, X, sinfo, rtols, maxiter, learned=True)
         row.update(setup_s=ts, solve_s=tv, total_s=ts + tv)
     except _Skip as e:
@@ -308,8 +329,10 @@ def _add_ratios(rows: list[dict], rtols) -> None:
 
 def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1e-8), repeats: int = 3,
                     maxiter: int = 2000, solver: str = "auto", preconditioners: Iterable[str] = PRECONDITIONERS,
-                    gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None) -> list[dict]:
-    """The rows of one matrix (see the module docstring); ``model=None`` drops the learned row."""
+                    gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None,
+                    safeguard: bool = True) -> list[dict]:
+    """The rows of one matrix (see the module docstring); ``model=None`` drops the learned row; ``safeguard=False``
+    runs a learned preconditioner without its safeguard (studies)."""
     rtols = sorted({float(r) for r in rtols}, reverse=True)
     amg_options = amg_options or {}
     try:
@@ -330,7 +353,7 @@ def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1
         for p in preconditioners:
             if p == "learned":
                 if model is not None:
-                    _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows)
+                    _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows, safeguard)
             else:
                 _run_baseline(p, sysm, method, rtols, repeats, maxiter, options, amg_options, rows)
     _add_ratios(rows, rtols)
@@ -346,9 +369,10 @@ def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1
 def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e-8), repeats: int = 3,
              maxiter: int = 2000, solver: str = "auto", preconditioners: Iterable[str] = PRECONDITIONERS,
              gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None, progress: bool = True,
-             total: int | None = None) -> list[dict]:
+             total: int | None = None, safeguard: bool = True) -> list[dict]:
     """Rows for every matrix of ``suite`` (``(name, Data)`` items or :class:`SuiteError` records) and every
-    preconditioner: see the module docstring. ``model=None``: the classical baselines alone. A suite
+    preconditioner: see the module docstring. ``model=None``: the classical baselines alone; ``safeguard=False``:
+    the learned preconditioner without its safeguard. A suite
     member that cannot be read is one row with status ``error``; an exception raised by the suite itself
     ends the suite with such a row. ``progress`` shows a bar of matrices done (``total`` when known).
     """
@@ -362,7 +386,8 @@ def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e
     if not rtols or not all(0 < r < 1 for r in rtols):
         raise ValueError(f"rtols must be a non-empty list of tolerances in (0, 1), got {rtols}")
     kw = {"rtols": rtols, "repeats": int(repeats), "maxiter": int(maxiter), "solver": solver,
-          "preconditioners": preconditioners, "gmres_restart": gmres_restart, "amg_options": amg_options}
+          "preconditioners": preconditioners, "gmres_restart": gmres_restart, "amg_options": amg_options,
+          "safeguard": bool(safeguard)}
     choose_solver(MatrixInfo("", 1, 1, True, True, False, None), solver)  # a bad solver name fails now
     rows: list[dict] = []
     with _Progress(progress, total) as advance:

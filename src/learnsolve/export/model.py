@@ -73,7 +73,7 @@ def _skip_note(reason: str | None, has_program: bool) -> str | None:
 
 def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, matrices=None,
                  overwrite: bool = False, program: bool = True, log_dir: str | os.PathLike = "outputs",
-                 progress=None) -> ExportReport:
+                 progress=None, safeguard: bool = True) -> ExportReport:
     """Export a training checkpoint to ``out_dir`` (default ``<log_dir>/export/<model>_<time>``).
 
     Writes config.json, model.safetensors and the compiled program (``program=False``: none) and, when
@@ -82,6 +82,8 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
     (:func:`learnsolve.export.export_preconditioners`). A matrix that cannot be exported (wrong kind,
     malformed file) is recorded in ``report.failures`` and config.json, and the others are still written.
     A model without one (nonlinear, solver, surrogate) skips the matrices (``report.skipped`` says why).
+    ``safeguard`` (default on): where the learned factor would be worse than its fallback on a matrix, the
+    fallback is written instead and its JSON says so.
 
     Everything is written to a temporary sibling folder renamed into place at the end: a failure leaves no
     partial output. Raises ExportError (nothing written) for a missing, corrupt or foreign checkpoint, a
@@ -114,7 +116,7 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
         report.skipped = _skip_note(reason, prog["program"] is not None)
         if files:
             written, report.failures = export_preconditioners(model, files, tmp / PRECONDITIONERS, name=name,
-                                                              progress=progress)
+                                                              progress=progress, safeguard=safeguard)
             report.preconditioners = {s: out / PRECONDITIONERS / p.name for s, p in written.items()}
         config = {
             "format": FORMAT, "model": name, "kind": report.kind, "target": target, "kwargs": kwargs,

@@ -9,7 +9,15 @@ carries the matrix's name):
   triangular) and ``<stem>_L.npz`` (``scipy.sparse.save_npz``, CSR), the same factor L;
 - type ``"lowrank_diag"`` (M = D + U V^T; lowrank_precond, V = U): ``<stem>_lowrank.npz`` (``numpy.savez``:
   ``D`` (n,), ``U`` (n, r), ``V`` (n, r));
-- ``<stem>.json``: ``{"format", "matrix", "source", "n", "nnz_A", "model", "type", "files", "apply", ...}``.
+- ``<stem>.json``: ``{"format", "matrix", "source", "n", "nnz_A", "model", "type", "factor", "safeguard", "files",
+  "apply", ...}``.
+
+The safeguard (on by default): the model's preconditioner of each matrix is checked against its classical fallback
+(:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`, random probes: the users' right-hand sides
+are unknown); where it would be slower the FALLBACK is written (IC(0) as an ``"llt"`` factor; lowrank_precond's
+Jacobi as an ``"llt"`` diagonal factor L = diag(A)^(1/2)), and the JSON says which (``"factor": "learned"`` or
+``"fallback:ic0"``, ``"fallback:jacobi"``, ...) and why (``"safeguard"``: accepted, reason, the fallback's name,
+the energy ratio and Ritz condition estimates of the race, the seconds it took).
 
 :func:`learnsolve.export.load_preconditioner` reads them back. The preconditioner of a matrix file depends on A
 only (its coefficient feature is ones and no model reads b).
@@ -124,20 +132,53 @@ def _write_lowrank(arrays: dict, out: Path, stem: str, name: str, written: list[
 WRITERS = {"llt": _write_llt, "lowrank_diag": _write_lowrank}
 
 
-def _export_one(model, name: str, path: Path, out: Path, stem: str) -> Path:
+def _number(v: float) -> float | None:
+    """A JSON-safe float (NaN/Inf become null)."""
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def safeguard_record(check) -> dict:
+    """The ``"safeguard"`` entry of a per-matrix JSON: what the check of one system decided and why."""
+    return {"accepted": check.all_accepted, "reason": check.reason, "fallback": check.fallback_name,
+            "energy_ratio": _number(check.energy_ratio.reshape(-1)[0]), "kappa_learned": _number(check.kappa.reshape(-1)[0]),
+            "kappa_fallback": _number(check.kappa_fallback.reshape(-1)[0]), "steps": check.steps,
+            "seconds": check.seconds, "notes": list(check.notes),
+            "rule": "a short PCG race from random right-hand sides: the learned factor is kept only where its A-norm "
+                    "error after the race is no larger than the fallback's (learnsolve.linalg.safeguard)"}
+
+
+def _chosen_matrix(model, batch, name: str, safeguard: bool):
+    """(MatrixExport, factor, safeguard record or None): the learned arrays where the safeguard keeps them (or
+    ``safeguard=False``), the fallback's where it rejects them."""
+    from learnsolve.models.base import matrix_export_of
+
+    with torch.no_grad():
+        check = model.safe_preconditioner_for(batch, rhs=False)[1] if safeguard else None
+        if check is None or check.all_accepted:
+            return model.export_matrix(batch), "learned", None if check is None else safeguard_record(check)
+        exported = matrix_export_of(check.preconditioner)
+    if exported is None:
+        raise ValueError(f"the safeguard rejected {name}'s preconditioner ({check.reason}), and its fallback "
+                         f"{check.fallback_name} has no file form")
+    return exported, f"fallback:{check.fallback_key}", safeguard_record(check)
+
+
+def _export_one(model, name: str, path: Path, out: Path, stem: str, safeguard: bool = True) -> Path:
     from learnsolve.models.base import one_system_batch
 
     A, data = _system(path, model, name)
-    with torch.no_grad():
-        exported = model.export_matrix(one_system_batch(data))
+    exported, factor, record = _chosen_matrix(model, one_system_batch(data), name, safeguard)
     if exported.type not in WRITERS:
         raise ValueError(f"{name} exports a matrix of type {exported.type!r}, which export cannot write "
                          f"(it writes {', '.join(WRITERS)})")
     meta = {"format": 1, "matrix": stem, "source": str(path), "n": int(A.shape[0]), "nnz_A": int(A.nnz),
-            "model": name, "model_class": f"{type(model).__module__}.{type(model).__name__}", "type": exported.type}
+            "model": name, "model_class": f"{type(model).__module__}.{type(model).__name__}", "type": exported.type,
+            "factor": factor, "safeguard": record}
     written: list[Path] = []
     try:
-        meta.update(WRITERS[exported.type](exported.arrays, out, stem, name, written))
+        label = name if factor == "learned" else f"{record['fallback']} (the safeguard's fallback for {name})"
+        meta.update(WRITERS[exported.type](exported.arrays, out, stem, label, written))
         meta["load"] = (f"learnsolve.export.load_preconditioner('{stem}.json') (scipy LinearOperator applying "
                         "M^-1; backend='torch' for learnsolve.linalg)")
         written.append(out / f"{stem}.json")
@@ -159,9 +200,11 @@ def _model_and_name(source, name: str | None):
 
 
 def export_preconditioners(model, matrices, out_dir: str | os.PathLike, *, name: str | None = None,
-                           progress=None) -> tuple[dict[str, Path], dict[str, str]]:
+                           progress=None, safeguard: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
     """Apply ``model`` (a learnsolve model, or an exported model folder) to each matrix and write its
-    preconditioner files into ``out_dir`` (created when missing). Returns ``({stem: json path}, {stem: reason})``:
+    preconditioner files into ``out_dir`` (created when missing): the learned factor where the safeguard keeps it,
+    its fallback where it rejects it (see the module doc; ``safeguard=False``: always the learned factor, and the
+    JSON's ``"safeguard"`` is null). Returns ``({stem: json path}, {stem: reason})``:
     a matrix that fails (malformed file, wrong kind for the model, duplicate name) leaves no file and is
     reported; the others are written. ExportError for a model without a per-matrix preconditioner (the model's
     ``matrix_export_reason``) or bad ``matrices``. ``progress``: optional callable ``(stem, ok, detail)`` called
@@ -187,7 +230,7 @@ def export_preconditioners(model, matrices, out_dir: str | os.PathLike, *, name:
             continue
         seen[stem] = path
         try:
-            written[stem] = _export_one(model, name, path, out, stem)
+            written[stem] = _export_one(model, name, path, out, stem, safeguard)
         except (ValueError, RuntimeError, OSError) as e:
             msg = str(e)
             failed[stem] = msg if msg.startswith(str(path)) else f"{path}: {msg}"
@@ -196,4 +239,4 @@ def export_preconditioners(model, matrices, out_dir: str | os.PathLike, *, name:
     return written, failed
 
 
-__all__ = ["APPLY", "WRITERS", "export_preconditioners", "resolve_matrices"]
+__all__ = ["APPLY", "WRITERS", "export_preconditioners", "resolve_matrices", "safeguard_record"]

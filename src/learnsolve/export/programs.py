@@ -80,7 +80,10 @@ def _save_program(fmt: str, module: nn.Module, example: tuple, dynamic: bool, pa
         n = Dim("n", min=2) if dynamic else None
         E = Dim("E", min=2)
         vec = None if n is None else {0: n}
-        shapes = ({1: E}, {0: E}, vec) + (vec,) * (len(example) - 3)
+        num_entries, num_nodes = example[1].shape[0], example[2].shape[0]
+        # extra inputs: per node (length n, like feat) or per entry of A (length E, like values)
+        extra = tuple({0: E} if x.shape[0] == num_entries != num_nodes else vec for x in example[3:])
+        shapes = ({1: E}, {0: E}, vec) + extra
         ep = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
         with atomic_open(path, "wb") as fh:
             torch.export.save(ep, fh)

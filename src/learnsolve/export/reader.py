@@ -203,7 +203,40 @@ def _torch_as_scipy(P, n: int):
                                matmat=lambda X: run(P.apply, X), dtype=np.float64)
 
 
-def load_preconditioner(path: str | os.PathLike, backend: str = "scipy"):
+def _matrix_for_check(path: Path, A, n: int):
+    """The user's matrix as a float64 :class:`learnsolve.linalg.SparseMatrix` of shape (n, n) (ExportError if not)."""
+    from learnsolve.linalg import SparseMatrix
+
+    if isinstance(A, SparseMatrix):
+        S = A.detach().to(torch.float64)
+    else:
+        try:
+            S = SparseMatrix.from_scipy(sp.csr_matrix(A), dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise ExportError(f"load_preconditioner: A must be a scipy sparse matrix, a dense array or a "
+                              f"learnsolve.linalg.SparseMatrix, got {type(A).__name__} ({e})") from e
+    if S.shape != (n, n) or S.batch_size is not None:
+        raise ExportError(f"load_preconditioner: A has shape {tuple(S.shape)}, but {path.name} is for n = {n}")
+    return S
+
+
+def _checked(path: Path, P, A, n: int):
+    """P, or IC(0) of A (with a warning) where :func:`learnsolve.linalg.safeguard` rejects P on A."""
+    from learnsolve.linalg import FactorizationError, safeguard
+
+    try:
+        check = safeguard(_matrix_for_check(path, A, n), P, "ic0")
+    except FactorizationError as e:
+        raise ExportError(f"load_preconditioner: IC(0) of the given A breaks down even with a diagonal shift ({e}); "
+                          "is A symmetric positive definite?") from e
+    if check.all_accepted:
+        return P
+    warnings.warn(f"{path}: safeguard: fell back to {check.fallback_name} of the given A ({check.reason})",
+                  UserWarning, stacklevel=3)
+    return check.preconditioner
+
+
+def load_preconditioner(path: str | os.PathLike, backend: str = "scipy", A=None):
     """M^{-1} of an exported ``<stem>.json``.
 
     ``backend="scipy"``: a ``scipy.sparse.linalg.LinearOperator`` (n x n, float64; ``M=`` of
@@ -211,7 +244,12 @@ def load_preconditioner(path: str | os.PathLike, backend: str = "scipy"):
     (:class:`learnsolve.linalg.LowRankDiagonal`) for ``"lowrank_diag"``. ``backend="torch"``: a
     :class:`learnsolve.linalg.Preconditioner` (``LLT`` / ``LowRankDiagonal``, float64) for
     ``learnsolve.linalg.solve(..., precond=...)``.
-    ExportError (naming the file) for a missing or malformed JSON, an unknown type or missing / bad data files.
+    ``A`` (optional; scipy sparse, dense or a ``SparseMatrix``): the matrix the preconditioner will be used with.
+    Then the loaded factor is checked against IC(0) of A by :func:`learnsolve.linalg.safeguard` (a few PCG steps
+    with both; IC(0) with a diagonal shift where plain IC(0) breaks down) and, where it would be slower, IC(0) of A
+    is returned instead, with a ``UserWarning`` saying why.
+    ExportError (naming the file) for a missing or malformed JSON, an unknown type or missing / bad data files, an
+    A of the wrong size, or an A whose IC(0) breaks down even with a shift.
     """
     if backend not in ("scipy", "torch"):
         raise ExportError(f"load_preconditioner: backend must be 'scipy' or 'torch', got {backend!r}")
@@ -226,18 +264,21 @@ def load_preconditioner(path: str | os.PathLike, backend: str = "scipy"):
     files = meta.get("files")
     if not isinstance(files, dict):
         raise ExportError(f"{path}: 'files' must be an object naming the data files, got {files!r}")
+    from learnsolve.linalg import LLT, LowRankDiagonal, SparseMatrix
+
     if typ == "llt":
         L = _read_factor(path, files, n)
-        if backend == "scipy":
-            return _llt_scipy(L)
-        from learnsolve.linalg import LLT, SparseMatrix
-
-        return LLT(SparseMatrix.from_scipy(L, dtype=torch.float64))
-    from learnsolve.linalg import LowRankDiagonal
-
-    D, U, V = (torch.from_numpy(a) for a in _read_lowrank(path, files, n))
-    P = LowRankDiagonal(D, U, None if torch.equal(U, V) else V)
-    return _torch_as_scipy(P, n) if backend == "scipy" else P
+        P = LLT(SparseMatrix.from_scipy(L, dtype=torch.float64))
+    else:
+        D, U, V = (torch.from_numpy(a) for a in _read_lowrank(path, files, n))
+        P = LowRankDiagonal(D, U, None if torch.equal(U, V) else V)
+    if A is not None:
+        P = _checked(path, P, A, n)
+    if backend == "torch":
+        return P
+    if isinstance(P, LLT):  # the factor read from the file, or IC(0) of A: sparse substitutions in scipy
+        return _llt_scipy(P.L.to_scipy().tocsr())
+    return _torch_as_scipy(P, n)
 
 
 __all__ = ["load_exported_model", "load_preconditioner", "load_program", "load_program_file", "read_config"]

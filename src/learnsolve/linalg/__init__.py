@@ -14,6 +14,8 @@ Public API:
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
 - spectral estimates from CG's Lanczos coefficients (differentiable, no n x n eigensolve):
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
+- the setup-time safeguard for learned preconditioners (a short PCG race against a classical fallback, per
+  system of a block-diagonal batch): :func:`safeguard` -> :class:`SafeguardResult`
 """
 
 from .amg import AMG
@@ -23,6 +25,7 @@ from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
 from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
 from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner
+from .safeguard import SafeguardResult, safeguard
 from .solve import AdjointOptions, ConvergenceError, ConvergenceWarning, solve
 from .sparse import CSRPattern, SparseMatrix
 from .spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
@@ -47,6 +50,7 @@ __all__ = [
     "LowRankDiagonal",
     "MatrixFreeOperator",
     "Preconditioner",
+    "SafeguardResult",
     "SingularMatrixError",
     "SolveInfo",
     "SparseLU",
@@ -64,6 +68,7 @@ __all__ = [
     "lanczos_tridiagonal",
     "make_preconditioner",
     "minres",
+    "safeguard",
     "solve",
     "triangular_solve",
 ]

@@ -7,9 +7,12 @@ instead of testing its class:
   (its preconditioner is a fixed linear map: plain PCG; else flexible CG), ``matrix_type`` (the form of its
   per-matrix export, one of :data:`MATRIX_TYPES`, or None) and ``num_nodes`` (the one system size it serves,
   None for any size);
-- ``training_loss(batch)``; ``solve(batch, rtol, maxiter)``; ``preconditioner_for(batch)``;
+- ``training_loss(batch)``; ``solve(batch, rtol, maxiter)``; ``preconditioner_for(batch)`` (the raw learned map);
   ``metrics(batch)`` (surrogates); :meth:`LearnedModel.implements` says which of the
   optional ones a class provides;
+- the safeguard of a learned preconditioner: ``fallback_for(batch)`` (the classical preconditioner it falls back
+  to) and ``safe_preconditioner_for(batch)`` (the learned one where :func:`learnsolve.linalg.safeguard` accepts it,
+  per graph, the fallback elsewhere); the default ``solve`` uses it unless ``safeguard=False``;
 - export: ``matrix_export_reason(name)`` / ``export_matrix(batch)`` (the preconditioner of one matrix as
   arrays) and ``export_program()`` (a :class:`ProgramSpec`, or the reason why there is none).
 
@@ -28,7 +31,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from learnsolve.linalg import LLT, LowRankDiagonal, Preconditioner, SolveInfo, SparseMatrix, cg, fcg
+from learnsolve.linalg import (
+    IC0,
+    LLT,
+    Jacobi,
+    LowRankDiagonal,
+    Preconditioner,
+    SafeguardResult,
+    SolveInfo,
+    SparseMatrix,
+    cg,
+    fcg,
+    safeguard,
+)
 
 KINDS = ("solver", "preconditioner", "surrogate")
 MATRIX_TYPES = {
@@ -84,6 +99,30 @@ class MatrixExport:
     arrays: dict[str, Any]
 
 
+def matrix_export_of(P: Preconditioner) -> MatrixExport | None:
+    """The arrays of a preconditioner of ONE system, learned or classical: an :class:`LLT` (IC(0), MIC(0), a learned
+    factor) as ``"llt"``, Jacobi as ``"llt"`` with L = diag(A)^(1/2), a :class:`LowRankDiagonal` as
+    ``"lowrank_diag"``; None for any other preconditioner."""
+    import scipy.sparse as sp
+
+    if isinstance(P, LLT):
+        L = P.L.to_scipy().tocsr()
+        L.sort_indices()
+        return MatrixExport("llt", {"L": L})
+    if isinstance(P, Jacobi):
+        d = (1.0 / P.inv_diag.reshape(-1)).detach().to(torch.float64).cpu().numpy()
+        return MatrixExport("llt", {"L": sp.diags(d ** 0.5, format="csr")})
+    if isinstance(P, LowRankDiagonal):
+        return MatrixExport("lowrank_diag", {k: getattr(P, k)[0].detach().to(torch.float64).cpu().numpy()
+                                             for k in ("D", "U", "V")})
+    return None
+
+
+def _spd_like(A: SparseMatrix) -> bool:
+    """Symmetric with a positive diagonal: what CG and IC(0) need (indefiniteness shows up as a breakdown)."""
+    return bool((A.diagonal() > 0).all()) and A.is_symmetric(rtol=1e-10)
+
+
 class ProgramModule(nn.Module):
     """Base of the module of a :class:`ProgramSpec`: it holds the model, and its ``forward`` calls the model's own
     tensor functions (the code path of the model's batched forward), never a copy of its formulas."""
@@ -98,7 +137,7 @@ class ProgramSpec:
     """A model's network as a plain tensor function of ONE system, for torch.export / TorchScript.
 
     ``module(edge_index, values, feat, *extra)`` (inputs as :data:`SYSTEM_INPUTS`, then one length-n vector per
-    entry of ``extra_inputs``); ``inputs(data, seed)`` builds its input tuple for a PyG Data (random extras from
+    entry of ``extra_inputs``, of length n (per node) or E (per entry of A)); ``inputs(data, seed)`` builds its input tuple for a PyG Data (random extras from
     ``seed``); ``reference(data, inputs)`` computes the same outputs, in the same form, through the model's
     batched path (export checks the compiled program against it); ``outputs`` describes them.
     """
@@ -158,15 +197,45 @@ class LearnedModel(nn.Module, abc.ABC):
         """M^{-1} on canonical (1, N, k) blocks of the batch's block-diagonal A (linear iff ``is_linear``)."""
         raise self._unsupported("preconditioner")
 
+    def fallback_for(self, batch) -> Preconditioner:
+        """The classical preconditioner this model's preconditioner falls back to where the safeguard rejects it:
+        IC(0) of the batch's block-diagonal A (``shift="auto"``: A + shift diag(A) where plain IC(0) breaks down)
+        when A is symmetric with a positive diagonal, Jacobi otherwise. Models override it with their own base."""
+        A = SparseMatrix.from_pyg(batch).detach()
+        return IC0(A, shift="auto") if _spd_like(A) else Jacobi(A)
+
     @torch.no_grad()
-    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
+    def safe_preconditioner_for(self, batch, *, rhs: bool = True) -> tuple[Preconditioner, SafeguardResult | None]:
+        """(M^{-1}, check): :meth:`preconditioner_for` where :func:`learnsolve.linalg.safeguard` accepts it against
+        :meth:`fallback_for` (built lazily), graph by graph, the fallback elsewhere. ``rhs``: the race's first probe
+        is the batch's right-hand side ``b`` (the systems about to be solved); False: random probes only (a matrix
+        without its right-hand side, e.g. an exported preconditioner). The check is None, and M the raw map, for a
+        nonlinear preconditioner (the PCG race needs a fixed linear M). Cost: the network plus
+        ``check.seconds`` (a few PCG iterations with both and the fallback's setup)."""
+        P = self.preconditioner_for(batch)
+        if not (self.is_linear and P.linear):
+            return P, None
+        A = SparseMatrix.from_pyg(batch).detach()
+        b = getattr(batch, "b", None) if rhs else None
+        check = safeguard(A, P, lambda: self.fallback_for(batch), b=None if b is None else b.view(-1))
+        return check.preconditioner, check
+
+    @torch.no_grad()
+    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000, safeguard: bool = True) -> tuple[Tensor, SolveInfo]:
         """(x (N,), per-graph SolveInfo) for every system of the batch. Default: CG with
-        :meth:`preconditioner_for` (flexible CG when it is not linear)."""
+        :meth:`safe_preconditioner_for` (``safeguard=False``: the raw :meth:`preconditioner_for`, for studies;
+        flexible CG when it is not linear)."""
         if not self.implements("preconditioner_for"):
             raise self._unsupported("solve")
-        M = self.preconditioner_for(batch)
+        M = self.safe_preconditioner_for(batch)[0] if safeguard else self.preconditioner_for(batch)
+        return self.solve_with(batch, M, rtol, maxiter)
+
+    @torch.no_grad()
+    def solve_with(self, batch, M: Preconditioner, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
+        """(x (N,), per-graph SolveInfo): CG on the batch's systems with the preconditioner M (flexible CG when M
+        is nonlinear), e.g. the first item of :meth:`safe_preconditioner_for`."""
         A = SparseMatrix.from_pyg(batch).detach()
-        method = cg if self.is_linear else fcg
+        method = cg if getattr(M, "linear", self.is_linear) else fcg
         return method(A, batch.b.view(-1).to(A.dtype), M, rtol=rtol, maxiter=maxiter)
 
     def metrics(self, batch) -> dict[str, Tensor]:
@@ -194,13 +263,9 @@ class LearnedModel(nn.Module, abc.ABC):
             raise NotImplementedError(reason)
         with torch.no_grad():
             P = self.preconditioner_for(batch)
-        if self.matrix_type == "llt" and isinstance(P, LLT):
-            L = P.L.to_scipy().tocsr()
-            L.sort_indices()
-            return MatrixExport("llt", {"L": L})
-        if self.matrix_type == "lowrank_diag" and isinstance(P, LowRankDiagonal):
-            return MatrixExport("lowrank_diag", {k: getattr(P, k)[0].detach().to(torch.float64).cpu().numpy()
-                                                 for k in ("D", "U", "V")})
+        exported = matrix_export_of(P)
+        if exported is not None and exported.type == self.matrix_type:
+            return exported
         raise TypeError(f"{type(self).__name__} declares matrix_type {self.matrix_type!r}, but preconditioner_for "
                         f"returned a {type(P).__name__}: override export_matrix")
 
@@ -220,6 +285,7 @@ __all__ = [
     "ProgramSpec",
     "check_choice",
     "check_int",
+    "matrix_export_of",
     "one_system_batch",
     "system_tensors",
 ]

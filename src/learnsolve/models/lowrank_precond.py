@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learnsolve.linalg import LowRankDiagonal, Preconditioner, SparseMatrix, condition_estimate
+from learnsolve.linalg import Jacobi, LowRankDiagonal, Preconditioner, SparseMatrix, condition_estimate
 from learnsolve.nn.features import (
     diagonal,
     graph_mean,
@@ -160,6 +160,11 @@ class LowRankPreconditioner(LearnedModel):
     def preconditioner_for(self, batch) -> LowRankDiagonal:
         """M^{-1} (linear, SPD, symmetric) on canonical (1, N, k) blocks of this batch's block-diagonal A."""
         return self._precond(batch, self._system(batch))
+
+    def fallback_for(self, batch) -> Jacobi:
+        """Jacobi, M = diag(A): the classical method this model extends (its D starts at diag(A)); the safeguard's
+        reference and the fallback where it rejects the learned M."""
+        return Jacobi(self._system(batch))
 
     def _precond(self, batch, A: SparseMatrix) -> LowRankDiagonal:
         D, U = self.factors(batch, A)

@@ -160,10 +160,10 @@ class NeuralIF(LearnedModel):
         return LLT(self.factor(batch)[1])
 
     def fallback_for(self, batch) -> LLT:
-        """The classical factor this model corrects (IC(0) for the Gauss-Seidel base): what a safeguard falls
-        back to when the learned factor would hurt."""
-        A = SparseMatrix.from_pyg(batch).detach()
-        return (MIC0 if self.base == "mic0" else IC0)(A, shift="auto")
+        """What a safeguard falls back to when the learned factor would hurt: IC(0) (shifted where it breaks
+        down), whatever the base. Not MIC(0): outside M-matrices it can be far worse than IC(0) (measured: 383 vs
+        107 iterations on 1138_bus, 119 vs 36 on bcsstk03), and the promise is never worse than IC(0)."""
+        return IC0(SparseMatrix.from_pyg(batch).detach(), shift="auto")
 
     def export_program(self) -> ProgramSpec:
         def reference(data, _inputs):
@@ -182,7 +182,7 @@ class NeuralIF(LearnedModel):
             full[edge_index[0] >= edge_index[1]] = self.base_factor(A).values.to(values.dtype)
             return edge_index, values, feat, full
 
-        return ProgramSpec(_FactorProgram(self), reference=reference, outputs=outputs, inputs=inputs,
+        return ProgramSpec(_CorrectionProgram(self), reference=reference, outputs=outputs, inputs=inputs,
                            extra_inputs=[(f"base (E,) float64: the {self.base.upper()} factor of A (e.g. "
                                          f"learnsolve.linalg.{self.base.upper()}(A, shift='auto').L) on A's lower "
                                          "entries, in the input's order, 0 on the upper ones")])
@@ -224,10 +224,18 @@ class NeuralIF(LearnedModel):
 
 
 class _FactorProgram(ProgramModule):
-    """(edge_index, values, feat[, base]) -> (row, col, values) of L on tril(A): :meth:`NeuralIF.factor_entries`."""
+    """(edge_index, values, feat) -> (row, col, values) of L on tril(A): :meth:`NeuralIF.factor_entries`."""
 
-    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, *base: Tensor):
+    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor):
+        lr, lc, vals, _ = self.model.factor_entries(edge_index[0], edge_index[1], values, feat[:, 1])
+        return lr, lc, vals
+
+
+class _CorrectionProgram(ProgramModule):
+    """(edge_index, values, feat, base) -> (row, col, values) of L = base + correction on tril(A)."""
+
+    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, base: Tensor):
         lower = edge_index[0] >= edge_index[1]
         lr, lc, vals, _ = self.model.factor_entries(edge_index[0], edge_index[1], values, feat[:, 1],
-                                                    base_values=base[0][lower] if base else None)
+                                                    base_values=base[lower])
         return lr, lc, vals

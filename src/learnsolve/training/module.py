@@ -26,13 +26,29 @@ def baseline_iterations(batch, precond: str | None, rtol: float, maxiter: int) -
     return baseline_solve(batch, precond, rtol, maxiter)[1].iterations.view(-1).to(torch.float64)
 
 
+@torch.no_grad()
+def safeguarded_solve(model, batch, rtol: float, maxiter: int):
+    """``(x, SolveInfo, check)``: the model's solve of every graph of ``batch``. A linear learned preconditioner is
+    solved with :meth:`~learnsolve.models.base.LearnedModel.safe_preconditioner_for` (the fallback on the graphs
+    where the safeguard rejects it) and ``check`` is its :class:`learnsolve.linalg.SafeguardResult`; for learned
+    solvers and nonlinear preconditioners ``check`` is None (nothing to check)."""
+    if model.kind == "preconditioner":
+        M, check = model.safe_preconditioner_for(batch)
+        if check is not None:
+            return (*model.solve_with(batch, M, rtol, maxiter), check)
+    return (*model.solve(batch, rtol=rtol, maxiter=maxiter), None)
+
+
 class LearnedSolverModule(pl.LightningModule):
     """Lightning wrapper of a learned solver, preconditioner or surrogate.
 
     Metrics: ``train/loss`` and ``val/loss`` (the model's ``training_loss``) plus the model's logs; for
-    the iterative kinds also ``val/iters`` (mean iterations to ``eval_rtol`` on the validation systems)
-    and ``val/iters_ratio_<baseline>`` for every training baseline of the registry but "none" (per-system
-    ratio to that baseline's PCG iterations, averaged; e.g. ``val/iters_ratio_ic0``). The baselines'
+    the iterative kinds also ``val/iters`` (mean iterations to ``eval_rtol`` on the validation systems; a linear
+    learned preconditioner runs with its safeguard, i.e. with the fallback on the systems where the safeguard
+    rejects it), ``val/fallback_rate`` (linear learned preconditioners: the fraction of validation systems where
+    the safeguard rejected the learned preconditioner) and ``val/iters_ratio_<baseline>`` for every training
+    baseline of the registry but "none" (per-system ratio to that baseline's PCG iterations, averaged; e.g.
+    ``val/iters_ratio_ic0``). The baselines'
     iterations do not change while the model trains: they are computed once per system and cached. For surrogates
     the model's ``metrics(batch)``. The same under ``test/``. A non-finite loss stops training with the
     step and the offending batch's seeds. Metrics are reduced across processes under DDP.
@@ -77,9 +93,12 @@ class LearnedSolverModule(pl.LightningModule):
             self.log(f"{stage}/{k}", float(v), batch_size=n, sync_dist=sync)
         if stage != "train":
             if self.iterative:
-                _, info = self.model.solve(batch, rtol=self.eval_rtol, maxiter=self.eval_maxiter)
+                _, info, check = safeguarded_solve(self.model, batch, self.eval_rtol, self.eval_maxiter)
                 iters = info.iterations.view(-1).to(torch.float64)
                 self.log(f"{stage}/iters", iters.mean(), batch_size=n, prog_bar=True, sync_dist=True)
+                if check is not None:
+                    self.log(f"{stage}/fallback_rate", check.num_fallbacks / check.num_systems, batch_size=n,
+                             sync_dist=True)
                 for name in training_baselines():
                     if name != "none":
                         base = self.baseline_iterations(batch, name).to(iters.device)
