@@ -14,10 +14,11 @@ Run (from the repository root)::
 2. Evaluation: ``--num-test`` held-out diffusion2d systems (sigma^2 = 1, seeds disjoint from every
    training split) per grid size in ``--sizes``. For each system, method and rtol in ``--rtols``:
    iterations, setup seconds (building the preconditioner: IC(0) factorisation, AMG hierarchy,
-   network forward), solve seconds and their sum (median of ``--repeats``). Classical methods run
+   network forward and the safeguard's check against IC(0)), solve seconds and their sum (median of
+   ``--repeats``). Classical methods (every entry of the baseline registry: none, Jacobi, IC(0), MIC(0), AMG) run
    PCG (``learnsolve.linalg.cg``; IC(0) and learned factors use the same compiled triangular solves,
    so times compare kernels fairly); ``gnn_solver`` runs its flexible CG, ``unrolled_cg`` its learned
-   steps then CG. AMG is pyamg smoothed aggregation used as a preconditioner of the same CG.
+   steps then CG. AMG is pyamg (smoothed aggregation, Ruge-Stueben) used as a preconditioner of the same CG.
    Baselines and learned models are timed in the same process, one after the other per system.
    Records so far are saved after every system (``bench_learned.partial.json``).
 3. Output: a table on stdout and ``OUT/bench_learned.json`` and ``OUT/bench_learned.md`` (written
@@ -95,8 +96,8 @@ def measure(method: str, model, batch, rtol: float, maxiter: int, repeats: int) 
     def setup():
         if method in CLASSICAL:
             return build_baseline(method, A)
-        if model.kind == "preconditioner":
-            return model.preconditioner_for(batch)
+        if model.kind == "preconditioner":  # checked by the safeguard (IC(0) fallback), as everywhere by default
+            return model.safe_preconditioner_for(batch)[0]
         return None  # learned solvers build their context inside solve (timed there)
 
     with torch.no_grad():
