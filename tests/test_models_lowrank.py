@@ -157,8 +157,11 @@ def test_loss_with_condition_term_is_finite_and_differentiable():
 @pytest.mark.parametrize("variant", ["gnn", "fixed"])
 def test_solve_converges(variant):
     batch = _batch([(6, 0), (6, 1), (6, 2)])
+    torch.manual_seed(0)
     model = LowRankPreconditioner(variant=variant, num_nodes=36, rank=3).double()
-    x, info = model.solve(batch, rtol=1e-8)
+    # the raw learned map (the safeguard, on by default, may pick Jacobi for a random initialisation: tested
+    # in test_safeguard.py)
+    x, info = model.solve(batch, rtol=1e-8, safeguard=False)
     assert bool(info.converged.all()) and info.iterations.shape == (3,)  # one count per graph
     assert torch.allclose(x, batch.x, rtol=0, atol=1e-6 * float(batch.x.abs().max()))
     # the same preconditioner through the public cg: identical per-graph iterations (no_grad: the same
