@@ -63,16 +63,12 @@ def run(ckpt: str, size: int, num: int, sigma2: float, atol: float, maxiter: int
 
 
 def summary(records: list[dict]) -> list[dict]:
-    out = []
-    for name in ("ic0", "mic0", "learned"):
-        its = statistics.mean(r[name]["iters"] for r in records)
-        tot = statistics.mean(r[name]["setup_s"] + r[name]["solve_s"] for r in records)
-        ic_its = statistics.mean(r["ic0"]["iters"] for r in records)
-        ic_tot = statistics.mean(r["ic0"]["setup_s"] + r["ic0"]["solve_s"] for r in records)
-        out.append({"method": name, "iters": its, "iters_vs_ic0": its / ic_its, "total_s": tot,
-                    "time_vs_ic0": tot / ic_tot,
-                    "converged": f"{sum(r[name]['converged'] for r in records)}/{len(records)}"})
-    return out
+    methods = ("ic0", "mic0", "learned")
+    its = {m: statistics.mean(r[m]["iters"] for r in records) for m in methods}
+    tot = {m: statistics.mean(r[m]["setup_s"] + r[m]["solve_s"] for r in records) for m in methods}
+    return [{"method": m, "iters": its[m], "iters_vs_ic0": its[m] / its["ic0"], "total_s": tot[m],
+             "time_vs_ic0": tot[m] / tot["ic0"],
+             "converged": f"{sum(r[m]['converged'] for r in records)}/{len(records)}"} for m in methods]
 
 
 def main(argv=None) -> int:

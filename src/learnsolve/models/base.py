@@ -200,7 +200,8 @@ class LearnedModel(nn.Module, abc.ABC):
     def fallback_for(self, batch) -> Preconditioner:
         """The classical preconditioner this model's preconditioner falls back to where the safeguard rejects it:
         IC(0) of the batch's block-diagonal A (``shift="auto"``: A + shift diag(A) where plain IC(0) breaks down)
-        when A is symmetric with a positive diagonal, Jacobi otherwise. Models override it with their own base."""
+        when A is symmetric with a positive diagonal, Jacobi otherwise. A model may override it (lowrank_precond:
+        Jacobi); neural_if keeps IC(0) whatever factor it corrects."""
         A = SparseMatrix.from_pyg(batch).detach()
         return IC0(A, shift="auto") if _spd_like(A) else Jacobi(A)
 
