@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from learnsolve.linalg import IC0, LLT, MIC0, SparseMatrix, condition_estimate
 from learnsolve.nn.features import node_coefficient, require_positive_diagonal, system_features
-from learnsolve.nn.layers import SystemConv, mlp
+from learnsolve.nn.layers import SystemConv, edge_workspace, mlp, pair_hidden
 
 from .base import (
     LearnedModel,
@@ -121,14 +121,16 @@ class NeuralIF(LearnedModel):
         h = self.encoder(node.to(pdt))
         ei = torch.stack([row, col])
         edge = f.edge.to(pdt)
+        work = edge_workspace(h, row.shape[0], h.shape[-1])  # reused by every layer (inference only)
         for conv in self.convs:
-            h = conv(h, ei, edge)
+            h = conv(h, ei, edge, work)
         le = edge[low][off]
         if self.base != "none":
             le = torch.cat([le, (base[off] / sd[lr_o]).unsqueeze(-1).to(pdt)], -1)
         w_diag = self.diag_head(h).view(-1).to(values.dtype)
         # the edge MLP only on the strictly lower entries (the diagonal comes from the node head)
-        w_off = self.edge_head(torch.cat([h[lr_o], h[lc_o], le], -1)).view(-1).to(values.dtype)
+        hidden = pair_hidden(self.edge_head[0], self.edge_head[1], h, lr_o, lc_o, le, work)
+        w_off = self.edge_head[2](hidden).view(-1).to(values.dtype)
         vals = base * torch.exp(w_diag)[lr]
         vals = vals.masked_scatter(off, base[off] + lv[off] / sd[lc_o] * w_off)
         return lr, lc, vals, w_diag
