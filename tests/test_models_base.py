@@ -129,3 +129,24 @@ def test_registry_entry_declares_consistent_capabilities(name):
         assert len(got) == len(ref) == len(spec.outputs)
         for a, b in zip(got, ref):
             assert a.shape == b.shape and torch.allclose(a.to(b.dtype), b, rtol=1e-10, atol=1e-12)
+
+
+def test_system_matrix_is_shared_by_one_batch_and_rebuilt_when_it_changes():
+    from learnsolve.linalg import SparseMatrix
+    from learnsolve.models.base import system_matrix
+
+    batch = Batch.from_data_list([GENERATORS["poisson2d"](5, seed=0), GENERATORS["poisson2d"](4, seed=1)])
+    A = system_matrix(batch)
+    assert system_matrix(batch) is A  # the factor, its base, the fallback and the solve share it
+    ref = SparseMatrix.from_pyg(batch).to_dense()
+    torch.testing.assert_close(A.to_dense(), ref)
+    with torch.no_grad():
+        batch.edge_attr.mul_(2.0)  # modified in place: rebuilt
+    B = system_matrix(batch)
+    assert B is not A
+    torch.testing.assert_close(B.to_dense(), 2 * ref)
+    other = Batch.from_data_list([GENERATORS["poisson2d"](5, seed=0)])
+    assert system_matrix(other).shape == (25, 25)
+    with torch.inference_mode():  # inference tensors keep no version counter: still cached by identity
+        inf = Batch.from_data_list([GENERATORS["poisson2d"](3, seed=2)])
+        assert system_matrix(inf) is system_matrix(inf)

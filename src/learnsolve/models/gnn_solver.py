@@ -39,6 +39,7 @@ from .base import (
     check_choice,
     check_int,
     one_system_batch,
+    system_matrix,
     system_tensors,
 )
 
@@ -99,7 +100,7 @@ class GNNSolver(LearnedModel):
         return pr + sj * self.head(h).view(-1).to(r.dtype)
 
     def _setup(self, batch) -> tuple[SparseMatrix, FunctionPreconditioner]:
-        A = SparseMatrix.from_pyg(batch).detach()
+        A = system_matrix(batch)
         require_positive_diagonal(A.diagonal(), "gnn_solver")
         red = A.reducer()
         ctx = self.context(A.pattern.row.long(), A.pattern.col.long(), A.values, node_coefficient(batch, A.values),
@@ -128,7 +129,7 @@ class GNNSolver(LearnedModel):
             r = residual(data, seed)
             if self.base == "jacobi":
                 return (*system_tensors(data), r)
-            A = SparseMatrix.from_pyg(one_system_batch(data)).detach()
+            A = system_matrix(one_system_batch(data))
             return (*system_tensors(data), r, IC0(A, shift="auto").apply(r.view(1, -1, 1)).view(-1))
 
         def reference(data, inputs: tuple) -> tuple:

@@ -52,7 +52,15 @@ from learnsolve.nn.features import (
 )
 from learnsolve.nn.layers import SystemConv, mlp
 
-from .base import LearnedModel, ProgramModule, ProgramSpec, check_choice, check_int, one_system_batch
+from .base import (
+    LearnedModel,
+    ProgramModule,
+    ProgramSpec,
+    check_choice,
+    check_int,
+    one_system_batch,
+    system_matrix,
+)
 
 VARIANTS = ("gnn", "fixed")
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1
@@ -115,7 +123,7 @@ class LowRankPreconditioner(LearnedModel):
 
     # -- the preconditioner --------------------------------------------------------------------------
     def _system(self, batch) -> SparseMatrix:
-        A = SparseMatrix.from_pyg(batch).detach()
+        A = system_matrix(batch)
         require_positive_diagonal(A.diagonal(), "lowrank_precond")
         return A
 

@@ -52,6 +52,7 @@ from .base import (
     check_choice,
     check_int,
     one_system_batch,
+    system_matrix,
     system_tensors,
 )
 
@@ -149,7 +150,7 @@ class NeuralIF(LearnedModel):
 
         Cost: O(nnz(A) hidden^2) for the GNN and O(nnz(A)) to assemble L.
         """
-        A = SparseMatrix.from_pyg(batch).detach()
+        A = system_matrix(batch)
         require_positive_diagonal(A.diagonal(), "neural_if")
         if not A.is_symmetric(rtol=1e-10):
             raise ValueError("neural_if needs a symmetric (SPD) matrix: L L^T approximates A and PCG needs "
@@ -177,7 +178,7 @@ class NeuralIF(LearnedModel):
 
         def inputs(data, _seed):
             edge_index, values, feat = system_tensors(data)
-            A = SparseMatrix.from_pyg(one_system_batch(data)).detach()
+            A = system_matrix(one_system_batch(data))
             full = torch.zeros_like(values)
             full[edge_index[0] >= edge_index[1]] = self.base_factor(A).values.to(values.dtype)
             return edge_index, values, feat, full

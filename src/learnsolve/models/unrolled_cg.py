@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from learnsolve.linalg import SolveInfo, SparseMatrix, cg
 from learnsolve.nn.features import require_positive_diagonal
 
-from .base import LearnedModel, check_choice, check_int
+from .base import LearnedModel, check_choice, check_int, system_matrix
 
 LOSSES = ("energy", "residual")
 PRECONDS = ("none", "jacobi")
@@ -65,7 +65,7 @@ class UnrolledCG(LearnedModel):
 
     # -- the iterations ----------------------------------------------------------------------------
     def _system(self, batch):
-        A = SparseMatrix.from_pyg(batch).detach()
+        A = system_matrix(batch)
         d = A.diagonal()
         require_positive_diagonal(d, "unrolled_cg")
         Bm = batch.b.view(1, -1, 1).to(A.dtype)
