@@ -83,8 +83,9 @@ def systems(sizes, matrices: str | None, with_pyamg: bool):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| system | n | fallback | fallback iters | fallback solve ms | race ms | check ms | check / solve | "
-             "race / solve | learned kept |", "|---|---|---|---|---|---|---|---|---|---|"]
+    head = ("| system | n | fallback | fallback iters | fallback solve ms | race ms | check ms | check / solve | "
+            "race / solve | learned kept |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['system']} | {r['n']} | {r['fallback']} | {r['fallback_iters']} | {r['solve_ms']:.2f} | "
                      f"{r['race_ms']:.2f} | {r['check_ms']:.2f} | {r['check_ratio']:.0%} | {r['race_ratio']:.0%} | "

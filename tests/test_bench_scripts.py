@@ -19,8 +19,8 @@ from learnsolve.models.checkpoint import load_model
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench_safeguard  # noqa: E402
-import bench_twolevel  # noqa: E402
+import bench_safeguard
+import bench_twolevel
 
 CKPT = ROOT / "tests" / "fixtures" / "checkpoints" / "pre_house_neural_if.ckpt"
 
