@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,16 +34,15 @@ from learnsolve.linalg import cg, safeguard
 from learnsolve.models.base import system_matrix
 from learnsolve.models.checkpoint import load_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.harness import best_of
+
 SEED0 = 8_500_000  # far from the datamodule's split offsets and the other benchmarks' seeds
 
 
 def _best_ms(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3, out
+    seconds, out = best_of(fn, repeats)
+    return seconds * 1e3, out
 
 
 def measure(model, name: str, data, repeats: int) -> dict | None:

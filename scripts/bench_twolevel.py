@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +38,11 @@ from learnsolve.data.system import to_scipy
 from learnsolve.files import write_json, write_text
 from learnsolve.linalg import IC0, MIC0, SparseMatrix, cg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.harness import best_of
+
 SEED0 = 8_700_000  # far from the datamodule's split offsets and the other benchmarks' seeds
 RTOL = 1e-6
-
-
-def _best(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def twolevel_setup(A: sp.csr_matrix):
@@ -90,16 +83,16 @@ def measure(size: int, seed: int, repeats: int) -> list[dict]:
     rows = []
     with torch.no_grad():
         for name, cls in (("ic0", IC0), ("mic0", MIC0)):
-            ts, M = _best(lambda cls=cls: cls(A, shift="auto"), repeats)
-            tv, (_, info) = _best(lambda M=M: cg(A, b_t, M=M, rtol=RTOL, maxiter=5000), repeats)
+            ts, M = best_of(lambda cls=cls: cls(A, shift="auto"), repeats)
+            tv, (_, info) = best_of(lambda M=M: cg(A, b_t, M=M, rtol=RTOL, maxiter=5000), repeats)
             rows.append({"method": name, "iters": int(info.iterations), "converged": bool(info.converged),
                          "setup_s": ts, "solve_s": tv})
-    ts, ml = _best(lambda: pyamg.smoothed_aggregation_solver(A_sp), repeats)
-    tv, (it, ok) = _best(lambda: _scipy_cg(A_sp, b, ml.aspreconditioner()), repeats)
+    ts, ml = best_of(lambda: pyamg.smoothed_aggregation_solver(A_sp), repeats)
+    tv, (it, ok) = best_of(lambda: _scipy_cg(A_sp, b, ml.aspreconditioner()), repeats)
     rows.append({"method": "amg_sa", "iters": it, "converged": ok, "setup_s": ts, "solve_s": tv,
                  "levels": len(ml.levels)})
-    ts, (M2, nc) = _best(lambda: twolevel_setup(A_sp), repeats)
-    tv, (it, ok) = _best(lambda: _scipy_cg(A_sp, b, M2), repeats)
+    ts, (M2, nc) = best_of(lambda: twolevel_setup(A_sp), repeats)
+    tv, (it, ok) = best_of(lambda: _scipy_cg(A_sp, b, M2), repeats)
     rows.append({"method": "twolevel", "iters": it, "converged": ok, "setup_s": ts, "solve_s": tv,
                  "coarse_n": nc})
     base = rows[0]["setup_s"] + rows[0]["solve_s"]
