@@ -1,6 +1,6 @@
-"""SystemConv and pair_hidden against the per-edge form, and the per-system reductions of linalg's Reducer against
-plain sums: the fast paths (node-level split of the first layer, in-place inference buffers, segment_reduce) must
-give the reference's numbers."""
+"""SystemConv and pair_hidden against the per-edge form, and linalg's per-system reductions (Reducer, block_sum,
+LowRankDiagonal on one block) against plain sums and dense inverses: the fast paths (node-level split of the first
+layer, in-place inference buffers, segment_reduce, leading-axis index_add) must give the reference's numbers."""
 
 from __future__ import annotations
 
@@ -74,3 +74,23 @@ def test_reducer_dot_and_expand_against_plain_sums(sizes):
     torch.testing.assert_close(red.expand(s).expand(2, n, 3), s[:, seg])
     norms = torch.stack([torch.linalg.vector_norm(u[:, seg == g], dim=1) for g in range(len(sizes))], 1)
     torch.testing.assert_close(red.norm(u), norms)
+
+
+def test_block_sum_with_unsorted_blocks_and_the_single_block_lowrank_path():
+    from learnsolve.linalg import LowRankDiagonal
+    from learnsolve.linalg._layout import block_sum
+
+    torch.manual_seed(3)
+    seg = torch.tensor([2, 0, 1, 0, 2, 2, 1])  # not contiguous: the index_add path
+    X = torch.randn(2, 7, 3, 2, dtype=torch.float64, requires_grad=True)
+    ref = torch.stack([X[:, seg == g].sum(1) for g in range(3)], 1)
+    torch.testing.assert_close(block_sum(X, seg, 3), ref)
+    torch.autograd.gradgradcheck(lambda x: block_sum(x * x, seg, 3), (X,))
+    # a segment with one block is the plain (no-segment) Woodbury path, with M^-1 equal to the dense inverse
+    D = torch.rand(9, dtype=torch.float64) + 1
+    U = torch.randn(9, 2, dtype=torch.float64)
+    M1 = LowRankDiagonal(D, U, segment=torch.zeros(9, dtype=torch.long))
+    assert M1.segment is None and M1.C.shape == (1, 1, 2, 2)
+    R = torch.randn(1, 9, 2, dtype=torch.float64)
+    dense = torch.linalg.inv(torch.diag(D) + U @ U.T)
+    torch.testing.assert_close(M1.apply(R), (dense @ R[0]).unsqueeze(0))

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _kernels, _kernels_mic
+from ._layout import block_sum
 from .amg import AMG
 from .operator import DenseOperator, LinearOperator, as_operator
 from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner, _as_sparse
@@ -219,19 +220,21 @@ class LowRankDiagonal(Preconditioner):
                 raise ValueError(f"LowRankDiagonal: segment must have shape ({n},), got {tuple(segment.shape)}")
             if num_blocks is None:
                 num_blocks = int(segment.max()) + 1 if n else 0
-        self.segment, self.G = segment, 1 if segment is None else int(num_blocks)
+        self.G = 1 if segment is None else int(num_blocks)
+        # one block: the plain products below, not the (n, r, k) temporaries (at n = 65536, r = 8: 0.3 vs 3.4 ms)
+        self.segment = segment if self.G > 1 else None
         self.Dinv = (1.0 / self.D).unsqueeze(-1)  # (B, n, 1)
         r = self.U.shape[-1]
         eye = torch.eye(r, dtype=self.U.dtype, device=self.U.device)
         DU = self.Dinv * self.U
-        if segment is None:
+        if self.segment is None:
             self.C = (eye + self.V.mT @ DU).unsqueeze(1)  # (B, 1, r, r)
         else:
             self.C = eye + self._blocksum(self.V.unsqueeze(-1) * DU.unsqueeze(-2))  # (B, G, r, r)
 
     def _blocksum(self, X: Tensor) -> Tensor:
         """Sum over the rows of each block: (B, n, r, k) -> (B, G, r, k)."""
-        return X.new_zeros(X.shape[0], self.G, *X.shape[2:]).index_add(1, self.segment, X)
+        return block_sum(X, self.segment, self.G)
 
     def _apply(self, R: Tensor, U: Tensor, V: Tensor, C: Tensor) -> Tensor:
         DR = self.Dinv * R  # (B, n, k)

@@ -44,7 +44,6 @@ def pair_hidden(first: nn.Linear, act: nn.Module, h: Tensor, row: Tensor, col: T
     W = first.weight
     a, b, Wc = h @ W[:, :C].T, h @ W[:, C:2 * C].T, W[:, 2 * C:].T.contiguous()  # contiguous: fast gathers and
     # broadcasts (a strided (1, Co) factor took addcmul's slow path: 3 ms instead of 0.6)
-    gelu = isinstance(act, nn.GELU) and act.approximate == "none"
     if _functional():  # the same operations in the same order as below, out of place: bitwise the same result
         pre = a.index_select(0, row) + b.index_select(0, col) + first.bias
         pre = torch.addcmul(pre, edge_attr, Wc) if edge_attr.shape[-1] == 1 else torch.addmm(pre, edge_attr, Wc)
@@ -58,7 +57,9 @@ def pair_hidden(first: nn.Linear, act: nn.Module, h: Tensor, row: Tensor, col: T
         pre.addcmul_(edge_attr, Wc)
     else:
         pre.addmm_(edge_attr, Wc)
-    return torch.ops.aten.gelu_(pre) if gelu else act(pre)
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return torch.ops.aten.gelu_(pre)
+    return act(pre)
 
 
 class SystemConv(nn.Module):
@@ -96,8 +97,8 @@ class SystemConv(nn.Module):
         act = pair_hidden(self.phi[0], self.phi[1], h, row, col, edge_attr, work)  # (E, C)
         s = h.new_zeros(h.shape[0], self.channels).index_add(0, row, act)
         second = self.phi[2]
-        deg = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device).index_add(
-            0, row, torch.ones(row.shape[0], dtype=h.dtype, device=h.device))
+        # (torch.bincount would give the program a data-dependent size: torch.export warns about unbacked symbols)
+        deg = h.new_zeros(h.shape[0]).index_add(0, row, h.new_ones(row.shape[0]))
         m = torch.addmm(deg.unsqueeze(-1) * second.bias, s, second.weight.T)
         return h + self.psi(torch.cat([h, m], dim=-1))
 
