@@ -17,8 +17,8 @@ Run (from the repository root)::
    network forward and the safeguard's check against IC(0)), solve seconds and their sum (median of
    ``--repeats``). Classical methods (every entry of the baseline registry: none, Jacobi, IC(0), MIC(0), AMG) run
    PCG (``learnsolve.linalg.cg``; IC(0) and learned factors use the same compiled triangular solves,
-   so times compare kernels fairly); ``gnn_solver`` runs its flexible CG, ``unrolled_cg`` its learned
-   steps then CG. AMG is pyamg (smoothed aggregation, Ruge-Stueben) used as a preconditioner of the same CG.
+   so times compare kernels fairly); ``gnn_solver`` (a learned multigrid hierarchy) runs PCG like the other
+   preconditioners (its ``mode=fcg`` checkpoints: flexible CG), ``unrolled_cg`` its learned steps then CG. AMG is pyamg (smoothed aggregation, Ruge-Stueben) used as a preconditioner of the same CG.
    Baselines and learned models are timed in the same process, one after the other per system.
    Records so far are saved after every system (``bench_learned.partial.json``).
 3. Output: a table on stdout and ``OUT/bench_learned.json`` and ``OUT/bench_learned.md`` (written

@@ -1,4 +1,4 @@
-"""scripts/bench_twolevel.py and scripts/bench_safeguard.py: their numbers against independent references."""
+"""scripts/bench_multigrid.py and scripts/bench_safeguard.py: their numbers against independent references."""
 
 from __future__ import annotations
 
@@ -6,51 +6,70 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
-from learnsolve.data.system import to_scipy
 from learnsolve.linalg import safeguard
+from learnsolve.models import GNNSolver
 from learnsolve.models.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import bench_multigrid
 import bench_safeguard
-import bench_twolevel
 
 CKPT = ROOT / "tests" / "fixtures" / "checkpoints" / "pre_house_neural_if.ckpt"
 
 
-def test_twolevel_is_an_spd_vcycle_and_the_table_is_consistent(tmp_path):
-    A = to_scipy(GENERATORS["diffusion2d"](10, seed=3)).tocsr()
-    M, nc = bench_twolevel.twolevel_setup(A)
-    assert 1 <= nc < A.shape[0]
-    dense = np.column_stack([M.matvec(e) for e in np.eye(A.shape[0])])
-    np.testing.assert_allclose(dense, dense.T, atol=1e-10)  # symmetric V(1,1) cycle
-    assert np.linalg.eigvalsh((dense + dense.T) / 2).min() > 0
-    # a V(1,1) cycle with an exact coarse solve: the error propagator I - M A is an A-norm contraction
-    E = np.eye(A.shape[0]) - dense @ A.toarray()
-    w, V = np.linalg.eigh(A.toarray())
-    half = V @ np.diag(np.sqrt(w)) @ V.T
-    assert np.linalg.norm(half @ E @ np.linalg.inv(half), 2) < 1.0
+def test_bench_multigrid_rows_and_goals_are_consistent(tmp_path):
+    model = GNNSolver(hidden=4, layers=0, coarse_size=8).double()
+    ckpt = tmp_path / "gnn.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "learnsolve_config": {"model": {"name": "gnn_solver", "net": {
+                    "_target_": "learnsolve.models.GNNSolver", "hidden": 4, "layers": 0, "coarse_size": 8}},
+                    "data": {"family": "diffusion2d"}}}, ckpt)
     threads = torch.get_num_threads()
     try:
-        assert bench_twolevel.main(["--sizes", "12", "--repeats", "1", "--out", str(tmp_path)]) == 0
+        code = bench_multigrid.main(["--ckpt", str(ckpt), "--sizes", "12", "24", "--num-test", "1", "--repeats",
+                                     "1", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
-    d = json.loads((tmp_path / "bench_twolevel.json").read_text())
-    rows = {r["method"]: r for r in d["rows"]}
-    assert set(rows) == {"ic0", "mic0", "amg_sa", "twolevel"} and all(r["converged"] for r in rows.values())
-    base = rows["ic0"]["setup_s"] + rows["ic0"]["solve_s"]
-    for r in rows.values():
-        assert r["total_s"] == pytest.approx(r["setup_s"] + r["solve_s"])
-        assert r["total_vs_ic0"] == pytest.approx(r["total_s"] / base)
-    assert rows["twolevel"]["iters"] < rows["ic0"]["iters"]
-    assert (tmp_path / "bench_twolevel.md").read_text().count("| 12x12 |") == 4
+    assert code == 0
+    d = json.loads((tmp_path / "bench_multigrid.json").read_text())
+    rows = {(r["size"], r["method"]): r for r in d["rows"]}
+    methods = {"ic0", "mic0", "amg_sa", "multigrid", "learned", "learned_raw"}
+    assert {m for _, m in rows} == methods and all(r["converged"] for r in rows.values())
+    for size in (12, 24):
+        base = rows[size, "ic0"]["total_s"]
+        amg = rows[size, "amg_sa"]["total_s"]
+        for m in methods:
+            r = rows[size, m]
+            assert r["total_s"] == pytest.approx(r["setup_s"] + r["solve_s"])
+            assert r["total_vs_ic0"] == pytest.approx(r["total_s"] / base)
+            assert r["total_vs_amg"] == pytest.approx(r["total_s"] / amg)
+        # the untrained model is the classical hierarchy: the same iterations
+        assert rows[size, "learned_raw"]["iters"] == rows[size, "multigrid"]["iters"] < rows[size, "ic0"]["iters"]
+    assert d["goals"] == []  # no goal at these sizes
+    assert (tmp_path / "bench_multigrid.md").read_text().count("| diffusion2d | 12x12 |") == 6
+
+
+def test_bench_multigrid_goals():
+    def row(size, method, **kw):
+        return {"family": "diffusion2d", "size": size, "method": method, "iters": 10.0, "total_vs_ic0": 1.0,
+                "total_vs_amg": 1.0, **kw}
+
+    summary = [row(64, "learned", iters=8.0, total_vs_ic0=0.9), row(256, "learned", iters=11.0, total_vs_ic0=0.4,
+                                                                    total_vs_amg=1.6),
+               {**row(256, "learned"), "family": "anisotropic2d", "total_vs_amg": 0.3}]
+    goals = {g["goal"]: (round(g["value"], 4), g["met"]) for g in bench_multigrid.goals(summary)}
+    assert goals == {"diffusion2d 64^2: learned total / IC(0)": (0.9, False),
+                     "diffusion2d 256^2: learned total / IC(0)": (0.4, True),
+                     "diffusion2d: learned iterations 256^2 / 64^2": (1.375, True),
+                     "diffusion2d 256^2: learned total / AMG-SA": (1.6, False),
+                     "anisotropic2d 256^2: learned total / AMG-SA": (0.3, True)}
 
 
 def test_bench_safeguard_reports_the_safeguards_own_decision(tmp_path):

@@ -57,8 +57,8 @@ def _batch(seeds, m=8):
     return Batch.from_data_list([GENERATORS["diffusion2d"](m, seed=s) for s in seeds])
 
 
-def test_gnn_solver_starts_as_jacobi_fcg_and_converges_tightly():
-    model = GNNSolver(hidden=8, layers=2).double()
+def test_gnn_solver_fcg_starts_as_jacobi_fcg_and_converges_tightly():
+    model = GNNSolver(hidden=8, layers=2, mode="fcg").double()
     b = _batch(range(100, 103))
     x, info = model.solve(b, rtol=1e-8)
     assert bool(info.converged.all())
@@ -67,18 +67,20 @@ def test_gnn_solver_starts_as_jacobi_fcg_and_converges_tightly():
 
 def test_gnn_solver_ic0_base_starts_as_ic0_pcg():
     b = _batch(range(200, 203), m=12)
-    _, info = GNNSolver(hidden=8, layers=1, base="ic0").double().solve(b, rtol=1e-8)
+    _, info = GNNSolver(hidden=8, layers=1, mode="fcg", base="ic0").double().solve(b, rtol=1e-8)
     ref = baseline_iterations(b, "ic0", 1e-8, 2000)
     # FCG with a linear SPD preconditioner is PCG in exact arithmetic; rounding may shift a count by one
     assert torch.allclose(info.iterations.view(-1).double(), ref, atol=1)
     assert bool(info.converged.all())
     with pytest.raises(ValueError, match="unknown base"):
-        GNNSolver(base="amg")
+        GNNSolver(mode="fcg", base="amg")
+    with pytest.raises(ValueError, match="unknown mode"):
+        GNNSolver(mode="amg")
 
 
 def test_gnn_solver_loss_decreases():
     torch.manual_seed(0)
-    model = GNNSolver(hidden=16, layers=2, unroll_steps=6)
+    model = GNNSolver(hidden=16, layers=2, mode="fcg", unroll_steps=6)
     b = _batch(range(4))
     losses = adam_losses(model, b, steps=30, lr=3e-3)
     assert losses[-1] < losses[0] - 0.05, losses

@@ -11,6 +11,9 @@ Public API:
 - preconditioners with transposes: :class:`Jacobi`, :class:`IC0`, :class:`MIC0`, :class:`ILU0`, :class:`LLT`,
   :class:`LowRankDiagonal`, :class:`AMG`, :class:`FunctionPreconditioner`,
   :func:`make_preconditioner`, :func:`triangular_solve`
+- smoothed-aggregation multigrid with differentiable prolongators and Galerkin products (the learned coarse
+  spaces of gnn_solver): :func:`build_multigrid` -> :class:`Multigrid` (an SPD V-cycle), :func:`aggregate`,
+  :func:`node_blocks`; the parts are in :mod:`learnsolve.linalg.multigrid`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
 - spectral estimates from CG's Lanczos coefficients (differentiable, no n x n eigensolve):
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
@@ -22,6 +25,7 @@ from .amg import AMG
 from .derivatives import hvp
 from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
 from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
+from .multigrid import Multigrid, aggregate, build_multigrid, node_blocks
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
 from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
 from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner
@@ -49,14 +53,17 @@ __all__ = [
     "LinearOperator",
     "LowRankDiagonal",
     "MatrixFreeOperator",
+    "Multigrid",
     "Preconditioner",
     "SafeguardResult",
     "SingularMatrixError",
     "SolveInfo",
     "SparseLU",
     "SparseMatrix",
+    "aggregate",
     "as_operator",
     "bicgstab",
+    "build_multigrid",
     "cg",
     "condition_estimate",
     "default_rtol",
@@ -68,6 +75,7 @@ __all__ = [
     "lanczos_tridiagonal",
     "make_preconditioner",
     "minres",
+    "node_blocks",
     "safeguard",
     "solve",
     "triangular_solve",

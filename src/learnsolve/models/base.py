@@ -187,6 +187,7 @@ class LearnedModel(nn.Module, abc.ABC):
     is_linear: ClassVar[bool] = False  # preconditioner_for is a fixed linear map (PCG); else flexible CG
     matrix_type: ClassVar[str | None] = None  # form of export_matrix's arrays (a key of MATRIX_TYPES)
     num_nodes: int | None = None  # the one system size the model serves (None: any size)
+    safeguard_options: ClassVar[dict] = {}  # steps / probes of its safeguard race (linalg.safeguard's defaults)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -240,7 +241,8 @@ class LearnedModel(nn.Module, abc.ABC):
             return P, None
         A = system_matrix(batch)
         b = getattr(batch, "b", None) if rhs else None
-        check = safeguard(A, P, lambda: self.fallback_for(batch), b=None if b is None else b.view(-1))
+        check = safeguard(A, P, lambda: self.fallback_for(batch), b=None if b is None else b.view(-1),
+                          **self.safeguard_options)
         return check.preconditioner, check
 
     @torch.no_grad()

@@ -1,36 +1,49 @@
-"""``gnn_solver``: a GNN as the nonlinear preconditioner of flexible CG.
+"""``gnn_solver``: a GNN that builds a multigrid hierarchy once per system, used as the preconditioner of CG.
 
-For a residual r of a system A x = b (one graph of a PyG batch), the network returns the direction
+``mode="multigrid"`` (default). At setup, for every level l of a smoothed-aggregation hierarchy
+(:mod:`learnsolve.linalg.multigrid`: pyamg's standard aggregation, Galerkin coarse matrices, symmetric
+Gauss-Seidel V(1,1)-cycle, dense Cholesky on the coarsest level), the network reads the level's matrix A_l and its
+aggregates and returns one weight per stored entry; the prolongator is
 
-    z = P r + rms(P r) * g_theta(features(r, A, b))
+    P_l = (I - omega D^{-1} (A_l o W_l)) T_l,    W_l = 1 + g_theta(A_l, aggregates),
 
-with P a classical base preconditioner (``base="jacobi"``: P = D^{-1}; ``base="ic0"``: P = (L L^T)^{-1}
-of IC(0), auto-shifted on breakdown, applied with the compiled triangular solves), node features
-(r / rms(r), P r / rms(P r), log(a_ii / mean a_ii), log coefficient) and edge features
-a_ij / sqrt(a_ii a_jj), so the map is invariant to the scale of A and of r. The output layer starts at
-zero: an untrained model is P-preconditioned flexible CG (with a linear SPD P that is PCG). Flexible CG
-tolerates a preconditioner that changes with r, so the solve still converges to any tolerance.
+with T_l the tentative (piecewise-constant) prolongator and omega = 4 / (3 rho), rho the Gershgorin bound of
+D^{-1} A_l. The output layer starts at zero, so an untrained model is classical smoothed aggregation. The network
+runs once per level and system (never per iteration); the cycle is SPD whatever W is, so plain CG applies, and the
+safeguard (a short PCG race against IC(0), :meth:`LearnedModel.safe_preconditioner_for`) keeps the promise never to
+be slower than IC(0) on a system where the hierarchy is poor.
 
-Training unrolls ``unroll_steps`` FCG iterations from x0 = 0 and minimises the mean over graphs of
-log(||b - A x_K|| / ||b||) (``loss="log_residual"``) or of the relative A-norm error
-||x_K - x*||_A^2 / ||x*||_A^2 (``loss="energy"``, needs the reference solution ``x``).
+Inputs are algebraic and scale-free (the same on every level, so a model trained on small grids builds the
+deeper hierarchies of larger ones): node log(a_ii / mean a_ii) and (sum_j a_ij) / a_ii; entry a_ij /
+sqrt(a_ii a_jj), "same aggregate", "diagonal", and the strength |a_ij| / max_{k != i} |a_ik|.
 
-Measured limitation: the loss improves the first K steps, not the whole solve. With ``base="ic0"``
-(32x32 diffusion2d, 200 Adam steps) the 8-step loss fell while the held-out iterations to 1e-6 rose
-from 31.1 (= IC(0)-PCG, the untrained model) to 48.6; starting the unrolled window at a random
-later phase of the solve did not fix it.
+Training minimises, over a batch of systems, ``loss="kappa"``: the mean log of the Lanczos estimate of
+kappa(M^{-1} A) from ``kappa_steps`` PCG steps (what bounds CG's iterations over the whole solve, not the first
+few), or ``loss="error"``: the mean log A-norm reduction per step of the stationary iteration e <- (I - M^{-1} A) e
+over ``error_steps`` steps from ``num_probes`` random errors. Both are differentiated through the Galerkin products,
+the Gauss-Seidel sweeps and the coarse Cholesky factorisation.
+
+``mode="fcg"``: the earlier design, a GNN applied in every flexible-CG iteration (:mod:`.gnn_fcg`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from learnsolve.linalg import IC0, FunctionPreconditioner, SolveInfo, SparseMatrix, fcg
-from learnsolve.nn.features import graph_rms, node_coefficient, require_positive_diagonal, system_features
-from learnsolve.nn.layers import SystemConv, mlp
+from learnsolve.linalg import (
+    Multigrid,
+    SolveInfo,
+    SparseMatrix,
+    aggregate,
+    build_multigrid,
+    condition_estimate,
+    node_blocks,
+)
+from learnsolve.nn.features import diagonal, graph_mean, require_positive_diagonal
+from learnsolve.nn.layers import SystemConv, edge_workspace, mlp, pair_hidden
 
 from .base import (
     LearnedModel,
@@ -42,143 +55,196 @@ from .base import (
     system_matrix,
     system_tensors,
 )
+from .gnn_fcg import BASES, FCGNet
 
-LOSSES = ("log_residual", "energy")
-BASES = ("jacobi", "ic0")
+MODES = ("multigrid", "fcg")
+MG_LOSSES = ("kappa", "error")
+EDGE_DIM = 4
 
 
-@dataclass
-class Context:
-    """What the network needs of a batch of systems, computed once per solve (no parameters inside):
-    ``diag`` (N,), ``edge_index`` (2, E), ``edge`` (E, 1) and ``static`` (N, 2) features in the parameter
-    dtype, ``graph`` (N,) graph of each node (None: one system) and ``num_graphs``."""
-
-    diag: Tensor
-    edge_index: Tensor
-    edge: Tensor
-    static: Tensor
-    graph: Tensor | None
-    num_graphs: int
+def level_features(row: Tensor, col: Tensor, values: Tensor, same: Tensor, n: int, graph: Tensor | None = None,
+                   num_graphs: int = 1, dtype: torch.dtype | None = None, d: Tensor | None = None,
+                   rowsum: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(node (n, 2), edge (E, 4)) features of one level (see the module doc) in ``dtype`` (default the values') from
+    its COO entries and the per-entry "same aggregate" indicator ``same`` (E,) bool; ``d`` = diag(A) and ``rowsum``
+    = A 1 when the caller has them. Plain tensor code (the exported program runs it too)."""
+    d = diagonal(row, col, values, n) if d is None else d
+    rowsum = torch.zeros_like(d).index_add(0, row, values) if rowsum is None else rowsum
+    dtype = values.dtype if dtype is None else dtype
+    node = torch.stack([torch.log(d / graph_mean(d, graph, num_graphs)), rowsum / d], -1).to(dtype)
+    diag = row == col
+    off = values.abs().masked_fill(diag, 0.0)
+    rmax = torch.zeros_like(d).scatter_reduce(0, row, off, "amax", include_self=True)
+    edge = values.new_empty(row.shape[0], EDGE_DIM, dtype=dtype)
+    edge[:, 0] = values / torch.sqrt(d.index_select(0, row) * d.index_select(0, col))
+    edge[:, 1] = same
+    edge[:, 2] = diag
+    edge[:, 3] = off / rmax.index_select(0, row).clamp_min(torch.finfo(values.dtype).tiny)
+    return node, edge
 
 
 class GNNSolver(LearnedModel):
-    kind = "solver"
-    requires_spd = True  # flexible CG
-    is_linear = False  # preconditioner_for is the nonlinear z = f(r)
+    """See the module doc. Args: ``hidden`` channels, ``layers`` message-passing layers (>= 0), ``mode``
+    ("multigrid" | "fcg"), ``loss`` (multigrid: "kappa" | "error"; fcg: "log_residual" | "energy"; None: the mode's
+    first), ``theta`` the aggregation's strength threshold, ``coarse_size`` the largest coarsest level per system
+    (dense Cholesky), ``kappa_steps`` / ``error_steps`` / ``num_probes`` the losses' lengths, ``first_level`` the
+    first level whose prolongator is learned (finer ones are classical), ``size_factor``: levels with more than
+    ``size_factor`` times the unknowns (per system) of the largest level seen in training keep the classical
+    prolongator (the network is not extrapolated; 0 trained: every level learned); ``unroll_steps``,
+    ``truncation``, ``base``: the fcg mode's options."""
 
-    def __init__(self, hidden: int = 32, layers: int = 3, unroll_steps: int = 8, truncation: int = 1,
-                 loss: str = "log_residual", base: str = "jacobi"):
+    kind = "preconditioner"  # multigrid: a learned preconditioner of CG; the fcg mode is a learned "solver"
+    requires_spd = True
+    is_linear = True  # multigrid: a fixed SPD V-cycle per system (plain CG); the fcg mode sets False
+    # The race against IC(0) on the right-hand side alone, 3 steps: a V-cycle step costs several IC(0) steps, and
+    # 3 steps made the same decisions as the default 6 steps x 2 probes (held-out diffusion2d 256^2, poisson2d
+    # 128^2, fem_poisson, elasticity2d: accepted; anisotropic2d 64^2 and 256^2: rejected) at a third of the cost
+    # (15.7 vs 45.3 ms at diffusion2d 256^2, classical hierarchy).
+    safeguard_options: ClassVar[dict] = {"steps": 3, "probes": 1}
+
+    def __init__(self, hidden: int = 8, layers: int = 1, mode: str = "multigrid", loss: str | None = None,
+                 theta: float = 0.0, coarse_size: int = 16, kappa_steps: int = 30, error_steps: int = 4,
+                 num_probes: int = 4, first_level: int = 0, size_factor: float = 2.0, unroll_steps: int = 8,
+                 truncation: int = 1, base: str = "jacobi"):
         super().__init__()
-        check_choice("gnn_solver", "base", base, BASES)
-        check_choice("gnn_solver", "loss", loss, LOSSES)
-        self.base, self.loss_kind = base, loss
-        self.unroll_steps = check_int("gnn_solver", "unroll_steps", unroll_steps, 1)
-        self.truncation = int(truncation)
-        self.encoder = mlp([4, hidden, hidden])
-        self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=1) for _ in range(layers))
-        self.head = mlp([hidden, hidden, 1])
-        nn.init.zeros_(self.head[-1].weight)
+        check_choice("gnn_solver", "mode", mode, MODES)
+        check_choice("gnn_solver", "base", base, BASES)  # checked in both modes: a typo is never silently ignored
+        self.mode = mode
+        hidden, layers = check_int("gnn_solver", "hidden", hidden, 1), check_int("gnn_solver", "layers", layers, 0)
+        if mode == "fcg":
+            self.kind, self.is_linear = "solver", False
+            self.fcg = FCGNet(hidden, layers, unroll_steps, truncation, loss or "log_residual", base)
+            return
+        loss = loss or MG_LOSSES[0]
+        check_choice("gnn_solver", "loss", loss, MG_LOSSES)
+        if not 0.0 <= float(theta) < 1.0:
+            raise ValueError(f"gnn_solver: theta must be in [0, 1), got {theta!r}")
+        self.loss_kind, self.theta = loss, float(theta)
+        self.coarse_size = check_int("gnn_solver", "coarse_size", coarse_size, 1)
+        self.kappa_steps = check_int("gnn_solver", "kappa_steps", kappa_steps, 2)
+        self.error_steps = check_int("gnn_solver", "error_steps", error_steps, 1)
+        self.num_probes = check_int("gnn_solver", "num_probes", num_probes, 1)
+        self.first_level = check_int("gnn_solver", "first_level", first_level, 0)
+        if not float(size_factor) > 0:
+            raise ValueError(f"gnn_solver: size_factor must be > 0, got {size_factor!r}")
+        self.size_factor = float(size_factor)
+        # the largest level (unknowns per system) the network was trained on; saved with the weights
+        self.register_buffer("trained_level_size", torch.zeros((), dtype=torch.float64))
+        self.encoder = mlp([2, hidden, hidden])
+        self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=EDGE_DIM) for _ in range(layers))
+        self.head = mlp([2 * hidden + EDGE_DIM, hidden, 1])  # g_ij from [h_i, h_j, e_ij]
+        nn.init.zeros_(self.head[-1].weight)  # untrained: classical smoothed aggregation
         nn.init.zeros_(self.head[-1].bias)
 
-    # -- the preconditioner: plain tensor code shared with the exported program -------------------------
-    def context(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor, graph: Tensor | None = None,
-                num_graphs: int = 1) -> Context:
-        """The parameter-free inputs from A's COO entries (CSR order) and the node coefficients (N,)."""
+    # -- the learned prolongator weights: plain tensor code shared with the exported program ---------------
+    def entry_weights(self, row: Tensor, col: Tensor, values: Tensor, same: Tensor, n: int,
+                      graph: Tensor | None = None, num_graphs: int = 1, d: Tensor | None = None,
+                      rowsum: Tensor | None = None) -> Tensor:
+        """W = 1 + tanh(g) / 2 (E,) for one level given by its COO entries (CSR order) and the "same aggregate" indicator
+        (``d``, ``rowsum``: see :func:`level_features`)."""
         pdt = self.head[-1].weight.dtype
-        f = system_features(row, col, values, coeff, graph, num_graphs)
-        return Context(f.diag, torch.stack([row, col]), f.edge.to(pdt), f.node.to(pdt), graph, num_graphs)
-
-    def direction(self, ctx: Context, r: Tensor, pr: Tensor) -> Tensor:
-        """z = P r + rms(P r) g(features) (N,) for a residual r (N,) and its base-preconditioned P r (N,)."""
-        pdt = ctx.static.dtype
-        sj = graph_rms(pr, ctx.graph, ctx.num_graphs)
-        x = torch.cat([(r / graph_rms(r, ctx.graph, ctx.num_graphs)).unsqueeze(-1).to(pdt),
-                       (pr / sj).unsqueeze(-1).to(pdt), ctx.static], -1)
-        h = self.encoder(x)
+        node, edge = level_features(row, col, values, same, n, graph, num_graphs, pdt, d, rowsum)
+        h = self.encoder(node)
+        ei = torch.stack([row, col])
+        work = edge_workspace(h, row.shape[0], h.shape[-1])
         for conv in self.convs:
-            h = conv(h, ctx.edge_index, ctx.edge)
-        return pr + sj * self.head(h).view(-1).to(r.dtype)
+            h = conv(h, ei, edge, work)
+        g = self.head[2](pair_hidden(self.head[0], self.head[1], h, row, col, edge, work)).view(-1)
+        return 1.0 + 0.5 * torch.tanh(g.to(values.dtype))  # bounded: W in (0.5, 1.5)
 
-    def _setup(self, batch) -> tuple[SparseMatrix, FunctionPreconditioner]:
-        A = system_matrix(batch)
+    def _level_weights(self, A: SparseMatrix, agg: Tensor, level: int) -> Tensor | None:
+        if level < self.first_level:
+            return None  # a classical prolongator on the finest levels (the network's cost is per entry)
+        G = 1 if A.blocks is None else A.blocks.numel() - 1
+        per_system = A.shape[0] / G
+        if self.training and torch.is_grad_enabled():
+            self.trained_level_size.fill_(max(float(self.trained_level_size), per_system))
+        elif 0 < float(self.trained_level_size) and per_system > self.size_factor * float(self.trained_level_size):
+            return None  # larger than any level it was trained on: the classical prolongator (see the class doc)
+        row, col = A.pattern.row.long(), A.pattern.col.long()
+        ar, ac = agg.index_select(0, row), agg.index_select(0, col)
+        same = (ar == ac) & (ar >= 0)
+        graph = None if G == 1 else node_blocks(A)
+        A = A.detach()
+        rowsum = A.mv(torch.ones(1, A.shape[0], 1, dtype=A.dtype, device=A.device)).view(-1)
+        return self.entry_weights(row, col, A.values, same, A.shape[0], graph, G, A.diagonal(), rowsum)
+
+    def hierarchy(self, batch, A: SparseMatrix | None = None) -> Multigrid:
+        """The learned V-cycle of the batch's block-diagonal A (differentiable w.r.t. the parameters)."""
+        A = system_matrix(batch) if A is None else A
         require_positive_diagonal(A.diagonal(), "gnn_solver")
-        red = A.reducer()
-        ctx = self.context(A.pattern.row.long(), A.pattern.col.long(), A.values, node_coefficient(batch, A.values),
-                           red.segment, red.G)
-        base = IC0(A, shift="auto").apply if self.base == "ic0" else None
+        if not A.is_symmetric(rtol=1e-10):
+            raise ValueError("gnn_solver needs a symmetric (SPD) matrix: its V-cycle preconditions CG; use an SPD "
+                             "family (not convdiff2d)")
+        return build_multigrid(A, self._level_weights, theta=self.theta, coarse_size=self.coarse_size)
 
-        def apply(R: Tensor) -> Tensor:
-            r = R.reshape(-1)
-            pr = r / ctx.diag if base is None else base(R.reshape(1, -1, 1)).reshape(-1)
-            return self.direction(ctx, r, pr).view(1, -1, 1)
+    def preconditioner_for(self, batch):
+        """The learned V-cycle (multigrid) or the nonlinear per-iteration map (fcg)."""
+        if self.mode == "fcg":
+            return self.fcg.preconditioner_for(batch)
+        return self.hierarchy(batch)
 
-        return A, FunctionPreconditioner(apply, linear=False)
-
-    def preconditioner_for(self, batch) -> FunctionPreconditioner:
-        """The nonlinear map R -> Z on canonical (1, N, 1) blocks for this batch of systems (flexible CG)."""
-        return self._setup(batch)[1]
-
-    def export_program(self) -> ProgramSpec:
-        """One application z = f(r): inputs (system, r) with base "jacobi", (system, r, P r) with base "ic0"
-        (the IC(0) solve is a compiled kernel no exporter captures: the caller computes it)."""
-        def residual(data, seed: int) -> Tensor:
-            g = torch.Generator().manual_seed(seed)
-            return torch.randn(int(data.num_nodes), generator=g, dtype=torch.float64)
-
-        def inputs(data, seed: int) -> tuple:
-            r = residual(data, seed)
-            if self.base == "jacobi":
-                return (*system_tensors(data), r)
-            A = system_matrix(one_system_batch(data))
-            return (*system_tensors(data), r, IC0(A, shift="auto").apply(r.view(1, -1, 1)).view(-1))
-
-        def reference(data, inputs: tuple) -> tuple:
-            return (self.preconditioner_for(one_system_batch(data)).apply(inputs[3].view(1, -1, 1)).view(-1),)
-
-        extra = ["r (n,) float64: the residual"]
-        if self.base == "ic0":
-            extra.append("pr (n,) float64: P r, the IC(0) preconditioner applied to r "
-                         "(learnsolve.linalg.IC0(A, shift='auto')), computed by the caller")
-        module = _JacobiProgram(self) if self.base == "jacobi" else _BaseInputProgram(self)
-        z = ("z (n,) float64: one application z = f(r) of the nonlinear preconditioner (use it inside flexible "
-             "CG / FGMRES, not plain CG)")
-        return ProgramSpec(module, inputs=inputs, reference=reference, extra_inputs=extra, outputs=[z])
-
-    # -- training and solving -------------------------------------------------------------------------
+    # -- training and solving ----------------------------------------------------------------------------
     def training_loss(self, batch) -> tuple[Tensor, dict]:
-        A, M = self._setup(batch)
+        if self.mode == "fcg":
+            return self.fcg.training_loss(batch)
+        A = system_matrix(batch)
+        M = self.hierarchy(batch, A)
+        logs = {"levels": float(M.num_levels)}
+        if self.loss_kind == "kappa":
+            log_kappa = torch.log(condition_estimate(A, M=M, steps=self.kappa_steps).clamp_min(1.0))
+            logs["log_kappa"] = float(log_kappa.detach().mean())
+            return log_kappa.mean(), logs
         red = A.reducer()
-        Bm = batch.b.view(1, -1, 1).to(A.dtype)
-        x, _ = fcg(A, Bm.view(-1), M, rtol=0.0, maxiter=self.unroll_steps, truncation=self.truncation)
-        X = x.view(1, -1, 1)
-        bn = red.norm(Bm)
-        rel = red.norm(Bm - A.mv(X)) / bn
-        if self.loss_kind == "log_residual":
-            loss = torch.log(rel.clamp_min(1e-30)).mean()
-        else:
-            E = X - batch.x.view(1, -1, 1)
-            xs = batch.x.view(1, -1, 1)
-            loss = (red.dot(E, A.mv(E)) / red.dot(xs, A.mv(xs))).mean()
-        return loss, {"rel_residual": float(rel.detach().mean())}
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+        E = torch.randn(1, A.shape[0], self.num_probes, generator=g, dtype=A.dtype)
+        e0 = red.dot(E, A.mv(E))
+        for _ in range(self.error_steps):
+            E = E - M.apply(A.mv(E))
+        rate = 0.5 * torch.log(red.dot(E, A.mv(E)).clamp_min(1e-300) / e0) / self.error_steps
+        logs["error_rate"] = float(torch.exp(rate.detach()).mean())
+        return rate.mean(), logs
 
     @torch.no_grad()
-    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
-        """Flexible CG with the learned preconditioner on every graph of the batch."""
-        A, M = self._setup(batch)
-        return fcg(A, batch.b.view(-1).to(A.dtype), M, rtol=rtol, maxiter=maxiter, truncation=self.truncation)
+    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000, safeguard: bool = True) -> tuple[Tensor, SolveInfo]:
+        if self.mode == "fcg":
+            return self.fcg.solve(batch, rtol, maxiter)
+        return super().solve(batch, rtol, maxiter, safeguard)
+
+    # -- export ------------------------------------------------------------------------------------------
+    def matrix_export_reason(self, name: str | None = None) -> str | None:
+        name = name or type(self).__name__
+        if self.mode == "fcg":
+            return f"{name} is a nonlinear preconditioner (z = f(r)); it cannot be written as a fixed matrix"
+        return (f"{name} is a learned multigrid hierarchy (prolongators, coarse matrices, Gauss-Seidel smoothing), "
+                "not one matrix M: exported as weights, config and the program of its prolongator weights")
+
+    def export_program(self) -> ProgramSpec:
+        """fcg: one application z = f(r). multigrid: the finest level's prolongator weights W (E,) from the system
+        and the per-entry "same aggregate" indicator of pyamg's standard aggregation."""
+        if self.mode == "fcg":
+            return self.fcg.export_program()
+
+        def inputs(data, _seed: int) -> tuple:
+            A = system_matrix(one_system_batch(data))
+            agg, _ = aggregate(A, self.theta)
+            r, c = A.pattern.row.long(), A.pattern.col.long()
+            same = ((agg[r] == agg[c]) & (agg[r] >= 0)).to(torch.float64)
+            return (*system_tensors(data), same)
+
+        def reference(data, inputs: tuple) -> tuple:
+            ei, values = inputs[0], inputs[1]
+            return (self.entry_weights(ei[0], ei[1], values, inputs[3] > 0.5, int(data.num_nodes)),)
+
+        extra = [("same (E,) float64: 1 where the entry's row and column are in the same aggregate of "
+                  "learnsolve.linalg.multigrid.aggregate(A, theta) (pyamg standard aggregation), else 0")]
+        w = ("w (E,) float64: the finest level's prolongator weights; P = (I - omega D^-1 (A o W)) T with T the "
+             "tentative prolongator and omega = 4 / (3 rho) (learnsolve.linalg.multigrid.smoothed_prolongator)")
+        return ProgramSpec(_WeightsProgram(self), inputs=inputs, reference=reference, extra_inputs=extra, outputs=[w])
 
 
-class _JacobiProgram(ProgramModule):
-    """(edge_index, values, feat, r) -> z with P r = r / diag(A): :meth:`GNNSolver.direction`."""
+class _WeightsProgram(ProgramModule):
+    """(edge_index, values, feat, same) -> W: :meth:`GNNSolver.entry_weights` of the finest level."""
 
-    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, r: Tensor) -> Tensor:
-        ctx = self.model.context(edge_index[0], edge_index[1], values, feat[:, 1])
-        return self.model.direction(ctx, r, r / ctx.diag)
-
-
-class _BaseInputProgram(ProgramModule):
-    """(edge_index, values, feat, r, pr) -> z with P r given: :meth:`GNNSolver.direction`."""
-
-    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, r: Tensor, pr: Tensor) -> Tensor:
-        ctx = self.model.context(edge_index[0], edge_index[1], values, feat[:, 1])
-        return self.model.direction(ctx, r, pr)
+    def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, same: Tensor) -> Tensor:
+        return self.model.entry_weights(edge_index[0], edge_index[1], values, same > 0.5, int(feat.shape[0]))

@@ -54,6 +54,7 @@ from learnsolve.data.dataset import LinearSystemDataset
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 EXTRA_TEST_OFFSET, EXTRA_TEST_STRIDE = 3_000_000, 1_000_000
+REPORT_OFFSET = 2_500_000  # the final table's held-out systems at a size of their own (report_dataloader)
 COMPONENT_STRIDE = 10_000  # seed stride between the components of a mixture (and their most systems per split)
 MAX_COMPONENTS = SPLIT_OFFSETS["val"] // COMPONENT_STRIDE  # seeds stay inside their split's range
 MIXED = "mixed"            # the family name of a mixture
@@ -366,6 +367,19 @@ class LinearSystemDataModule(pl.LightningDataModule):
         loaders = [self._loader(self.datasets[k], shuffle=False) for k in keys]
         return loaders[0] if len(loaders) == 1 else loaders
 
-    def report_dataloader(self) -> DataLoader:
-        """The whole test split, unsharded, in batches of the global batch size (rank-zero report)."""
-        return DataLoader(self.build("test"), batch_size=self.batch_size, shuffle=False)
+    def report_dataloader(self, size: int | None = None) -> DataLoader:
+        """The whole test split, unsharded, in batches of the global batch size (rank-zero report); with ``size``
+        (not the training size) held-out systems of that size instead: the extra test set of that size, or as many
+        systems as the test split from their own seed range (a mixture: of its extra-test component)."""
+        if size is None or (not self.is_mixture and int(size) == self.size):
+            ds = self.build("test")
+        elif int(size) in self.extra_test_sizes:
+            ds = self.build(f"test_{int(size)}")
+        else:
+            key = f"report_{int(size)}"
+            if key not in self.datasets:
+                self._check_data_dir()
+                self.datasets[key] = self._dataset(int(size), self.counts["test"], REPORT_OFFSET,
+                                                   self.extra_test_component)
+            ds = self.datasets[key]
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False)

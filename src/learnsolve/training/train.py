@@ -59,8 +59,11 @@ def train(cfg: DictConfig) -> float | None:
         if cfg.get("test", True) and not trainer.fast_dev_run:
             trainer.test(module, datamodule=dm, ckpt_path="best" if _has_best(trainer) else None)
         if cfg.get("report", True) and trainer.is_global_zero and module.iterative:
-            rows = compare_on_test(module.model, dm.report_dataloader(), rtol=cfg.eval.rtol, maxiter=cfg.eval.maxiter)
-            title = f"{cfg.model.name} on {cfg.data.family} test systems (rtol {cfg.eval.rtol:g})"
+            size = cfg.model.get("report_size") if module.model.num_nodes is None else None
+            rows = compare_on_test(module.model, dm.report_dataloader(size), rtol=cfg.eval.rtol,
+                                   maxiter=cfg.eval.maxiter)
+            where = "test systems" if size is None else f"held-out systems of size {size} (trained at {cfg.data.size})"
+            title = f"{cfg.model.name} on {cfg.data.family} {where} (rtol {cfg.eval.rtol:g})"
             print_table(rows, title)
             write_csv(Path(cfg.paths.output_dir) / "report.csv", rows)
             if logger:
