@@ -290,7 +290,7 @@ def test_nan_model_fails_fixed_size_model_skipped_on_other_sizes():
     kw = {"rtols": RTOLS, "repeats": 1, "preconditioners": ["ic0", "learned"]}
     rows = evaluate_matrix(_NaNPreconditioner(), *_system(diffusion2d(6)), **kw)
     assert rows[1]["status"] == "failed" and "NaN/Inf" in rows[1]["reason"]
-    fixed = LowRankPreconditioner(variant="fixed", num_nodes=36, rank=2).double().eval()
+    fixed = LowRankPreconditioner(side="forward", variant="fixed", num_nodes=36, rank=2).double().eval()
     rows = evaluate_suite(fixed, [_system(diffusion2d(6), "n36"), _system(diffusion2d(7), "n49")], progress=False, **kw)
     learned = {r["matrix"]: r for r in rows if r["preconditioner"] == "learned"}
     assert learned["n36"]["status"] == "ok"

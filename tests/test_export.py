@@ -60,7 +60,8 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     procs = {}
     for model in MODELS:
         run = root / f"train_{model}"
-        mode = ["model.net.mode=fcg"] if model == "gnn_solver" else []  # the nonlinear (per-iteration) form
+        # gnn_solver's nonlinear (per-iteration) form; lowrank_precond's forward side (M = D + U U^T per matrix)
+        mode = {"gnn_solver": ["model.net.mode=fcg"], "lowrank_precond": ["model.net.side=forward"]}.get(model, [])
         cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", *mode, *TINY_TRAIN, f"paths.root_dir={root}",
                f"paths.data_dir={root / f'data_{model}'}", f"hydra.run.dir={run}"]
         procs[model] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV),
@@ -213,7 +214,7 @@ def test_torchscript_fallback_and_fixed_size(tmp_path, monkeypatch):
     data = _held_out(11, seed=7)
     assert _rel(_program_outputs(prog, data, "neural_if")[0], _outputs(model, data, "neural_if")[0]) < 1e-5
 
-    fixed = LowRankPreconditioner(variant="fixed", num_nodes=64, rank=3).eval()
+    fixed = LowRankPreconditioner(side="forward", variant="fixed", num_nodes=64, rank=3).eval()
     d2 = tmp_path / "fixed"
     d2.mkdir()
     info = compile_program(fixed, d2)
@@ -414,7 +415,7 @@ def test_existing_output_folder_and_atomicity(ckpts, tmp_path, capsys, monkeypat
 
 
 def test_matrix_of_wrong_size_for_fixed_model(mats, tmp_path):
-    model = LowRankPreconditioner(variant="fixed", num_nodes=64, rank=2).eval()
+    model = LowRankPreconditioner(side="forward", variant="fixed", num_nodes=64, rank=2).eval()
     # safeguard=False: the untrained model's own M is written (the format under test), not its Jacobi fallback
     written, failed = export_preconditioners(model, [mats["diff12"], mats["diff8"]], tmp_path, name="lowrank_precond",
                                              safeguard=False)

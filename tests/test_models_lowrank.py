@@ -39,7 +39,7 @@ def test_woodbury_equals_dense_solve_per_graph():
         M = torch.diag(D[a:b]) + U[a:b] @ U[a:b].T
         assert torch.allclose(Z[:, a:b], torch.linalg.solve(M, R[:, a:b]), rtol=1e-12, atol=1e-13)
     # and the model's own factors on the same batch (gnn variant, untrained)
-    model = LowRankPreconditioner(rank=3).double()
+    model = LowRankPreconditioner(side="forward", rank=3).double()
     Dm, Um = model.factors(batch)
     Minv = _dense_inverse(model.preconditioner_for(batch), N)
     for a, b in itertools.pairwise(ptr):
@@ -51,7 +51,7 @@ def test_woodbury_equals_dense_solve_per_graph():
 def test_untrained_gnn_is_spd_jacobi_plus_low_rank():
     batch = _batch([(3, 0), (4, 1)])
     A = SparseMatrix.from_pyg(batch)
-    model = LowRankPreconditioner(rank=2, hidden=8).double()
+    model = LowRankPreconditioner(side="forward", rank=2, hidden=8).double()
     D, U = model.factors(batch)
     assert torch.allclose(D, A.diagonal(), rtol=1e-14)  # the diagonal head starts at zero: D = diag(A)
     assert 0 < U.abs().max().item() < 0.5 * D.max().item()
@@ -66,7 +66,7 @@ def test_untrained_gnn_is_spd_jacobi_plus_low_rank():
 def test_scale_covariance_of_the_gnn_variant():
     # A -> c A (and b -> c b, coefficient unchanged) gives M -> c M: the preconditioned system is unchanged
     batch = _batch([(5, 3)])
-    model = LowRankPreconditioner(rank=2, hidden=8).double()
+    model = LowRankPreconditioner(side="forward", rank=2, hidden=8).double()
     R = torch.randn(1, batch.num_nodes, 1, dtype=torch.float64)
     Z1 = model.preconditioner_for(batch).apply(R)
     scaled = _batch([(5, 3)])
@@ -99,20 +99,20 @@ def test_gradcheck_loss_core_wrt_d_and_u():
 
 
 def test_fixed_variant_rejects_a_wrong_size_and_bad_arguments():
-    model = LowRankPreconditioner(variant="fixed", num_nodes=16, rank=2)
+    model = LowRankPreconditioner(side="forward", variant="fixed", num_nodes=16, rank=2)
     model.preconditioner_for(_batch([(4, 0), (4, 1)]))  # right size: fine
     with pytest.raises(ValueError, match=r"num_nodes=16.*graph 1 of the batch has 25 nodes"):
         model.preconditioner_for(_batch([(4, 0), (5, 1)]))
     with pytest.raises(ValueError, match="lowrank_precond: variant 'fixed' needs num_nodes"):
-        LowRankPreconditioner(variant="fixed")
+        LowRankPreconditioner(side="forward", variant="fixed")
     with pytest.raises(ValueError, match="lowrank_precond: unknown variant"):
-        LowRankPreconditioner(variant="dense")
+        LowRankPreconditioner(side="forward", variant="dense")
     with pytest.raises(ValueError, match="lowrank_precond: rank"):
-        LowRankPreconditioner(rank=0)
+        LowRankPreconditioner(side="forward", rank=0)
     batch = _batch([(4, 0)])
     batch.edge_attr = -batch.edge_attr
     with pytest.raises(ValueError, match="lowrank_precond needs a positive diagonal"):
-        LowRankPreconditioner().training_loss(batch)
+        LowRankPreconditioner(side="forward").training_loss(batch)
 
 
 def _expected_loss(model, batch, probes=64):
@@ -132,7 +132,7 @@ def _expected_loss(model, batch, probes=64):
 def test_loss_decreases(variant, factor):
     torch.manual_seed(0)
     batch = _batch([(8, s) for s in range(4)])
-    model = LowRankPreconditioner(variant=variant, num_nodes=64, rank=4, probes=8)
+    model = LowRankPreconditioner(side="forward", variant=variant, num_nodes=64, rank=4, probes=8)
     before = _expected_loss(model, batch)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(40):
@@ -147,7 +147,7 @@ def test_loss_decreases(variant, factor):
 def test_loss_with_condition_term_is_finite_and_differentiable():
     torch.manual_seed(0)
     batch = _batch([(6, 0), (5, 1)])
-    model = LowRankPreconditioner(rank=2, hidden=8, cond_weight=0.5, cond_steps=10)
+    model = LowRankPreconditioner(side="forward", rank=2, hidden=8, cond_weight=0.5, cond_steps=10)
     loss, logs = model.training_loss(batch)
     loss.backward()
     assert "log_kappa" in logs and logs["log_kappa"] > 0
@@ -158,7 +158,7 @@ def test_loss_with_condition_term_is_finite_and_differentiable():
 def test_solve_converges(variant):
     batch = _batch([(6, 0), (6, 1), (6, 2)])
     torch.manual_seed(0)
-    model = LowRankPreconditioner(variant=variant, num_nodes=36, rank=3).double()
+    model = LowRankPreconditioner(side="forward", variant=variant, num_nodes=36, rank=3).double()
     # the raw learned map (the safeguard, on by default, may pick Jacobi for a random initialisation: tested
     # in test_safeguard.py)
     x, info = model.solve(batch, rtol=1e-8, safeguard=False)

@@ -112,6 +112,53 @@ def test_solve_converges_and_counts_learned_plus_cg_iterations():
     assert info.residual_history.shape[0] == 5 + info_cg.residual_history.shape[0]
 
 
+@pytest.mark.parametrize("precond", ["none", "jacobi"])
+def test_untrained_solve_is_plain_cg_exactly(precond):
+    batch = _batch([(32, 980001), (32, 980002), (24, 980003)])
+    model = UnrolledCG(steps=8, precond=precond).double()
+    with torch.no_grad():
+        x, info = model.solve(batch, rtol=1e-6)
+        x_ref, ref = cg(SparseMatrix.from_pyg(batch), batch.b.double(), M=None if precond == "none" else "jacobi",
+                        rtol=1e-6)
+    # the same recurrence; over ~400 unpreconditioned iterations rounding (another operation order than
+    # linalg.cg's) may move a count by 1%
+    diff = (info.iterations.view(-1) - ref.iterations.view(-1)).abs().double()
+    assert bool((diff <= torch.clamp(0.01 * ref.iterations.view(-1).double(), min=0.0)).all()), (info.iterations, ref)
+    assert bool(info.converged.all())
+    assert torch.allclose(x, x_ref, rtol=0, atol=1e-5 * float(x_ref.abs().max()))
+
+
+@pytest.mark.parametrize("steps", [8, 16])
+def test_trained_k_steps_reach_at_most_07_of_cgs_residual(steps):
+    """The fixed-budget layer: after training on the residual loss, K learned steps leave at most 0.7x the
+    residual of K Jacobi-PCG steps on every held-out system; the tolerance solve stays within 2% of PCG's
+    iterations (restarted at x_K)."""
+    torch.manual_seed(0)
+    model = UnrolledCG(steps=steps, precond="jacobi").double()
+    held = _batch([(32, 990000 + i) for i in range(8)])
+
+    def residual():
+        with torch.no_grad():
+            A, Bm, M = model._system(held)
+            X, *_ = model.iterate(A, Bm, M)
+            return unrolled_loss(A, Bm, X, "residual")[1].view(-1)
+
+    r0 = residual()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(250):
+        loss, _ = model.training_loss(_batch([(32, 8 * step + j) for j in range(8)]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ratio = residual() / r0
+    assert float(ratio.max()) <= 0.7, ratio
+    with torch.no_grad():
+        _, info = model.solve(held, rtol=1e-6)
+        _, ref = cg(SparseMatrix.from_pyg(held), held.b.double(), M="jacobi", rtol=1e-6)
+    assert bool(info.converged.all())
+    assert float(info.iterations.double().mean()) <= 1.02 * float(ref.iterations.double().mean())
+
+
 def test_graphs_that_converge_early_are_frozen():
     # an untrained model with more learned steps than CG needs: per-graph counts equal plain CG's,
     # and a graph with b = 0 (r = 0 from the start) stays at x = 0 without NaNs

@@ -183,7 +183,7 @@ def test_model_api_fallback_and_solve():
     _, raw = model.solve(batch, rtol=RTOL, safeguard=False)
     ref = _iters(SparseMatrix.from_pyg(batch), batch.b.view(-1).double(), IC0(SparseMatrix.from_pyg(batch)))
     assert int(info.iterations.sum()) == int(ref.sum()) < int(raw.iterations.sum())
-    assert isinstance(LowRankPreconditioner(rank=2).fallback_for(batch), Jacobi)
+    assert isinstance(LowRankPreconditioner(side="forward", rank=2).fallback_for(batch), Jacobi)
     conv = Batch.from_data_list([GENERATORS["convdiff2d"](6, seed=1)])
     assert isinstance(model.fallback_for(conv), Jacobi)  # not symmetric: no IC(0)
 

@@ -14,6 +14,7 @@ Public API:
 - smoothed-aggregation multigrid with differentiable prolongators and Galerkin products (the learned coarse
   spaces of gnn_solver): :func:`build_multigrid` -> :class:`Multigrid` (an SPD V-cycle), :func:`aggregate`,
   :func:`node_blocks`; the parts are in :mod:`learnsolve.linalg.multigrid`
+- a coarse-corrected (balancing) preconditioner on subdomains: :class:`CoarseCorrected`, :func:`subdomains`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
 - spectral estimates from CG's Lanczos coefficients (differentiable, no n x n eigensolve):
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
@@ -22,6 +23,7 @@ Public API:
 """
 
 from .amg import AMG
+from .deflation import CoarseCorrected, subdomains
 from .derivatives import hvp
 from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
 from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
@@ -43,6 +45,7 @@ __all__ = [
     "MIC0",
     "AdjointOptions",
     "CSRPattern",
+    "CoarseCorrected",
     "ConvergenceError",
     "ConvergenceWarning",
     "DenseLU",
@@ -78,5 +81,6 @@ __all__ = [
     "node_blocks",
     "safeguard",
     "solve",
+    "subdomains",
     "triangular_solve",
 ]
