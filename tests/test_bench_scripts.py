@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_multigrid
 import bench_safeguard
+import neural_ode_memory
 
 CKPT = ROOT / "tests" / "fixtures" / "checkpoints" / "pre_house_neural_if.ckpt"
 
@@ -91,3 +92,16 @@ def test_bench_safeguard_reports_the_safeguards_own_decision(tmp_path):
         A = system_matrix(batch)
         check = safeguard(A, model.preconditioner_for(batch), model.fallback_for(batch), b=batch.b.view(-1))
     assert row["accepted"] == check.all_accepted and row["fallback"] == check.fallback_name
+
+
+def test_neural_ode_memory_table(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        assert neural_ode_memory.main(["--size", "4", "--substeps", "1", "2", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "neural_ode_memory.json").read_text())["rows"]
+    assert [(r["rk4_steps"], r["mode"]) for r in rows] == [(15, "backprop"), (15, "adjoint"), (30, "backprop"),
+                                                          (30, "adjoint")]
+    assert all(r["seconds"] > 0 for r in rows)
+    assert (tmp_path / "neural_ode_memory.md").read_text().count("| 4x4 |") == 4

@@ -49,13 +49,15 @@ EXPECTED_DATA = {
     "poisson3d": {"size": 12},
     "trajectory2d": {"size": 8, "rhs": "smooth", "params": {"sigma2": 0.25, "corr_len": 0.2, "a": 1.0, "beta": 0.5,
                                                               "t_final": 0.05, "num_times": 16}},
+    "forced2d": {"size": 8, "rhs": "smooth", "params": {"sigma2": 0.25, "corr_len": 0.2, "a": 1.0, "beta": 0.5,
+                                                          "stiffness": 0.005, "t_final": 3.0, "num_times": 16}},
 }
 KEY_ORDER = ["_target_", "family", "size", "num_train", "num_val", "num_test", "seed", "rhs", "params", "batch_size",
              "data_dir", "extra_test_sizes", "num_workers", "progress"]
 TRAIN_DATA = {"num_train": 48, "num_val": 8, "num_test": 8, "extra_test_sizes": []}  # train.yaml's small default job
 
 
-def test_data_group_is_the_eight_families_plus_the_base():
+def test_data_group_is_the_nine_families_plus_the_base():
     stems = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
     assert stems == sorted(["_base", "mixed", *EXPECTED_DATA])
     assert set(EXPECTED_DATA) <= set(GENERATORS)
@@ -76,7 +78,7 @@ def test_each_data_family_composes_to_its_full_config(family):
 
 def test_a_model_that_brings_its_data_family_still_composes_through_the_base():
     data = _compose("train", "model=neural_ode").data
-    assert _plain(data) == {**_COMMON, "family": "trajectory2d", **EXPECTED_DATA["trajectory2d"], **TRAIN_DATA}
+    assert _plain(data) == {**_COMMON, "family": "forced2d", **EXPECTED_DATA["forced2d"], **TRAIN_DATA}
     assert _compose("train", "model=neural_ode", "data=poisson2d").data.family == "poisson2d"
 
 

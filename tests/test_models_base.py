@@ -33,7 +33,7 @@ def _model(name: str) -> LearnedModel:
 
 def _data(name: str, seeds=(1, 2)):
     if name == "neural_ode":
-        return [GENERATORS["trajectory2d"](4, seed=s, num_times=3) for s in seeds]
+        return [GENERATORS["forced2d"](4, seed=s, num_times=3) for s in seeds]
     return [GENERATORS["diffusion2d"](m, seed=s) for m, s in zip((4, 5), seeds)]
 
 

@@ -1,6 +1,12 @@
-"""``neural_ode``: a learned state-dependent mass matrix inside a neural ODE.
+"""``neural_ode``: a learned state-dependent system matrix inside a neural ODE.
 
-For a trajectory family (``trajectory2d``: ``M(y) dy/dt = -K y`` with K known), the model learns the
+``form="forced"`` (the brief's form; the config default, data ``forced2d``): the network predicts the system
+matrix A_theta(y) from the state, on the problem's sparsity pattern, and the model integrates
+
+    A_theta(y) dy/dt = f(t, y) = -y + sin(t),        y(0) = y0,
+
+each right-hand-side evaluation being one differentiable CG solve with A_theta(y) (the same network and SPD
+construction as M_theta below). ``form="mass"`` (class default): for a trajectory family (``trajectory2d``: ``M(y) dy/dt = -K y`` with K known), the model learns the
 mass and integrates
 
     dy/dt = M_theta(y)^{-1} (-K y),         y(0) = y0,
@@ -48,6 +54,8 @@ from learnsolve.nn.layers import mlp
 from .base import LearnedModel, check_choice, check_int
 
 FIXED_METHODS = ("euler", "midpoint", "rk4")
+FORMS = ("mass", "forced")
+FAMILY = {"mass": "trajectory2d", "forced": "forced2d"}  # the data family each form integrates
 ADAPTIVE_METHODS = ("dopri5", "bosh3")
 
 
@@ -100,9 +108,11 @@ class NeuralODE(LearnedModel):
 
     def __init__(self, hidden: int = 16, layers: int = 2, method: str = "rk4", step_size: float = 0.25,
                  adjoint: bool = False, solver_rtol: float = 1e-8, eps: float = 1e-3, ode_rtol: float = 1e-6,
-                 ode_atol: float = 1e-8):
+                 ode_atol: float = 1e-8, form: str = "mass"):
         super().__init__()
         check_choice("neural_ode", "method", method, FIXED_METHODS + ADAPTIVE_METHODS)
+        check_choice("neural_ode", "form", form, FORMS)
+        self.form = form
         hidden, layers = check_int("neural_ode", "hidden", hidden, 1), check_int("neural_ode", "layers", layers, 1)
         if not 0 < step_size <= 1:
             raise ValueError(f"neural_ode: step_size is a fraction of the output spacing in (0, 1], got {step_size}")
@@ -130,6 +140,13 @@ class NeuralODE(LearnedModel):
             if getattr(batch, name, None) is None:
                 raise ValueError(f"neural_ode needs trajectory data (fields y0, traj, t), the batch has no "
                                  f"{name!r}: use a trajectory family (data=trajectory2d)")
+        fam = getattr(batch, "family", None)
+        families = set(fam) if isinstance(fam, (list, tuple)) else {fam}
+        other = {f for f in families if f in FAMILY.values() and f != FAMILY[self.form]}
+        if other:
+            raise ValueError(f"neural_ode (form {self.form!r}) integrates {FAMILY[self.form]} trajectories, the batch "
+                             f"holds {min(other)}: use form={next(k for k, v in FAMILY.items() if v in other)!r} "
+                             f"or data={FAMILY[self.form]}")
         K = SparseMatrix.from_pyg(batch).detach()
         row, col = K.pattern.row.long(), K.pattern.col.long()
         dpos = K.pattern.diag_positions()
@@ -188,7 +205,8 @@ class NeuralODE(LearnedModel):
             M = self.mass(y, ctx)
             # the preconditioner does not change the solution: build it from detached values
             P = Jacobi.from_diagonal(M.diagonal().detach())
-            x = solve(M, -(ctx.K @ y), method="cg", precond=P, rtol=self.solver_rtol, backward="implicit",
+            rhs = -(ctx.K @ y) if self.form == "mass" else torch.sin(t).to(y.dtype) - y
+            x = solve(M, rhs, method="cg", precond=P, rtol=self.solver_rtol, backward="implicit",
                       x0=last[0] if last else None)
             last[:] = [x.detach()]
             return x

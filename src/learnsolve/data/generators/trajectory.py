@@ -39,7 +39,7 @@ from torchdiffeq import odeint
 from ..system import to_scipy
 from .structured import diffusion2d
 
-__all__ = ["GENERATORS", "mass_matrix_values", "trajectory2d"]
+__all__ = ["GENERATORS", "forced2d", "mass_matrix_values", "trajectory2d"]
 
 
 def mass_matrix_values(edge_index: Tensor, y: Tensor, a: float, beta: float) -> Tensor:
@@ -108,4 +108,50 @@ def trajectory2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: floa
                 num_nodes=n, family="trajectory2d", params=params, seed=int(seed), symmetric=True)
 
 
-GENERATORS = {"trajectory2d": trajectory2d}
+def forced2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: float = 0.25, corr_len: float = 0.2,
+             a: float = 1.0, beta: float = 0.5, stiffness: float = 0.005, t_final: float = 3.0,
+             num_times: int = 16) -> Data:
+    """One trajectory of the brief's form ``A(y) dy/dt = f(t, y)`` with the external force ``f = -y + sin(t)``
+    (every component) and the state-dependent SPD system matrix
+
+        A(y) = M(y) + stiffness K,
+
+    ``M(y)`` the mass of :func:`trajectory2d` and ``K`` diffusion2d's stiffness on the same cells (``stiffness``
+    0.005 makes its off-diagonal entries, about -0.3 at m = 8, comparable to M's 0.125: a real coupling). A(y) is
+    SPD for every y (M is, K is PSD). Same fields as :func:`trajectory2d` (``edge_attr``: K's values, the pattern
+    A lives on), ``family="forced2d"``; the reference is dopri5 (rtol 1e-9, atol 1e-11) with a dense solve.
+    Time scale: the eigenvalues of A(y) lie in about [1, 5], so the default ``t_final = 3`` covers the decay of y0
+    and the forced oscillation."""
+    if not stiffness >= 0:
+        raise ValueError(f"forced2d: stiffness must be >= 0, got {stiffness}")
+    if not a >= 0 or not beta >= 0:
+        raise ValueError(f"forced2d: need a >= 0 and beta >= 0, got a={a}, beta={beta}")
+    if not t_final > 0:
+        raise ValueError(f"forced2d: t_final must be positive, got {t_final}")
+    if int(num_times) != num_times or num_times < 2:
+        raise ValueError(f"forced2d: num_times must be an integer >= 2, got {num_times!r}")
+    num_times = int(num_times)
+    base = diffusion2d(m, seed=seed, rhs=rhs, sigma2=sigma2, corr_len=corr_len)
+    n = int(base.num_nodes)
+    scale = float(base.b.abs().max())
+    y0 = base.b / (scale if scale > 0 else 1.0)
+    ei, K = base.edge_index, base.edge_attr
+    Kd = torch.from_numpy(to_scipy(base).toarray())
+
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        A = _dense(ei, mass_matrix_values(ei, y, a, beta), n) + stiffness * Kd
+        return torch.linalg.solve(A, -y + torch.sin(t))
+
+    t = torch.linspace(0.0, float(t_final), num_times, dtype=torch.float64)
+    with torch.no_grad():
+        traj = odeint(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-11).T.contiguous()
+    traj[:, 0] = y0
+    feat = torch.stack([base.feat[:, 0], base.feat[:, 1], y0], dim=1)
+    params = {"m": int(base.params["m"]), "sigma2": float(sigma2), "corr_len": float(corr_len), "a": float(a),
+              "beta": float(beta), "stiffness": float(stiffness), "t_final": float(t_final),
+              "num_times": num_times, "rhs": rhs}
+    return Data(edge_index=ei, edge_attr=K, pos=base.pos, y0=y0, traj=traj, t=t.unsqueeze(0), feat=feat,
+                num_nodes=n, family="forced2d", params=params, seed=int(seed), symmetric=True)
+
+
+GENERATORS = {"trajectory2d": trajectory2d, "forced2d": forced2d}
