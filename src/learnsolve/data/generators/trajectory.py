@@ -63,6 +63,37 @@ def _dense(edge_index: Tensor, values: Tensor, n: int) -> Tensor:
     return out.index_put((edge_index[0], edge_index[1]), values)
 
 
+def _check(family: str, a: float, beta: float, t_final: float, num_times) -> int:
+    if not a >= 0 or not beta >= 0:
+        raise ValueError(f"{family}: need a >= 0 and beta >= 0, got a={a}, beta={beta}")
+    if not t_final > 0:
+        raise ValueError(f"{family}: t_final must be positive, got {t_final}")
+    if int(num_times) != num_times or num_times < 2:
+        raise ValueError(f"{family}: num_times must be an integer >= 2, got {num_times!r}")
+    return int(num_times)
+
+
+def _trajectory(family: str, m: int, seed: int, rhs: str, sigma2: float, corr_len: float, t_final: float,
+                num_times: int, field, params: dict) -> Data:
+    """Integrate ``dy/dt = field(ei, Kd, n)(t, y)`` from y0 on diffusion2d's cells and pack the Data (shared by
+    the trajectory families; ``params`` are the family's own parameters, between corr_len and t_final)."""
+    base = diffusion2d(m, seed=seed, rhs=rhs, sigma2=sigma2, corr_len=corr_len)
+    n = int(base.num_nodes)
+    scale = float(base.b.abs().max())
+    y0 = base.b / (scale if scale > 0 else 1.0)
+    ei, K = base.edge_index, base.edge_attr
+    f = field(ei, torch.from_numpy(to_scipy(base).toarray()), n)
+    t = torch.linspace(0.0, float(t_final), num_times, dtype=torch.float64)
+    with torch.no_grad():
+        traj = odeint(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-11).T.contiguous()  # (n, T)
+    traj[:, 0] = y0  # dense output returns y0 exactly; keep it bitwise
+    feat = torch.stack([base.feat[:, 0], base.feat[:, 1], y0], dim=1)
+    params = {"m": int(base.params["m"]), "sigma2": float(sigma2), "corr_len": float(corr_len), **params,
+              "t_final": float(t_final), "num_times": num_times, "rhs": rhs}
+    return Data(edge_index=ei, edge_attr=K, pos=base.pos, y0=y0, traj=traj, t=t.unsqueeze(0), feat=feat,
+                num_nodes=n, family=family, params=params, seed=int(seed), symmetric=True)
+
+
 def trajectory2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: float = 0.25, corr_len: float = 0.2,
                  a: float = 1.0, beta: float = 0.5, t_final: float = 0.05, num_times: int = 16) -> Data:
     """One trajectory of ``M(y) dy/dt = -K y`` on an ``m x m`` grid (see the module docstring).
@@ -79,33 +110,15 @@ def trajectory2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: floa
     ``symmetric=True``. There is no ``b``/``x``: this is not a linear system A x = b.
     Cost: one sparse factorisation for K's family plus the dopri5 integration (well under 1 s at m = 8).
     """
-    if not a >= 0 or not beta >= 0:
-        raise ValueError(f"trajectory2d: need a >= 0 and beta >= 0, got a={a}, beta={beta}")
-    if not t_final > 0:
-        raise ValueError(f"trajectory2d: t_final must be positive, got {t_final}")
-    if int(num_times) != num_times or num_times < 2:
-        raise ValueError(f"trajectory2d: num_times must be an integer >= 2, got {num_times!r}")
-    num_times = int(num_times)
-    base = diffusion2d(m, seed=seed, rhs=rhs, sigma2=sigma2, corr_len=corr_len)
-    n = int(base.num_nodes)
-    scale = float(base.b.abs().max())
-    y0 = base.b / (scale if scale > 0 else 1.0)
-    ei, K = base.edge_index, base.edge_attr
-    Kd = torch.from_numpy(to_scipy(base).toarray())
+    num_times = _check("trajectory2d", a, beta, t_final, num_times)
 
-    def f(t: Tensor, y: Tensor) -> Tensor:
-        M = _dense(ei, mass_matrix_values(ei, y, a, beta), n)
-        return torch.linalg.solve(M, -(Kd @ y))
+    def field(ei, Kd, n):
+        def f(t: Tensor, y: Tensor) -> Tensor:
+            return torch.linalg.solve(_dense(ei, mass_matrix_values(ei, y, a, beta), n), -(Kd @ y))
+        return f
 
-    t = torch.linspace(0.0, float(t_final), num_times, dtype=torch.float64)
-    with torch.no_grad():
-        traj = odeint(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-11).T.contiguous()  # (n, T)
-    traj[:, 0] = y0  # dense output returns y0 exactly; keep it bitwise
-    feat = torch.stack([base.feat[:, 0], base.feat[:, 1], y0], dim=1)
-    params = {"m": int(base.params["m"]), "sigma2": float(sigma2), "corr_len": float(corr_len), "a": float(a),
-              "beta": float(beta), "t_final": float(t_final), "num_times": num_times, "rhs": rhs}
-    return Data(edge_index=ei, edge_attr=K, pos=base.pos, y0=y0, traj=traj, t=t.unsqueeze(0), feat=feat,
-                num_nodes=n, family="trajectory2d", params=params, seed=int(seed), symmetric=True)
+    return _trajectory("trajectory2d", m, seed, rhs, sigma2, corr_len, t_final, num_times, field,
+                       {"a": float(a), "beta": float(beta)})
 
 
 def forced2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: float = 0.25, corr_len: float = 0.2,
@@ -124,34 +137,16 @@ def forced2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: float = 
     and the forced oscillation."""
     if not stiffness >= 0:
         raise ValueError(f"forced2d: stiffness must be >= 0, got {stiffness}")
-    if not a >= 0 or not beta >= 0:
-        raise ValueError(f"forced2d: need a >= 0 and beta >= 0, got a={a}, beta={beta}")
-    if not t_final > 0:
-        raise ValueError(f"forced2d: t_final must be positive, got {t_final}")
-    if int(num_times) != num_times or num_times < 2:
-        raise ValueError(f"forced2d: num_times must be an integer >= 2, got {num_times!r}")
-    num_times = int(num_times)
-    base = diffusion2d(m, seed=seed, rhs=rhs, sigma2=sigma2, corr_len=corr_len)
-    n = int(base.num_nodes)
-    scale = float(base.b.abs().max())
-    y0 = base.b / (scale if scale > 0 else 1.0)
-    ei, K = base.edge_index, base.edge_attr
-    Kd = torch.from_numpy(to_scipy(base).toarray())
+    num_times = _check("forced2d", a, beta, t_final, num_times)
 
-    def f(t: Tensor, y: Tensor) -> Tensor:
-        A = _dense(ei, mass_matrix_values(ei, y, a, beta), n) + stiffness * Kd
-        return torch.linalg.solve(A, -y + torch.sin(t))
+    def field(ei, Kd, n):
+        def f(t: Tensor, y: Tensor) -> Tensor:
+            A = _dense(ei, mass_matrix_values(ei, y, a, beta), n) + stiffness * Kd
+            return torch.linalg.solve(A, -y + torch.sin(t))
+        return f
 
-    t = torch.linspace(0.0, float(t_final), num_times, dtype=torch.float64)
-    with torch.no_grad():
-        traj = odeint(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-11).T.contiguous()
-    traj[:, 0] = y0
-    feat = torch.stack([base.feat[:, 0], base.feat[:, 1], y0], dim=1)
-    params = {"m": int(base.params["m"]), "sigma2": float(sigma2), "corr_len": float(corr_len), "a": float(a),
-              "beta": float(beta), "stiffness": float(stiffness), "t_final": float(t_final),
-              "num_times": num_times, "rhs": rhs}
-    return Data(edge_index=ei, edge_attr=K, pos=base.pos, y0=y0, traj=traj, t=t.unsqueeze(0), feat=feat,
-                num_nodes=n, family="forced2d", params=params, seed=int(seed), symmetric=True)
+    return _trajectory("forced2d", m, seed, rhs, sigma2, corr_len, t_final, num_times, field,
+                       {"a": float(a), "beta": float(beta), "stiffness": float(stiffness)})
 
 
 GENERATORS = {"trajectory2d": trajectory2d, "forced2d": forced2d}
