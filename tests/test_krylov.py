@@ -295,3 +295,43 @@ def test_ic0_is_exact_for_tridiagonal():
     A = SparseMatrix.from_scipy(T)
     _, info = cg(A, torch.ones(40, dtype=torch.float64), M=IC0(A), rtol=1e-12)
     assert info.niter == 1 and info.all_converged
+
+
+@pytest.mark.parametrize("method", ["cg", "fcg"])
+@pytest.mark.parametrize("rtol", [1e-10, 1e-12])
+def test_no_silent_false_convergence_on_an_ill_conditioned_spd_matrix(method, rtol):
+    """kappa = 1e8: the recursive residual falls below rtol long before the true one can (issue 16). The solver
+    confirms with the true residual: converged only if b - A x really is below rtol, else not converged with the
+    reason (stagnation at the attainable accuracy) or an exhausted iteration budget."""
+    from learnsolve.linalg import cg, fcg
+
+    g = torch.Generator().manual_seed(0)
+    n = 100
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=g))
+    A = Q @ torch.diag(torch.logspace(0, 8, n, dtype=torch.float64)) @ Q.T
+    A = 0.5 * (A + A.T)
+    b = torch.randn(n, dtype=torch.float64, generator=g)
+    x, info = {"cg": cg, "fcg": fcg}[method](A, b, rtol=rtol, maxiter=20000)
+    true = float((b - A @ x).norm() / b.norm())
+    if bool(info.converged):
+        assert true <= rtol * (1 + 1e-6), true
+    else:
+        assert info.breakdown is None or "stagnated at true relative residual" in info.breakdown
+    assert float(info.relative_residual) == pytest.approx(true, rel=1e-3) or not bool(info.converged)
+
+
+def test_confirmed_convergence_on_a_well_conditioned_batch():
+    """The true residual of every converged system is below the tolerance (one extra SpMV per convergence)."""
+    from torch_geometric.data import Batch
+
+    from learnsolve.data import GENERATORS
+    from learnsolve.linalg import SparseMatrix, cg
+
+    batch = Batch.from_data_list([GENERATORS["diffusion2d"](m, seed=s) for m, s in ((12, 0), (16, 1), (9, 2))])
+    A = SparseMatrix.from_pyg(batch)
+    b = batch.b.double()
+    x, info = cg(A, b, M="jacobi", rtol=1e-10)
+    assert bool(info.converged.all())
+    r = b - A @ x
+    for g, (lo, hi) in enumerate(zip(A.blocks[:-1].tolist(), A.blocks[1:].tolist())):
+        assert float(r[lo:hi].norm() / b[lo:hi].norm()) <= 1e-10

@@ -138,6 +138,32 @@ class _Monitor:
     def done(self) -> bool:
         return self.it >= self.maxiter or not bool(self.active.any())
 
+    def confirm(self, true_norm: Tensor, newly: Tensor) -> Tensor:
+        """Check the systems ``newly`` converged on the recursive residual against their TRUE residual norm
+        (b - A x, one SpMV by the caller). A system whose true residual is above the tolerance is re-opened (the
+        caller replaces its residual by the true one and restarts its direction), unless the true residual did
+        not halve since its last replacement: it then stops, not converged, as stagnated at the attainable
+        accuracy. Returns the re-opened systems (the history's last entry becomes the true norm)."""
+        t = true_norm.detach()
+        self.hist[-1] = torch.where(newly, t, self.hist[-1])
+        bad = newly & (t > self.tol)
+        if not bool(bad.any()):
+            return bad
+        if not hasattr(self, "replaced"):
+            self.replaced = torch.full_like(t, float("inf"))
+        stalled = bad & (t >= 0.5 * self.replaced)
+        reopen = bad & ~stalled
+        self.converged = self.converged & ~bad
+        self.active = self.active | reopen
+        self.replaced = torch.where(reopen, t, self.replaced)
+        if bool(stalled.any()):
+            self.broken = self.broken | stalled
+            if self.reason is None:
+                rel = t / torch.where(self.bnorm > 0, self.bnorm, torch.ones_like(self.bnorm))
+                self.reason = (f"stagnated at true relative residual {float(rel[stalled].max()):.1e} (the attainable "
+                               f"accuracy: the recursive residual fell below rtol {self.rtol:.1e}, the true one did not)")
+        return reopen
+
     def info(self) -> SolveInfo:
         return SolveInfo(self.method, self.iters, self.converged, torch.stack(self.hist), self.bnorm,
                          self.rtol, self.atol, self.reason, self.broken)
@@ -156,6 +182,22 @@ def _axpy(Y: Tensor, a: Tensor, X: Tensor, inplace: bool) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 # cores on canonical blocks
 # ------------------------------------------------------------------------------------------------
+
+def _confirm(mon: _Monitor, mv, Bm: Tensor, X: Tensor, R: Tensor, rnorm: Tensor | None, before: Tensor,
+             red: Reducer):
+    """After ``mon.update``: confirm the systems that just converged with the true residual (one SpMV, only when
+    some did); (R, rnorm, restarted) with the true residual in the rows of the re-opened systems."""
+    newly = mon.converged & ~before
+    restart = torch.zeros_like(newly)
+    if not bool(newly.any()):
+        return R, rnorm, restart
+    Rt = Bm - mv(X)
+    restart = mon.confirm(red.norm(Rt), newly)
+    if bool(restart.any()):
+        R = torch.where(red.expand(restart), Rt, R)
+        rnorm = None if rnorm is None else red.norm(R)
+    return R, rnorm, restart
+
 
 def _start(mv, Bm: Tensor, X0: Tensor | None):
     if X0 is None:
@@ -187,7 +229,9 @@ def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
         X = _axpy(X, ea, P, inplace)
         R = _axpy(R, -ea, AP, inplace)
         rnorm = red.norm(R)
+        before = mon.converged
         mon.update(rnorm)
+        R, rnorm, restart = _confirm(mon, mv, Bm, X, R, rnorm, before, red)
         if callback is not None:
             callback(X, mon.it)
         if mon.done():
@@ -198,7 +242,7 @@ def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
             Z = M(R)
             rz_new = red.dot(R, Z)
             mon.check(rz_new < 0, "r^T M r < 0: the preconditioner is not positive definite")
-        act = mon.active
+        act = mon.active & ~restart  # a replaced residual restarts its direction: p = z
         beta = red.expand(torch.where(act, rz_new / _safe(rz, act), torch.zeros_like(rz)))
         P = torch.addcmul(Z, beta, P, out=P) if inplace else Z + beta * P  # one pass: P <- Z + beta P
         rz = rz_new
@@ -227,7 +271,9 @@ def _fcg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, trunca
         ea = red.expand(alpha)
         X = X + ea * P
         R = R - ea * AP
+        before = mon.converged
         mon.update(red.norm(R))
+        R, _, _ = _confirm(mon, mv, Bm, X, R, None, before, red)
         if callback is not None:
             callback(X, mon.it)
         window.append((P, AP, pAp))
