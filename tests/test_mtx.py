@@ -328,3 +328,30 @@ def test_suites_from_the_benchmark_configs(tmp_path):
         suite_from_config({**yaml.safe_load((conf / "pyamg.yaml").read_text()), "names": ["nope"]})
     names = [n for n, _ in suite_from_config(yaml.safe_load((conf / "pyamg.yaml").read_text()))]
     assert "recirc_flow" in names and len(names) == 7
+
+
+def test_a_singular_matrix_with_constant_null_space_gets_a_consistent_random_image(tmp_path):
+    """A 1 = 0 (a Neumann Laplacian): b = A 1 would be rounding noise, so b = A r for a seeded random r (issue 16)."""
+    import scipy.io as sio
+    import scipy.sparse as sp
+
+    from learnsolve.data.mtx import load_system
+
+    n = 30
+    L = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1], format="lil")
+    L[0, 0] = L[n - 1, n - 1] = 1.0  # row sums zero
+    path = tmp_path / "neumann.mtx"
+    sio.mmwrite(str(path), L.tocsr())
+    d = load_system(path, seed=3)
+    b = d.b.numpy().astype(np.float64)
+    r = np.random.default_rng(3).uniform(0.5, 1.5, n)
+    np.testing.assert_allclose(b, L.tocsr() @ r, rtol=1e-12, atol=1e-14)
+    assert d.params["rhs"].startswith("A r (A 1 = 0") and "seed 3" in d.params["rhs"]
+    assert np.linalg.norm(b) > 0.1
+    regular = tmp_path / "regular.mtx"
+    sio.mmwrite(str(regular), (L + sp.eye(n)).tocsr())
+    assert load_system(regular).params["rhs"] == "ones"
+    from learnsolve.evaluation.runner import evaluate_suite
+
+    rows = evaluate_suite(None, [("neumann", d)], rtols=[1e-6], repeats=1, preconditioners=["jacobi"], progress=False)
+    assert rows[0]["status"] == "ok" and "b = A r (A 1 = 0" in rows[0]["reason"]  # said in the notes column

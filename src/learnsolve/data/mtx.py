@@ -63,6 +63,8 @@ class MatrixMarketError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+RANDOM_IMAGE = "A r (A 1 = 0: r ~ U(0.5, 1.5), seed {seed})"  # params["rhs"] when b = A 1 would be rounding noise
+
 def matrix_stem(path: str | os.PathLike) -> str:
     """File name without ``.mtx`` / ``.mtx.gz`` (``"dir/bcsstk03.mtx.gz"`` -> ``"bcsstk03"``)."""
     name = Path(path).name
@@ -338,8 +340,10 @@ def load_system(path: str | os.PathLike, rhs: str = "ones", seed: int = 0) -> Da
     - A: :func:`read_matrix_market` (symmetric storage expanded).
     - b: from a sibling ``<stem>_b.mtx`` or ``<stem>_rhs.mtx`` (``.gz`` too) when one exists (an n x 1
       matrix, array or coordinate); otherwise ``rhs="ones"`` (default): ``b = A @ ones`` (so the exact
-      solution is the all-ones vector when A is nonsingular), or ``rhs="random"``: i.i.d. standard
-      normal from ``numpy.random.default_rng(seed)``. ``params["rhs"]`` records which was used.
+      solution is the all-ones vector when A is nonsingular) -- except where A 1 = 0 (b would be rounding
+      noise): then ``b = A r`` with r ~ U(0.5, 1.5) from ``numpy.random.default_rng(seed)``, a consistent
+      right-hand side, and ``params["rhs"]`` says so (:data:`RANDOM_IMAGE`) -- or ``rhs="random"``: i.i.d.
+      standard normal from ``numpy.random.default_rng(seed)``. ``params["rhs"]`` records which was used.
     - x: sparse direct solve (:func:`reference_solution`). ``data.singular`` (bool) is always set; for a
       singular A, ``data.x`` is a particular solution when b is in the range of A, else ``data.x``
       is None (absent) -- never NaN.
@@ -361,6 +365,11 @@ def load_system(path: str | os.PathLike, rhs: str = "ones", seed: int = 0) -> Da
     elif rhs == "ones":
         b = A @ np.ones(n)
         source = "ones"
+        if n and np.linalg.norm(b) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
+            # ones spans A's null space (A 1 = 0: a Neumann or singular operator) and b = A 1 is rounding noise;
+            # the image of a seeded random vector is a consistent right-hand side instead
+            b = A @ np.random.default_rng(seed).uniform(0.5, 1.5, n)
+            source = RANDOM_IMAGE.format(seed=seed)
     elif rhs == "random":
         b = np.random.default_rng(seed).standard_normal(n)
         source = "random"

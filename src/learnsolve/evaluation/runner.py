@@ -210,6 +210,9 @@ def _fill_from_solve(row: dict, sysm: _System, X: torch.Tensor, sinfo, rtols, ma
         its = int(sinfo.iterations.reshape(-1)[0])
         notes.append(f"breakdown after {its} iterations: {sinfo.breakdown}" if sinfo.breakdown
                      else f"iteration cap maxiter={maxiter} reached")
+    rhs = (getattr(sysm.data, "params", None) or {}).get("rhs")
+    if isinstance(rhs, str) and rhs.startswith("A r "):
+        notes.append(f"b = {rhs}")  # A 1 = 0: the right-hand side is the image of a seeded random vector
     row["reason"] = "; ".join(notes) or None
 
 
