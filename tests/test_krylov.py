@@ -297,13 +297,13 @@ def test_ic0_is_exact_for_tridiagonal():
     assert info.niter == 1 and info.all_converged
 
 
-@pytest.mark.parametrize("method", ["cg", "fcg"])
+@pytest.mark.parametrize("method", ["cg", "fcg", "minres", "bicgstab"])
 @pytest.mark.parametrize("rtol", [1e-10, 1e-12])
 def test_no_silent_false_convergence_on_an_ill_conditioned_spd_matrix(method, rtol):
     """kappa = 1e8: the recursive residual falls below rtol long before the true one can (issue 16). The solver
     confirms with the true residual: converged only if b - A x really is below rtol, else not converged with the
     reason (stagnation at the attainable accuracy) or an exhausted iteration budget."""
-    from learnsolve.linalg import cg, fcg
+    from learnsolve.linalg import bicgstab, cg, fcg, minres
 
     g = torch.Generator().manual_seed(0)
     n = 100
@@ -311,7 +311,7 @@ def test_no_silent_false_convergence_on_an_ill_conditioned_spd_matrix(method, rt
     A = Q @ torch.diag(torch.logspace(0, 8, n, dtype=torch.float64)) @ Q.T
     A = 0.5 * (A + A.T)
     b = torch.randn(n, dtype=torch.float64, generator=g)
-    x, info = {"cg": cg, "fcg": fcg}[method](A, b, rtol=rtol, maxiter=20000)
+    x, info = {"cg": cg, "fcg": fcg, "minres": minres, "bicgstab": bicgstab}[method](A, b, rtol=rtol, maxiter=20000)
     true = float((b - A @ x).norm() / b.norm())
     if bool(info.converged):
         assert true <= rtol * (1 + 1e-6), true

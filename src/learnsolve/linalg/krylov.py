@@ -485,10 +485,48 @@ _CORES = {"cg": _cg, "fcg": _fcg, "minres": _minres, "bicgstab": _bicgstab, "gmr
 
 def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, X0: Tensor | None,
                rtol: float, atol: float, maxiter: int, callback=None, **options):
-    """Run a Krylov method on canonical blocks; returns (X, SolveInfo in (B, G, k) shape)."""
+    """Run a Krylov method on canonical blocks; returns (X, SolveInfo in (B, G, k) shape).
+
+    CG, flexible CG and GMRES confirm convergence with the true residual inside their iteration; for MINRES and
+    BiCGStab a system that converged on its recursive residual but not on the true one is restarted from its
+    iterate (at most 3 times, within ``maxiter``), and stops as not converged once a restart no longer halves
+    its true residual (the attainable accuracy) or the iteration budget is spent."""
     if method not in _CORES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or 'direct'")
-    return _CORES[method](op.mv, Bm, M, X0, op.reducer(), rtol, atol, maxiter, callback, **options)
+    red = op.reducer()
+    X, info = _CORES[method](op.mv, Bm, M, X0, red, rtol, atol, maxiter, callback, **options)
+    if method not in ("minres", "bicgstab"):
+        return X, info
+    tol = torch.clamp(rtol * info.b_norm, min=atol)
+    last = torch.full_like(info.b_norm, float("inf"))
+    for attempt in range(4):
+        true = red.norm(Bm - op.mv(X)).detach()
+        drift = info.converged & (true > tol)
+        if not bool(drift.any()):
+            break
+        stalled = drift & (true >= 0.5 * last)
+        left = maxiter - info.niter
+        if bool(stalled.any()) or left <= 0 or attempt == 3:
+            rel = true / torch.where(info.b_norm > 0, info.b_norm, torch.ones_like(info.b_norm))
+            why = (f"stagnated at true relative residual {float(rel[drift].max()):.1e} (the attainable accuracy: "
+                   f"the recursive residual fell below rtol {rtol:.1e}, the true one did not)")
+            mask = drift if info.breakdown_mask is None else (info.breakdown_mask | drift)
+            hist = info.residual_history.clone()
+            hist[-1] = torch.where(drift, true, hist[-1])
+            return X, SolveInfo(info.method, info.iterations, info.converged & ~drift, hist, info.b_norm,
+                                info.rtol, info.atol, info.breakdown or why, mask)
+        last = torch.where(drift, true, last)
+        X2, info2 = _CORES[method](op.mv, Bm, M, X, red, rtol, atol, left, callback, **options)
+        keep = red.expand(drift)  # only the drifted systems move; the others keep their iterate and record
+        X = torch.where(keep, X2, X)
+        hist = torch.cat([info.residual_history,
+                          torch.where(drift, info2.residual_history[1:], info.residual_history[-1:])])
+        mask = info.breakdown_mask if info2.breakdown_mask is None else (
+            info2.breakdown_mask & drift if info.breakdown_mask is None else info.breakdown_mask | (info2.breakdown_mask & drift))
+        info = SolveInfo(info.method, info.iterations + torch.where(drift, info2.iterations, 0),
+                         torch.where(drift, info2.converged, info.converged), hist, info.b_norm, info.rtol,
+                         info.atol, info.breakdown or info2.breakdown, mask)
+    return X, info
 
 
 def default_maxiter(method: str, n: int) -> int:
