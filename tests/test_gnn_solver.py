@@ -174,3 +174,19 @@ def test_short_training_does_not_raise_validation_iterations(tmp_path):
     kappas = [float(r["val/log_kappa"]) for r in rows]
     assert len(iters) >= 5 and iters[-1] <= iters[0] and max(iters[1:]) <= iters[0] + 0.5, iters
     assert kappas[-1] < kappas[0], kappas
+
+
+def test_weights_program_exports_with_dynamic_sizes():
+    """torch.export of the multigrid weights program (n and the number of entries dynamic), checked on another size."""
+    from torch.export import Dim, export
+
+    model = GNNSolver(hidden=4, layers=1).double().eval()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.3)
+    spec = model.export_program()
+    n, e = Dim("n", min=2), Dim("e", min=2)
+    prog = export(spec.module, spec.inputs(GENERATORS["diffusion2d"](10, seed=5), 0),
+                  dynamic_shapes=({1: e}, {0: e}, {0: n}, {0: e})).module()
+    other = GENERATORS["diffusion2d"](13, seed=6)
+    inputs = spec.inputs(other, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(prog(*inputs), spec.reference(other, inputs)[0])

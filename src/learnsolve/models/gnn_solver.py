@@ -247,4 +247,4 @@ class _WeightsProgram(ProgramModule):
     """(edge_index, values, feat, same) -> W: :meth:`GNNSolver.entry_weights` of the finest level."""
 
     def forward(self, edge_index: Tensor, values: Tensor, feat: Tensor, same: Tensor) -> Tensor:
-        return self.model.entry_weights(edge_index[0], edge_index[1], values, same > 0.5, int(feat.shape[0]))
+        return self.model.entry_weights(edge_index[0], edge_index[1], values, same > 0.5, feat.shape[0])
