@@ -106,3 +106,35 @@ def adam_losses(model: torch.nn.Module, batch, steps: int, lr: float) -> list[fl
         opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def loss_directional_derivative(model, batch, seed: int = 1, h: float = 1e-5) -> tuple[float, float]:
+    """(central difference, autograd) of ``model.training_loss(batch)`` along one seeded random direction in the
+    space of all parameters: the independent check of a model's loss gradient."""
+    params = list(model.parameters())
+    loss, _ = model.training_loss(batch)
+    grads = torch.autograd.grad(loss, params)
+    g = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    dd = sum(float((gi * vi).sum()) for gi, vi in zip(grads, v))
+
+    def shifted(step):
+        with torch.no_grad():
+            for p, vi in zip(params, v):
+                p.add_(step * vi)
+            val = float(model.training_loss(batch)[0])
+            for p, vi in zip(params, v):
+                p.sub_(step * vi)
+        return val
+
+    return (shifted(h) - shifted(-h)) / (2 * h), dd
+
+
+def perturb_output_layers(model, layers, seed: int = 0, scale: float = 0.3):
+    """Add seeded noise to zero-initialised output layers (so every parameter gets a non-trivial gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in layers:
+            lin.weight.add_(scale * torch.randn(lin.weight.shape, generator=g, dtype=lin.weight.dtype))
+            lin.bias.add_(scale * torch.randn(lin.bias.shape, generator=g, dtype=lin.bias.dtype))
+    return model

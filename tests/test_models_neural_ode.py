@@ -14,6 +14,8 @@ from learnsolve.data.generators.trajectory import mass_matrix_values, trajectory
 from learnsolve.models.neural_ode import NeuralODE
 from learnsolve.training import LinearSystemDataModule
 
+from .conftest import loss_directional_derivative, perturb_output_layers
+
 
 def _batch(seeds, m=4, **params):
     return Batch.from_data_list([trajectory2d(m, seed=s, **params) for s in seeds])
@@ -31,12 +33,7 @@ def _model(seed: int = 0, scale: float = 0.3, **kw) -> NeuralODE:
     (so the gradient of every parameter is non-trivial)."""
     torch.manual_seed(seed)
     model = NeuralODE(**kw).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for lin in (model.edge_mlp[-1], model.node_mlp[-1]):
-            lin.weight.add_(scale * torch.randn(lin.weight.shape, generator=g, dtype=lin.weight.dtype))
-            lin.bias.add_(scale * torch.randn(lin.bias.shape, generator=g, dtype=lin.bias.dtype))
-    return model
+    return perturb_output_layers(model, (model.edge_mlp[-1], model.node_mlp[-1]), seed, scale)
 
 
 class TrueMassODE(NeuralODE):
@@ -169,24 +166,7 @@ def test_vector_field_gradcheck():
 def test_loss_gradient_matches_central_difference(adjoint, tol):
     b = _batch([0, 1], m=4, num_times=4, t_final=0.01)
     model = _model(hidden=6, layers=1, step_size=0.25, adjoint=adjoint, solver_rtol=1e-13)
-    params = list(model.parameters())
-    loss, _ = model.training_loss(b)
-    grads = torch.autograd.grad(loss, params)
-    g = torch.Generator().manual_seed(1)
-    v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
-    dd = sum(float((gi * vi).sum()) for gi, vi in zip(grads, v))
-
-    def shifted(h):
-        with torch.no_grad():
-            for p, vi in zip(params, v):
-                p.add_(h * vi)
-            val = float(model.training_loss(b)[0])
-            for p, vi in zip(params, v):
-                p.sub_(h * vi)
-        return val
-
-    h = 1e-5
-    fd = (shifted(h) - shifted(-h)) / (2 * h)
+    fd, dd = loss_directional_derivative(model, b)
     assert abs(dd) > 1e-6 and abs(fd - dd) <= tol * abs(dd), (fd, dd)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .multigrid import aggregate, galerkin, node_blocks, tentative
+from .multigrid import aggregate, galerkin, tentative
 from .preconditioner import FactorizationError, Preconditioner
 from .sparse import SparseMatrix
 
@@ -89,11 +89,4 @@ class CoarseCorrected(Preconditioner):
         return QR + Z - self._q(self.A.mv(Z))
 
 
-def graph_of_subdomains(A: SparseMatrix, subdomain: Tensor, m: int) -> Tensor:
-    """(m,) int64 system of every subdomain (for per-system reductions over subdomains)."""
-    out = torch.zeros(m, dtype=torch.int64, device=A.device)
-    on = subdomain >= 0
-    return out.index_put((subdomain[on],), node_blocks(A)[on])
-
-
-__all__ = ["CoarseCorrected", "graph_of_subdomains", "subdomains"]
+__all__ = ["CoarseCorrected", "subdomains"]

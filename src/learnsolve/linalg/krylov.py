@@ -185,8 +185,9 @@ def _axpy(Y: Tensor, a: Tensor, X: Tensor, inplace: bool) -> Tensor:
 
 def _confirm(mon: _Monitor, mv, Bm: Tensor, X: Tensor, R: Tensor, rnorm: Tensor | None, before: Tensor,
              red: Reducer):
-    """After ``mon.update``: confirm the systems that just converged with the true residual (one SpMV, only when
-    some did); (R, rnorm, restarted) with the true residual in the rows of the re-opened systems."""
+    """When the loop would stop: confirm the systems converged since the last check (``before``: converged then)
+    with the true residual (one SpMV, only when there are some); (R, rnorm, restarted) with the true residual in
+    the rows of the re-opened systems."""
     newly = mon.converged & ~before
     restart = torch.zeros_like(newly)
     if not bool(newly.any()):
@@ -215,6 +216,7 @@ def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
         mon.check(rz < 0, "r^T M r < 0: the preconditioner is not positive definite")
     P = Z.clone()
     inplace = None
+    confirmed = mon.converged  # systems whose convergence was checked on the true residual
     while not mon.done():
         AP = mv(P)
         if inplace is None:
@@ -229,13 +231,15 @@ def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
         X = _axpy(X, ea, P, inplace)
         R = _axpy(R, -ea, AP, inplace)
         rnorm = red.norm(R)
-        before = mon.converged
         mon.update(rnorm)
-        R, rnorm, restart = _confirm(mon, mv, Bm, X, R, rnorm, before, red)
         if callback is not None:
             callback(X, mon.it)
-        if mon.done():
-            break
+        restart = torch.zeros_like(mon.converged)
+        if mon.done():  # confirm once nothing is left to iterate (an inactive system's x is frozen): no extra sync
+            R, rnorm, restart = _confirm(mon, mv, Bm, X, R, rnorm, confirmed, red)
+            confirmed = mon.converged
+            if mon.done():
+                break
         if M is None:
             Z, rz_new = R, rnorm * rnorm
         else:
@@ -255,7 +259,13 @@ def _fcg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, trunca
     X, R = _start(mv, Bm, X0)
     mon = _Monitor("fcg", red.norm(R), red.norm(Bm), rtol, atol, maxiter)
     window: deque = deque(maxlen=max(int(truncation), 1))
-    while not mon.done():
+    confirmed = mon.converged
+    while True:
+        if mon.done():  # confirm on the true residual once nothing is left to iterate (see _cg)
+            R, _, _ = _confirm(mon, mv, Bm, X, R, None, confirmed, red)
+            confirmed = mon.converged
+            if mon.done():
+                break
         Z = M(R) if M is not None else R
         P = Z
         for Pj, APj, dj in window:
@@ -271,9 +281,7 @@ def _fcg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, trunca
         ea = red.expand(alpha)
         X = X + ea * P
         R = R - ea * AP
-        before = mon.converged
         mon.update(red.norm(R))
-        R, _, _ = _confirm(mon, mv, Bm, X, R, None, before, red)
         if callback is not None:
             callback(X, mon.it)
         window.append((P, AP, pAp))

@@ -213,7 +213,6 @@ class Multigrid(Preconditioner):
         self.levels = list(levels)
         self._torch_levels = None  # (A, P, P^T, tril(A), triu(A)) per level, for the differentiable path
         self.coarse = coarse
-        self.n = levels[0][0].shape[0] if levels else coarse.shape[0]
         Ad = coarse.to_dense()
         Lc, info = torch.linalg.cholesky_ex(Ad)
         if int(info) != 0:
