@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ._layout import Layout, Reducer, canonicalize
+from .fused import fused_cg
 from .operator import LinearOperator, as_operator
 
 Precond = Callable[[Tensor], Tensor]
@@ -501,6 +502,8 @@ def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, 
     its true residual (the attainable accuracy) or the iteration budget is spent."""
     if method not in _CORES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or 'direct'")
+    if method == "cg" and (out := fused_cg(op, Bm, M, X0, rtol, atol, maxiter, callback)) is not None:
+        return out  # the compiled path (nothing recorded by autograd, supported operator and preconditioner)
     red = op.reducer()
     X, info = _CORES[method](op.mv, Bm, M, X0, red, rtol, atol, maxiter, callback, **options)
     if method not in ("minres", "bicgstab"):
