@@ -27,6 +27,9 @@ ic0 (:mod:`benchmarks.ic0`)
     IC(0) setup and one triangular-solve pair vs scipy ``spilu``. Goal: pair <= 3 SpMV times.
 gradcheck (:mod:`benchmarks.gradcheck`)
     Relative error of implicit gradients vs a dense float64 reference. Goal: <= 1e-8.
+peer (:mod:`benchmarks.peer`)
+    Forward + implicit backward of Jacobi-PCG vs torch-sla (optional; skipped when not installed).
+    Goal: <= 0.5x torch-sla's time at 256^2 and 1e6.
 
 Output: a table on stdout (rich when available) and JSON at ``--out`` (default
 ``bench_results/bench_linalg.json``, written atomically by :mod:`learnsolve.files`).
@@ -42,11 +45,11 @@ import time
 
 import torch
 
-from . import backward, batched, cg, gradcheck, ic0, memory, spmv
+from . import backward, batched, cg, gradcheck, ic0, memory, peer, spmv
 from .harness import Section, cores, machine_meta, print_table, run_section, write_results
 from .problems import Config, Problems
 
-MODULES = (spmv, cg, backward, memory, batched, ic0, gradcheck)
+MODULES = (spmv, cg, backward, memory, batched, ic0, gradcheck, peer)
 SECTIONS = tuple(m.NAME for m in MODULES)
 TITLES = {m.NAME: m.TITLE for m in MODULES}
 USES_SHARED_MATRIX = ("spmv", "cg", "backward", "ic0")  # built before the measured window

@@ -101,7 +101,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 __all__ = [
-    "csr_diag_positions", "csr_trsv", "csr_trsv_unit", "ic0", "ilu0", "ldlt_factor", "trsv_unit_lower",
+    "csr_diag_positions", "csr_trsv", "csr_trsv_unit", "ic0", "ilu0", "ldlt_factor", "trsv_levels", "trsv_unit_lower",
     "trsv_unit_upper",
 ]
 
@@ -503,3 +503,21 @@ def ilu0(indptr, indices, data):
         iw = np.full(n, -1, dtype=np.int64)
         info[bi] = _ilu0_one(indptr, indices, diag, LU, bi, iw)
     return LU, info
+
+
+@numba.njit(cache=True)
+def trsv_levels(indptr, indices, lower):
+    """Level of every row in a triangular solve (0: depends on no other row; else 1 + the largest level of the
+    rows it depends on, the entries on the used side of the diagonal). Rows in order (lower) or in reverse
+    (upper), O(nnz)."""
+    n = indptr.shape[0] - 1
+    level = np.zeros(n, dtype=np.int64)
+    for s in range(n):
+        i = s if lower else n - 1 - s
+        lv = 0
+        for jj in range(indptr[i], indptr[i + 1]):
+            j = indices[jj]
+            if ((j < i) if lower else (j > i)) and level[j] + 1 > lv:
+                lv = level[j] + 1
+        level[i] = lv
+    return level

@@ -91,7 +91,7 @@ def _precond_arrays(M, dtype: torch.dtype):
             return None
         d = d[..., 0].detach().numpy()
         return (1, np.ascontiguousarray(d), e_i, e_i, e_v, e_i, e_i, e_v, e_v), d.shape[0]
-    if isinstance(M, LLT) and type(M).apply is LLT.apply:
+    if isinstance(M, LLT) and type(M).apply is LLT.apply and M.sweeps is None:
         vals = M.L._vals2d
         if vals.device.type != "cpu" or vals.dtype != dtype or vals.requires_grad:
             return None

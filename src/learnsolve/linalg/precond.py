@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _kernels, _kernels_mic
+from . import _kernels, _kernels_mic, triangular
 from ._layout import block_sum
 from .amg import AMG
 from .operator import DenseOperator, LinearOperator, as_operator
 from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner, _as_sparse
 from .sparse import SparseMatrix
-from .triangular import _ldlt_solve, _np_pattern, _tri_solve
+from .triangular import _ldlt_solve, _np_pattern, _tri_solve, triangular_sweeps
 
 # ------------------------------------------------------------------------------------------------
 # concrete preconditioners
@@ -57,11 +57,17 @@ class LLT(Preconditioner):
     """M = L L^T for a lower-triangular sparse factor L (diagonal included and nonzero).
 
     M^{-1} r = L^{-T} L^{-1} r: two compiled triangular solves, O(nnz(L)) each, differentiable
-    w.r.t. L's values (learned factors)."""
+    w.r.t. L's values (learned factors). Off the CPU the solves are level-scheduled (exact, O(nnz) memory, one
+    small step per level); ``sweeps=k`` replaces each by k Jacobi sweeps (k SpMVs, no sequential dependency:
+    an approximate but still symmetric positive definite M for GPUs where exact solves serialise)."""
 
     symmetric = True
+    sweeps: int | None = None
 
-    def __init__(self, L: SparseMatrix):
+    def __init__(self, L: SparseMatrix, sweeps: int | None = None):
+        if sweeps is not None and int(sweeps) < 1:
+            raise ValueError(f"sweeps must be a positive number of Jacobi sweeps (or None: exact solves), got {sweeps}")
+        self.sweeps = None if sweeps is None else int(sweeps)
         if not isinstance(L, SparseMatrix):
             raise TypeError(f"LLT expects a SparseMatrix factor, got {type(L).__name__}")
         if L.shape[0] != L.shape[1]:
@@ -84,7 +90,11 @@ class LLT(Preconditioner):
 
     def apply(self, R):
         vals = self.L._vals2d
+        if self.sweeps is not None:
+            Y = triangular_sweeps(self.L, vals, R, True, False, self.sweeps)
+            return triangular_sweeps(self.LT, self.LT._vals2d, Y, False, False, self.sweeps)
         if (R.device.type == "cpu" and vals.device.type == "cpu" and R.dtype == vals.dtype
+                and not triangular.DEVICE_PATH_ON_CPU
                 and not (torch.is_grad_enabled() and (vals.requires_grad or R.requires_grad))):
             # nothing to differentiate: L L^T = U^T D^2 U with U^T = L D^{-1} unit lower, so both solves are
             # unit-diagonal (one FMA per row on the dependency chain) and only off-diagonal entries stream
@@ -106,7 +116,7 @@ class IC0(LLT):
 
     name = "IC(0)"
 
-    def __init__(self, A: LinearOperator, shift: float | str = 0.0):
+    def __init__(self, A: LinearOperator, shift: float | str = 0.0, sweeps: int | None = None):
         S = _as_sparse(A, self.name).detach()
         low = S.tril()
         base = low._vals2d.cpu().numpy()
@@ -128,8 +138,8 @@ class IC0(LLT):
         self.shift = s
         vals = torch.from_numpy(L).to(S.device)
         vals = vals if S.batch_size is not None else vals[0]
-        super().__init__(low.with_values(vals))
-        if S.device.type == "cpu":
+        super().__init__(low.with_values(vals), sweeps=sweeps)
+        if S.device.type == "cpu" and sweeps is None:
             self._ldlt_factor()  # the fast path's factor, built at setup rather than on the first apply
 
     @staticmethod
@@ -163,9 +173,15 @@ class MIC0(IC0):
 
 
 class ILU0(Preconditioner):
-    """Zero-fill incomplete LU, M = L U on A's pattern (L unit lower). apply_transpose uses U^T L^T."""
+    """Zero-fill incomplete LU, M = L U on A's pattern (L unit lower). apply_transpose uses U^T L^T.
+    Factorised on the CPU (compiled) and moved to A's device; ``sweeps`` as for :class:`LLT`."""
 
-    def __init__(self, A: LinearOperator):
+    sweeps: int | None = None
+
+    def __init__(self, A: LinearOperator, sweeps: int | None = None):
+        if sweeps is not None and int(sweeps) < 1:
+            raise ValueError(f"sweeps must be a positive number of Jacobi sweeps (or None: exact solves), got {sweeps}")
+        self.sweeps = None if sweeps is None else int(sweeps)
         S = _as_sparse(A, "ILU(0)").detach()
         indptr, indices = _np_pattern(S.pattern)
         LU, info = _kernels.ilu0(indptr, indices, np.ascontiguousarray(S._vals2d.cpu().numpy()))
@@ -176,14 +192,17 @@ class ILU0(Preconditioner):
         self.LU = S.with_values(vals if S.batch_size is not None else vals[0])
         self.LUT = self.LU.T
 
+    def _solve(self, T: SparseMatrix, X, lower: bool, unit: bool):
+        if self.sweeps is not None:
+            return triangular_sweeps(T, T._vals2d, X, lower, unit, self.sweeps)
+        return _tri_solve(T, T._vals2d, X, lower, unit)
+
     def apply(self, R):
-        Y = _tri_solve(self.LU, self.LU._vals2d, R, True, True)
-        return _tri_solve(self.LU, self.LU._vals2d, Y, False, False)
+        return self._solve(self.LU, self._solve(self.LU, R, True, True), False, False)
 
     def apply_transpose(self, R):
         # M^T = U^T L^T: U^T is the lower triangle (with diagonal) of LU^T, L^T its unit upper part.
-        Y = _tri_solve(self.LUT, self.LUT._vals2d, R, True, False)
-        return _tri_solve(self.LUT, self.LUT._vals2d, Y, False, True)
+        return self._solve(self.LUT, self._solve(self.LUT, R, True, False), False, True)
 
 
 class LowRankDiagonal(Preconditioner):

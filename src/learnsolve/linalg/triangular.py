@@ -39,18 +39,69 @@ def _unfold_rhs(Y: Tensor, Bv: int, Bx: int, k: int) -> Tensor:
     return Y
 
 
+#: run the device-independent (level-scheduled) path on the CPU too; tests use it to check that path there
+DEVICE_PATH_ON_CPU = False
+
+
+def _level_schedule(pattern: CSRPattern, lower: bool, device) -> list:
+    """Level schedule of a triangular solve, cached per pattern and side: rows in one level depend only on rows
+    of earlier levels, so a level is solved by a few vector operations. Returns, per level, (rows, entry
+    positions of its off-diagonal entries on the used side, their columns, their row's index within the level).
+    Built on the CPU in O(nnz); O(n + nnz) index memory on ``device``."""
+    key = ("levels", lower, str(device))
+    if key not in pattern._cache:
+        indptr, indices = _np_pattern(pattern)
+        level = _kernels.trsv_levels(indptr, indices, lower)
+        order = np.argsort(level, kind="stable")
+        lptr = np.searchsorted(level[order], np.arange(level.max() + 2 if level.size else 1))
+        row = pattern.row.cpu().numpy().astype(np.int64)
+        col = pattern.col.cpu().numpy().astype(np.int64)
+        used = np.flatnonzero((col < row) if lower else (col > row))
+        pos_in_level = np.empty(level.size, dtype=np.int64)
+        pos_in_level[order] = np.arange(level.size) - lptr[level[order]]
+        eorder = used[np.argsort(level[row[used]], kind="stable")]
+        eptr = np.searchsorted(level[row[eorder]], np.arange(lptr.size))
+        def t(a):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        pattern._cache[key] = [
+            (t(order[lptr[i]:lptr[i + 1]]), t(eorder[eptr[i]:eptr[i + 1]]), t(col[eorder[eptr[i]:eptr[i + 1]]]),
+             t(pos_in_level[row[eorder[eptr[i]:eptr[i + 1]]]])) for i in range(lptr.size - 1)]
+    return pattern._cache[key]
+
+
+def _trsv_levels(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
+    """Exact triangular solve on any device by level scheduling: per level one gather, one multiply, one
+    index_add and one scaled write, all O(rows + entries of the level); no dense n x n tensor."""
+    Bv, Bx, n, k = vals2d.shape[0], X.shape[0], X.shape[1], X.shape[2]
+    B = max(Bv, Bx)
+    Y = torch.empty((B, n, k), dtype=X.dtype, device=X.device)
+    Xe = X.expand(B, n, k)
+    vals = vals2d.expand(B, -1)
+    dinv = None
+    if not unit:
+        pos = mat.pattern.diag_positions()
+        if bool((pos < 0).any()):
+            row = int((pos < 0).nonzero()[0, 0])
+            raise FactorizationError(f"triangular factor has a zero or missing diagonal in row {row}", row)
+        d = vals.index_select(1, pos)
+        if bool((d == 0).any()):
+            row = int((d == 0).nonzero()[0, 1])
+            raise FactorizationError(f"triangular factor has a zero or missing diagonal in row {row}", row)
+        dinv = (1.0 / d).unsqueeze(-1)
+    for rows, ent, cols, local in _level_schedule(mat.pattern, lower, X.device):
+        rhs = Xe.index_select(1, rows)
+        if ent.numel():
+            prod = vals.index_select(1, ent).unsqueeze(-1) * Y.index_select(1, cols)
+            rhs = rhs - torch.zeros_like(rhs).index_add_(1, local, prod)
+        Y[:, rows] = rhs if dinv is None else rhs * dinv.index_select(1, rows)
+    return Y
+
+
 def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool) -> Tensor:
-    Bv, Bx = vals2d.shape[0], X.shape[0]
-    n, k = X.shape[1], X.shape[2]
-    if X.device.type != "cpu":
-        # GPU: dense fallback (cuSPARSE triangular solves are future work); O(n^2) memory.
-        T = mat.with_values(vals2d).to_dense()
-        if unit:
-            T = T.tril(-1) if lower else T.triu(1)
-            T = T + torch.eye(n, dtype=T.dtype, device=T.device)
-        else:
-            T = T.tril() if lower else T.triu()
-        return torch.linalg.solve_triangular(T, X, upper=not lower, unitriangular=unit)
+    Bv, Bx, k = vals2d.shape[0], X.shape[0], X.shape[2]
+    if X.device.type != "cpu" or DEVICE_PATH_ON_CPU:
+        return _trsv_levels(mat, vals2d.detach(), X.detach(), lower, unit)
     indptr, indices = _np_pattern(mat.pattern)
     data = vals2d.detach().contiguous().numpy()
     bn = _fold_rhs(Bv, X).numpy()
@@ -59,6 +110,25 @@ def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: b
     if bad >= 0:
         raise FactorizationError(f"triangular factor has a zero or missing diagonal in row {bad}", int(bad))
     return _unfold_rhs(torch.from_numpy(out), Bv, Bx, k)
+
+
+def triangular_sweeps(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool, sweeps: int) -> Tensor:
+    """Approximate ``T^{-1} X`` by ``sweeps`` Jacobi sweeps, y <- D^{-1} (X - N y) from y = D^{-1} X (N: the strictly
+    triangular part): a polynomial in T with ``sweeps`` SpMVs and no sequential dependency, for devices where exact
+    triangular solves serialise. The same sweeps on T^T give exactly the transposed map, so an ``L L^T`` factor
+    applied this way stays symmetric positive (semi)definite. Differentiable (plain torch operations)."""
+    pat, idx = mat.pattern.triangle(lower, -1 if lower else 1)
+    N = SparseMatrix(pat, vals2d.index_select(1, idx))
+    if unit:
+        dinv = None
+    else:
+        pos = mat.pattern.diag_positions()
+        dinv = (1.0 / vals2d.index_select(1, pos.clamp_min(0))).unsqueeze(-1)
+    Y = X if dinv is None else X * dinv
+    for _ in range(int(sweeps)):
+        Y = X - N.mv(Y)
+        Y = Y if dinv is None else Y * dinv
+    return Y
 
 
 def _ldlt_solve(f, X: Tensor) -> Tensor:
