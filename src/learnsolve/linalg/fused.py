@@ -61,9 +61,10 @@ def _pattern_arrays(A: SparseMatrix) -> dict:
 
 
 def _matrix_arrays(A: SparseMatrix):
-    """(indptr, off, vals (V, m), diag (V, n), sym) for the kernels, cached per values version."""
+    """(indptr, off, vals (V, m), diag (V, n), sym) for the kernels, cached on the pattern for the last values seen
+    (the same values tensor behind a new SparseMatrix, as inside solve(), hits the cache)."""
     key = _version_key(A._values)
-    cached = getattr(A, "_fused_cache", None)
+    cached = A.pattern._cache.get("fused_values")
     if cached is not None and cached[0] == key:
         return cached[1]
     pa = _pattern_arrays(A)
@@ -75,7 +76,7 @@ def _matrix_arrays(A: SparseMatrix):
         out = (pa["lptr"], pa["loff"], np.ascontiguousarray(v[:, pa["low"]]), diag, True)
     else:
         out = (pa["crow"], pa["col"], np.ascontiguousarray(v), diag, False)
-    A._fused_cache = (key, out)
+    A.pattern._cache["fused_values"] = (key, out, A._values)  # keeps the tensor alive: its id stays unique
     return out
 
 
