@@ -65,6 +65,14 @@ def random_spd(n: int, density: float, rng: np.random.Generator) -> sp.csr_matri
     return A
 
 
+def ill_conditioned_spd(n: int = 100, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, b): dense SPD A = Q diag(logspace(0, 8)) Q^T (kappa = 1e8, Q random orthogonal) and a random b."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=g))
+    A = Q @ torch.diag(torch.logspace(0, 8, n, dtype=torch.float64)) @ Q.T
+    return 0.5 * (A + A.T), torch.randn(n, dtype=torch.float64, generator=g)
+
+
 @pytest.fixture
 def spd() -> sp.csr_matrix:
     return diffusion2d(8, seed=1)

@@ -13,7 +13,7 @@ import torch
 from learnsolve.linalg import LLT, SparseMatrix, cg, fused, solve
 from learnsolve.linalg.precond import make_preconditioner
 
-from .conftest import diffusion2d, poisson2d, t64
+from .conftest import diffusion2d, ill_conditioned_spd, poisson2d, t64
 
 
 def both_paths(monkeypatch, *args, **kwargs):
@@ -149,12 +149,7 @@ def test_breakdowns_and_budget_match_the_torch_iteration(monkeypatch):
 
 def test_no_false_convergence_through_the_fused_path(monkeypatch):
     """kappa = 1e8 stored sparse: converged only with a true residual below rtol, else stagnation is reported."""
-    g = torch.Generator().manual_seed(0)
-    n = 100
-    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=g))
-    A = Q @ torch.diag(torch.logspace(0, 8, n, dtype=torch.float64)) @ Q.T
-    A = 0.5 * (A + A.T)
-    b = torch.randn(n, dtype=torch.float64, generator=g)
+    A, b = ill_conditioned_spd()
     S = SparseMatrix.from_dense(A)
     for rtol in (1e-10, 1e-12):
         (x, info), _ = both_paths(monkeypatch, S, b, rtol=rtol, maxiter=20000)

@@ -20,7 +20,7 @@ from learnsolve.linalg import (
     minres,
 )
 
-from .conftest import convdiff2d, diffusion2d, t64
+from .conftest import convdiff2d, diffusion2d, ill_conditioned_spd, t64
 
 METHODS = {"cg": cg, "fcg": fcg, "minres": minres, "bicgstab": bicgstab, "gmres": gmres}
 
@@ -305,12 +305,7 @@ def test_no_silent_false_convergence_on_an_ill_conditioned_spd_matrix(method, rt
     reason (stagnation at the attainable accuracy) or an exhausted iteration budget."""
     from learnsolve.linalg import bicgstab, cg, fcg, minres
 
-    g = torch.Generator().manual_seed(0)
-    n = 100
-    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=g))
-    A = Q @ torch.diag(torch.logspace(0, 8, n, dtype=torch.float64)) @ Q.T
-    A = 0.5 * (A + A.T)
-    b = torch.randn(n, dtype=torch.float64, generator=g)
+    A, b = ill_conditioned_spd()
     x, info = {"cg": cg, "fcg": fcg, "minres": minres, "bicgstab": bicgstab}[method](A, b, rtol=rtol, maxiter=20000)
     true = float((b - A @ x).norm() / b.norm())
     if bool(info.converged):

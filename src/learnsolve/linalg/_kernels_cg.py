@@ -84,8 +84,8 @@ def _upper_unit(r, z, uip, uix, uv, d2, r0, r1):
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
-def _direction(pkind, r, z, dv, i, be):
-    """z_i (= M^{-1} r at row i) + beta p_i's first term."""
+def _direction(pkind, r, z, dv, i):
+    """z_i = (M^{-1} r)_i: r_i, r_i / a_ii (Jacobi) or the stored z_i."""
     if pkind == 0:
         return r[i]
     if pkind == 1:
@@ -132,7 +132,7 @@ def pcg(indptr, off, vals, diag, sym, pkind, dinv, lip, lix, lval, uip, uix, uva
                     iu = U(i)
                     po = p[iu]
                     x[iu] += al * po  # the previous step, applied here while p_i is at hand
-                    pi = _direction(pkind, r, z, dv, iu, be) + be * po
+                    pi = _direction(pkind, r, z, dv, iu) + be * po
                     p[iu] = pi
                     di = dg[iu] * pi
                     s = 0.0
@@ -156,7 +156,7 @@ def pcg(indptr, off, vals, diag, sym, pkind, dinv, lip, lix, lval, uip, uix, uva
                     iu = U(i)
                     po = p[iu]
                     x[iu] += al * po
-                    p[iu] = _direction(pkind, r, z, dv, iu, be) + be * po
+                    p[iu] = _direction(pkind, r, z, dv, iu) + be * po
                 for i in range(r0, r1):
                     iu = U(i)
                     s = 0.0

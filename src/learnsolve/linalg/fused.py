@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import _kernels_cg as K
 from .precond import LLT, Jacobi
-from .sparse import SparseMatrix
+from .sparse import SparseMatrix, values_version
 
 FUSED_CG = True
 
@@ -33,10 +33,6 @@ _REASONS = {
     K.NONFINITE: "the residual became NaN/Inf",
 }
 _I64 = np.int64
-
-
-def _version_key(v: Tensor):
-    return (id(v), v.data_ptr(), None if v.is_inference() else v._version)
 
 
 def _pattern_arrays(A: SparseMatrix) -> dict:
@@ -63,7 +59,7 @@ def _pattern_arrays(A: SparseMatrix) -> dict:
 def _matrix_arrays(A: SparseMatrix):
     """(indptr, off, vals (V, m), diag (V, n), sym) for the kernels, cached on the pattern for the last values seen
     (the same values tensor behind a new SparseMatrix, as inside solve(), hits the cache)."""
-    key = _version_key(A._values)
+    key = values_version(A._values)
     cached = A.pattern._cache.get("fused_values")
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -19,7 +19,7 @@ from ._layout import block_sum
 from .amg import AMG
 from .operator import DenseOperator, LinearOperator, as_operator
 from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner, _as_sparse
-from .sparse import SparseMatrix
+from .sparse import SparseMatrix, values_version
 from .triangular import _ldlt_solve, _np_pattern, _tri_solve, triangular_sweeps
 
 # ------------------------------------------------------------------------------------------------
@@ -80,8 +80,7 @@ class LLT(Preconditioner):
         """LDL^T form of L L^T (unit factor without its diagonal, 1/L_ii^2), rebuilt when L's values
         change in place; None when L has a zero or missing diagonal (the plain path then reports it)."""
         v = self.L._values
-        # inference tensors have no version counter (they are only writable inside inference_mode)
-        key = (id(v), v.data_ptr(), None if v.is_inference() else v._version)
+        key = values_version(v)
         if self._ldlt is None or self._ldlt[0] != key:
             indptr, indices = _np_pattern(self.L.pattern)
             f = _kernels.ldlt_factor(indptr, indices, self.L._vals2d.detach().contiguous().numpy())

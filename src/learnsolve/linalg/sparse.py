@@ -124,6 +124,12 @@ class CSRPattern:
             and torch.equal(self.crow.long(), other.crow.long()) and torch.equal(self.col.long(), other.col.long()))
 
 
+def values_version(v: Tensor) -> tuple:
+    """Identity and in-place version of a values tensor: caches derived from it compare this key (inference
+    tensors have no version counter; they are only writable inside inference_mode)."""
+    return (id(v), v.data_ptr(), None if v.is_inference() else v._version)
+
+
 def _torch_csr(pattern: CSRPattern, vals2d: Tensor) -> Tensor:
     """torch CSR tensor for (B, nnz) values: one matrix, or B copies on the block diagonal."""
     B = vals2d.shape[0]
