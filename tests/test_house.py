@@ -15,7 +15,7 @@ import scipy.sparse.linalg as spla
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "learnsolve"
 # lowest first; a module may import its own layer and the layers before it (``files`` is stdlib-only, below all)
-LAYERS = ["files", "linalg", "data", "nn", "models", "export", "evaluation", "training", "cli"]
+LAYERS = ["files", "linalg", "interop", "jax", "tensorflow", "data", "nn", "models", "export", "evaluation", "training", "cli"]
 MAX_LINES = 600
 
 

@@ -30,6 +30,9 @@ gradcheck (:mod:`benchmarks.gradcheck`)
 peer (:mod:`benchmarks.peer`)
     Forward + implicit backward of Jacobi-PCG vs torch-sla (optional; skipped when not installed).
     Goal: <= 0.5x torch-sla's time at 256^2 and 1e6.
+jax (:mod:`benchmarks.jax_peer`)
+    ``learnsolve.jax.solve`` (JAX-native and torch backends) vs lineax: jitted grad of a CG solve, diffusion2d
+    128^2 and a vmap over 64 systems (optional; skipped without JAX / lineax). Goal: faster than lineax.
 
 Output: a table on stdout (rich when available) and JSON at ``--out`` (default
 ``bench_results/bench_linalg.json``, written atomically by :mod:`learnsolve.files`).
@@ -45,11 +48,11 @@ import time
 
 import torch
 
-from . import backward, batched, cg, gradcheck, ic0, memory, peer, spmv
+from . import backward, batched, cg, gradcheck, ic0, jax_peer, memory, peer, spmv
 from .harness import Section, cores, machine_meta, print_table, run_section, write_results
 from .problems import Config, Problems
 
-MODULES = (spmv, cg, backward, memory, batched, ic0, gradcheck, peer)
+MODULES = (spmv, cg, backward, memory, batched, ic0, gradcheck, peer, jax_peer)
 SECTIONS = tuple(m.NAME for m in MODULES)
 TITLES = {m.NAME: m.TITLE for m in MODULES}
 USES_SHARED_MATRIX = ("spmv", "cg", "backward", "ic0")  # built before the measured window
