@@ -77,8 +77,8 @@ def _train(steps: int, lr: float = 5e-3) -> tuple[float, float]:
 
 
 def test_training_cuts_the_held_out_trajectory_error():
-    e0, e1 = _train(25)
-    assert e1 < e0 / 2.5, (e0, e1)  # measured 0.534 -> 0.133 after 25 steps
+    e0, e1 = _train(12, lr=1e-2)
+    assert e1 < e0 / 2.5, (e0, e1)  # measured 0.534 -> 0.152 after 12 steps (14 s; 25 steps at lr 5e-3 took 44 s)
 
 
 @pytest.mark.slow

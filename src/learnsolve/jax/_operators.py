@@ -102,7 +102,9 @@ def _ell_structure(n: int, indices: np.ndarray):
 
 def _permutation(src: np.ndarray, inv: np.ndarray):
     """data (nnz,) -> ELL data (n, K), zero padding; its VJP is the gather back (no scatter)."""
-    src_j, inv_j = jnp.asarray(src), jnp.asarray(inv)
+    # numpy, not jax arrays: constants of whatever trace uses them (a jax array made inside one trace would be a
+    # tracer leaking into the next)
+    src_j, inv_j = src, inv
 
     @jax.custom_vjp
     def to_ell(d):
@@ -121,7 +123,7 @@ def _permutation(src: np.ndarray, inv: np.ndarray):
 def _ell_operator(A: jsparse.BCOO):
     n = A.shape[0]
     _K, src, inv, ecols, to_T, ecolsT, diag_slot = _ell_structure(n, np.asarray(A.indices))
-    ec, ecT, tT, dsl = jnp.asarray(ecols), jnp.asarray(ecolsT), jnp.asarray(to_T), jnp.asarray(diag_slot)
+    ec, ecT, tT, dsl = ecols, ecolsT, to_T, diag_slot  # numpy constants (see _permutation)
 
     def mv(P, x):
         return jnp.sum(P * x[ec], axis=1)
@@ -169,10 +171,11 @@ def as_operator(A, params, b, *, layout: str = "auto"):
         idx = A.indices.astype(jnp.int32)
         return Operator("bcoo", n, _bcoo_mv, _bcoo_mvT, partial(_coo_diag, n)), (A.data, idx[:, 0], idx[:, 1])
     if callable(A):
-        n = b.shape[-1]
-        if params is None:
-            return Operator("matvec", n, lambda p, x: A(x)), ()
-        return Operator("matvec", n, lambda p, x: A(p, x)), params
+        # closure conversion hoists traced values the function closes over into differentiable parameters
+        fn = (lambda p, x: A(x)) if params is None else A
+        p0 = () if params is None else params
+        conv, consts = jax.closure_convert(fn, p0, b)
+        return Operator("matvec", b.shape[-1], lambda p, x: conv(p[0], x, *p[1])), (p0, tuple(consts))
     A = jnp.asarray(A)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A: a square 2-D matrix is needed, got shape {A.shape}; use jax.vmap for batches")

@@ -91,26 +91,31 @@ def _torch(cfg: _Config, op: Operator, params, b, x0):
               jax.ShapeDtypeStruct(b.shape[:-1], dt))
 
     def host(leaves, bb):
+        # under vmap (expand_dims) every argument has the batch axes, size 1 where it is not batched
         bb = np.asarray(bb)
-        lead = bb.shape[:-1]
-        B = int(np.prod(lead)) if lead else 1
-        bf = bb.reshape(B, n)
         if op.kind == "bcoo":
-            data, rows, cols = (np.asarray(a) for a in leaves)
-            data = np.broadcast_to(data, (*lead, data.shape[-1])).reshape(B, -1) if data.ndim > 1 else data
-            rows, cols = rows.reshape(-1, rows.shape[-1])[0], cols.reshape(-1, cols.shape[-1])[0]
-            A = sparse_operator(n, rows, cols, data)
+            mat, rows, cols = (np.asarray(a) for a in leaves)
+            rows, cols = rows.reshape(-1, rows.shape[-1]), cols.reshape(-1, cols.shape[-1])
+            if not ((rows == rows[0]).all() and (cols == cols[0]).all()):
+                raise ValueError("A: a vmapped BCOO must keep one sparsity pattern (vmap its data, not its indices)")
+            mlead = mat.shape[:-1]
         else:
-            A = np.asarray(leaves[0])
-            A = np.broadcast_to(A, (*lead, n, n)).reshape(B, n, n) if A.ndim > 2 else A
-        batched = (A.values.ndim == 2) if op.kind == "bcoo" else A.ndim == 3
-        rhs = bf if batched else bf.T.copy()  # one matrix: the systems are columns of one (n, B) block
+            mat = np.asarray(leaves[0])
+            mlead = mat.shape[:-2]
+        lead = np.broadcast_shapes(bb.shape[:-1], mlead)
+        B = int(np.prod(lead))
+        bf = np.broadcast_to(bb, (*lead, n)).reshape(B, n)
+        batched = int(np.prod(mlead)) > 1
+        tail = mat.shape[-1:] if op.kind == "bcoo" else (n, n)
+        mat = np.broadcast_to(mat, (*lead, *tail)).reshape(B, *tail) if batched else mat.reshape(tail)
+        A = sparse_operator(n, rows[0], cols[0], mat) if op.kind == "bcoo" else mat
+        rhs = bf if batched else bf.T.copy()  # one matrix: the systems are the columns of one (n, B) block
         kw = {"restart": cfg.restart} if cfg.method == "gmres" else {}
         r = host_solve(A, rhs, method=cfg.method, precond=cfg.precond, rtol=cfg.rtol, atol=cfg.atol,
                        maxiter=cfg.maxiter, transpose=cfg.transposed, options=kw)
         x = r.x if batched else r.x.T
-        out = (x.reshape(bb.shape), r.iterations.reshape(lead), r.converged.reshape(lead),
-               r.residual_norm.reshape(lead), r.b_norm.reshape(lead))
+        out = (x.reshape(*lead, n), *(a.reshape(lead) for a in (r.iterations, r.converged, r.residual_norm,
+                                                                  r.b_norm)))
         return tuple(np.asarray(o, dtype=s.dtype) for o, s in zip(out, shapes))
 
     leaves = params if op.kind == "bcoo" else (params,)
@@ -192,8 +197,8 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
 
     Args:
         A: a ``jax.experimental.sparse.BCOO`` (n, n) matrix (gradients w.r.t. its ``data``, O(nnz)), a dense
-            (n, n) array, or a linear function ``A(x)`` / ``A(params, x)`` (gradients w.r.t. ``params``, by the
-            VJP of ``A(params, x)`` at the solution). Batches: ``jax.vmap``.
+            (n, n) array, or a linear function ``A(x)`` / ``A(params, x)`` (gradients w.r.t. ``params`` and the
+            arrays the function closes over, by the VJP of the product at the solution). Batches: ``jax.vmap``.
         b: the right-hand side, shape (n,).
         method: "cg" (SPD), "bicgstab" or "gmres" (nonsymmetric); with ``backend="torch"`` also "fcg", "minres",
             "direct".
