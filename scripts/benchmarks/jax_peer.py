@@ -12,7 +12,8 @@ alternate between the contenders; medians of ``--repeats`` passes.
   lx.CG(rtol=1e-8, atol=0, norm=2-norm), options={"preconditioner": diagonal 1/diag(A)})``; its backward is also
   an adjoint solve. The BCOO product is JAX's own (a scatter-add on the CPU); learnsolve's JAX-native loop uses an
   ELL layout (gathers only) when the pattern is a constant, as here: most of the difference under ``jax.vmap`` is
-  that layout, not the Krylov loop.
+  that layout, not the Krylov loop: the row "lineax + ELL product" (reference, no goal) gives lineax the same
+  gather-only product.
 
 Problems: one ``diffusion2d`` system on a 128 x 128 grid (32 x 32 with ``--quick``), and a ``jax.vmap`` over 64
 systems (different matrices, one pattern) of 64 x 64 (16 x 16 with ``--quick``). Goal: faster than lineax on both
@@ -54,13 +55,20 @@ def _setup():
             return jnp.vdot(c, solve(A, b, method="cg", precond="jacobi", rtol=RTOL, backend=backend))
         return loss
 
-    def theirs(data, b, idx, c):
+    def theirs(data, b, idx, c, ell=False):
         n = b.shape[0]
         A = jsparse.BCOO((data, idx), shape=(n, n))
         d = jax.ops.segment_sum(jnp.where(idx[:, 0] == idx[:, 1], data, 0.0), idx[:, 0], num_segments=n)
 
         def mv(x):
             return A @ x
+
+        if ell:  # the same gather-only ELL product learnsolve's loop uses (the pattern is a constant here)
+            src, ecols = _ell(n, np.asarray(idx))
+            P = jnp.concatenate([data, jnp.zeros(1, data.dtype)])[src]
+
+            def mv(x):
+                return jnp.sum(P * x[ecols], axis=1)
 
         op = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct((n,), b.dtype), tags=lx.positive_semidefinite_tag)
         pre = lx.DiagonalLinearOperator(jax.lax.stop_gradient(1.0 / d))
@@ -69,7 +77,23 @@ def _setup():
                               options={"preconditioner": pre})
         return jnp.vdot(c, sol.value)
 
-    return jax, jnp, {"learnsolve (jax)": ours("jax"), "learnsolve (torch)": ours("torch"), "lineax": theirs}
+    return jax, jnp, {"learnsolve (jax)": ours("jax"), "learnsolve (torch)": ours("torch"), "lineax": theirs,
+                      "lineax + ELL product": partial(theirs, ell=True)}
+
+
+def _ell(n: int, idx: np.ndarray):
+    """(src (n, K): entry of each slot, nnz for padding; ecols (n, K)) for COO indices sorted by row."""
+    rows, cols = idx[:, 0], idx[:, 1]
+    if np.any(np.diff(rows) < 0):
+        raise ValueError("the benchmark's ELL layout wants row-sorted indices")
+    cnt = np.bincount(rows, minlength=n)
+    K = int(cnt.max())
+    pos = np.arange(rows.size) - np.concatenate([[0], np.cumsum(cnt)[:-1]])[rows]
+    src = np.full((n, K), rows.size)
+    src[rows, pos] = np.arange(rows.size)
+    ecols = np.zeros((n, K), dtype=np.int64)
+    ecols[rows, pos] = cols
+    return src, ecols
 
 
 def _closed(f, idx, data, b, c):
@@ -132,6 +156,10 @@ def run(cfg: Config, P: Problems, sec: Section) -> None:
                     ratio=med[name] / med["lineax"], target=("<=", 1.0),
                     note=f"gradients differ from lineax's by {diffs[name]:.1e}; compile {comp[name]:.1f} s vs "
                          f"{comp['lineax']:.1f} s")
+        sec.row(f"grad of <c, x>, {label}: lineax + ELL product (reference)", ms(med["lineax + ELL product"]),
+                ms(med["lineax"]), baseline_name="lineax", ratio=med["lineax + ELL product"] / med["lineax"],
+                note="lineax with learnsolve's gather-only product: how much of the gap is the sparse layout; "
+                     f"gradients differ by {diffs['lineax + ELL product']:.1e}")
         sec.details[label] = {"seconds": times, "compile_s": comp, "gradient_rel_diff_vs_lineax": diffs}
     sec.notes.append("jax: float64, Jacobi-PCG rtol 1e-8 (2-norm) forward and adjoint, jitted grad w.r.t. "
                      "(BCOO data, b), compile excluded; passes alternate")
