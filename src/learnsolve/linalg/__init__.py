@@ -16,6 +16,7 @@ Public API:
   :func:`node_blocks`; the parts are in :mod:`learnsolve.linalg.multigrid`
 - a coarse-corrected (balancing) preconditioner on subdomains: :class:`CoarseCorrected`, :func:`subdomains`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
+- a few entries of x for diagonally dominant A in time independent of n: :func:`local_solve`
 - spectral estimates from CG's Lanczos coefficients (differentiable, no n x n eigensolve):
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
 - the setup-time safeguard for learned preconditioners (a short PCG race against a classical fallback, per
@@ -27,6 +28,7 @@ from .deflation import CoarseCorrected, subdomains
 from .derivatives import hvp
 from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
 from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
+from .local import LocalInfo, local_solve
 from .multigrid import Multigrid, aggregate, build_multigrid, node_blocks
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
 from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
@@ -54,6 +56,7 @@ __all__ = [
     "FunctionPreconditioner",
     "Jacobi",
     "LinearOperator",
+    "LocalInfo",
     "LowRankDiagonal",
     "MatrixFreeOperator",
     "Multigrid",
@@ -76,6 +79,7 @@ __all__ = [
     "gmres",
     "hvp",
     "lanczos_tridiagonal",
+    "local_solve",
     "make_preconditioner",
     "minres",
     "node_blocks",

@@ -46,6 +46,8 @@ from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_max
 from .operator import DenseOperator, LinearOperator, as_operator
 from .precond import resolve_preconditioner
 from .sparse import SparseMatrix
+from .stochastic import roulette_adjoint
+from .stochastic import validate as validate_roulette
 
 ALL_METHODS = (*METHODS, "direct")
 BACKWARD_MODES = ("implicit", "unrolled", "truncated", "stochastic")
@@ -76,6 +78,12 @@ class AdjointOptions:
     or an integer count >= 1 (default 0.5; note ``1`` is ONE right-hand side, ``1.0`` all of them); ``generator``: the torch.Generator it draws from.
     The sampled adjoint solve's SolveInfo is not reported (``info.adjoint`` stays None); its failure to
     converge still raises / warns by ``on_fail``.
+
+    ``truncate``, ``survive`` (``backward="stochastic"`` with ONE right-hand side, :mod:`.stochastic`): the adjoint
+    iteration runs ``ceil(truncate * forward iterations)`` steps, then finishes with probability ``survive`` and
+    the finished part is divided by it (unbiased). Expected cost ~ truncate + survive (1 - truncate) of the implicit
+    backward (defaults 0.4, 0.1: 0.46); variance grows as truncate or survive shrink. ``info.adjoint`` reports the
+    draw: its ``iterations`` are the adjoint iterations spent, its method names the truncation.
     """
 
     method: str | None = None
@@ -85,6 +93,8 @@ class AdjointOptions:
     warm_start: bool = True
     sample: float | int | None = None
     generator: torch.Generator | None = None
+    truncate: float | None = None
+    survive: float | None = None
 
     def sample_count(self, N: int) -> int:
         """Number of the N right-hand sides whose adjoint is solved."""
@@ -126,6 +136,7 @@ class _Spec:
     _last: Tensor | None = field(default=None, repr=False)
     warm_start: bool = False
     stochastic: bool = False
+    iterations: int = 0  # of the last run (the forward's sets the stochastic adjoint's truncation)
 
     def transposed(self, opT: LinearOperator | None = None) -> _Spec:
         """The adjoint problem's spec (built once); ``opT``: A^T if the caller already has it."""
@@ -167,6 +178,7 @@ class _Spec:
             X, info = _run_method(self.method, op, Bm, M, X0, self.rtol, self.atol, self.maxiter, **self.options)
             if self.warm_start:
                 self._last = X.detach()
+        self.iterations = info.niter
         info = self.reshape(info)
         if self.sink is not None:
             self.sink(info)
@@ -217,7 +229,9 @@ class _ImplicitSolve(torch.autograd.Function):
         op = spec.op.with_params(params)
         opT = op.T
         tspec = spec.transposed(opT)
-        if spec.stochastic:
+        if spec.stochastic and G.shape[0] * G.shape[2] == 1 and opT.blocks is None:
+            Lam = _roulette(spec, tspec, opT, G.contiguous())
+        elif spec.stochastic:
             Lam = _sampled_adjoint(tspec, opT, G.contiguous(), spec.adjoint)
         else:
             Lam = _ImplicitSolve.apply(tspec, G.contiguous(), *opT.params())
@@ -226,6 +240,24 @@ class _ImplicitSolve(torch.autograd.Function):
         if any(need):
             grads = tuple(g if nd else None for g, nd in zip(op.vjp_params(-Lam, X), need))
         return (None, Lam, *grads)
+
+
+def _roulette(spec: _Spec, tspec: _Spec, opT: LinearOperator, G: Tensor) -> Tensor:
+    """One right-hand side: the randomly truncated, reweighted adjoint solve of :mod:`.stochastic`."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("backward='stochastic' with one right-hand side cannot be differentiated twice (its "
+                           "truncation is random); use backward='implicit' for double backward / hvp")
+    a = spec.adjoint
+    Lam, stats = roulette_adjoint(tspec, opT, G, a.truncate, a.survive, spec.iterations, a.generator)
+    if tspec.sink is not None:
+        z = G.new_zeros(G.shape[0], 1, G.shape[2])
+        how = "exact" if stats["exact"] else ("continued" if stats["continued"] else "truncated")
+        info = SolveInfo(f"{tspec.method} (stochastic adjoint: {how})",
+                         torch.full(z.shape, stats["iterations"], dtype=torch.int64, device=G.device),
+                         torch.ones(z.shape, dtype=torch.bool, device=G.device), z.unsqueeze(0) * float("nan"),
+                         z + G.norm(), tspec.rtol, tspec.atol)
+        tspec.sink(tspec.reshape(info))
+    return Lam
 
 
 def _sampled_adjoint(tspec: _Spec, opT: LinearOperator, G: Tensor, opts: AdjointOptions) -> Tensor:
@@ -346,6 +378,9 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
     if adjoint.sample is not None and backward != "stochastic":
         raise ValueError(f"adjoint sample={adjoint.sample!r} applies to backward='stochastic' only "
                          f"(backward={backward!r} solves every adjoint)")
+    validate_roulette(adjoint.truncate, adjoint.survive)
+    if (adjoint.truncate is not None or adjoint.survive is not None) and backward != "stochastic":
+        raise ValueError("adjoint truncate / survive apply to backward='stochastic' only")
     if backward == "stochastic":
         adjoint.sample_count(1)  # validate the sample now, not in the middle of backward
         if method == "direct":
