@@ -12,6 +12,9 @@ worse conditioned), gradients of a loss of the solution w.r.t. A's values and b 
 differentiation, full unrolling, truncated unrolling (``--truncate`` k values) and stochastic implicit
 gradients (adjoint for a ``--sample`` fraction of the ``--rhs`` right-hand sides, ``--draws`` draws),
 against float64 central finite differences (scipy LU, random directions) and the exact scipy adjoint.
+The quality study also runs ``learnsolve.evaluation.compare_gradient_methods`` on one SPD (CG) and one
+NONSYMMETRIC (GMRES, ILU(0)) system of the smallest size, one right-hand side each, finite differences in general
+directions: ``compare.{csv,md,json}``.
 Memory: peak resident memory of forward + backward vs iteration count, one fresh process per point.
 See ``learnsolve.evaluation.gradients`` for every column.
 
@@ -32,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from learnsolve.evaluation.compare import COLUMNS as COMPARE_COLUMNS
+from learnsolve.evaluation.compare import comparison_markdown, user_cases
 from learnsolve.evaluation.gradients import (
     MEMORY_COLUMNS,
     QUALITY_COLUMNS,
@@ -121,6 +126,12 @@ def main(argv=None) -> int:
                                                                 meta).items()})
         paths["quality_png"] = plot_quality(rows, out / "quality.png")
         print(md)
+        # the user-facing comparison (learnsolve.evaluation.compare), with the nonsymmetric case
+        crows = user_cases(min(args.sizes), args.seed, args.rtol, min(args.truncate), max(args.draws, 2), say)
+        ccols = ["case", "n", *COMPARE_COLUMNS, "bias", "bias_se"]
+        cmd = comparison_markdown(crows, ccols)
+        paths.update({f"compare_{k}": v for k, v in write_study(out, "compare", crows, ccols, cmd, meta).items()})
+        print(cmd)
     if args.study in ("memory", "both"):
         mrows = memory_study(args.n, args.iters, args.modes, args.k, args.seed, progress=say)
         md = memory_markdown(mrows, meta)
