@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     mem = p.add_argument_group("memory")
     mem.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000], help="unknowns (rounded to m^2)")
     mem.add_argument("--iters", type=int, nargs="+", default=[10, 100, 1000], help="CG iterations")
-    # (no "stochastic": with one right-hand side it is the implicit solve)
+    # (no "stochastic": it saves what the implicit backward saves)
     mem.add_argument("--modes", nargs="+", default=["implicit", "unrolled", "truncated"],
                      choices=("implicit", "unrolled", "truncated"))
     mem.add_argument("--k", type=int, default=10, help="truncated window in the memory study")
