@@ -6,6 +6,7 @@ four runs for DDP and two small sweeps.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_ddp_cpu_two_processes_match_one_process(tmp_path):
     assert out2.stdout.count("ratio to IC(0)") == 1  # the evaluation table, from rank zero only
     assert len(list((two / "wandb").glob("offline-run-*"))) == 1
     assert not list(two.glob("*/wandb"))  # rank 1 writes no W&B files of its own
+    # the training-gradient check runs on rank zero only: one record per check (step 1 and the last step)
+    checks = [json.loads(line) for line in (two / "plots" / "training_gradient.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [1, 4] and all(c["grad/param_fd_cosine"] > 0.999 for c in checks)
     ckpts = sorted(p.name for p in (two / "checkpoints").iterdir())
     assert ckpts == sorted(p.name for p in (one / "checkpoints").iterdir())
     assert len([c for c in ckpts if c.startswith("epoch")]) == 1 and "last.ckpt" in ckpts

@@ -93,6 +93,10 @@ def test_every_registry_model_trains_through_the_cli(tmp_path, name):
     cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
     assert cfg["name"] == name and cfg["monitor"].startswith("val/")
     assert MODELS[name].kind in ("solver", "preconditioner", "surrogate")
+    # the training-gradient check ran on the model's own loss (one step: at step 1)
+    (jsonl,) = tmp_path.glob("outputs/train/runs/*/plots/training_gradient.jsonl")
+    (rec,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert rec["grad/param_fd_rel_error"] < 1e-2 and rec["grad/param_fd_cosine"] > 0.999, rec
 
 
 def test_train_cli_default_logger_is_offline_wandb_with_plots(tmp_path):

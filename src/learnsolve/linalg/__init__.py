@@ -16,6 +16,8 @@ Public API:
   :func:`node_blocks`; the parts are in :mod:`learnsolve.linalg.multigrid`
 - a coarse-corrected (balancing) preconditioner on subdomains: :class:`CoarseCorrected`, :func:`subdomains`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
+- diagnostics: :func:`record_solves` (every solve's SolveInfo in a block), :func:`override_backward` (every solve
+  of a block differentiated another way)
 - a few entries of x for diagonally dominant A in time independent of n: :func:`local_solve`
 - spectral estimates from CG's Lanczos coefficients (differentiable, no n x n eigensolve):
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`
@@ -29,6 +31,7 @@ from .derivatives import hvp
 from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
 from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
 from .local import LocalInfo, local_solve
+from .monitor import SolveRecorder, override_backward, record_solves
 from .multigrid import Multigrid, aggregate, build_multigrid, node_blocks
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
 from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
@@ -64,6 +67,7 @@ __all__ = [
     "SafeguardResult",
     "SingularMatrixError",
     "SolveInfo",
+    "SolveRecorder",
     "SparseLU",
     "SparseMatrix",
     "aggregate",
@@ -83,6 +87,8 @@ __all__ = [
     "make_preconditioner",
     "minres",
     "node_blocks",
+    "override_backward",
+    "record_solves",
     "safeguard",
     "solve",
     "subdomains",

@@ -43,6 +43,7 @@ from ._layout import canonicalize
 from ._validate import validate_system
 from .direct import factorize
 from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_maxiter, default_rtol
+from .monitor import _OVERRIDES, _overridden, _record
 from .operator import DenseOperator, LinearOperator, as_operator
 from .precond import resolve_preconditioner
 from .sparse import SparseMatrix
@@ -327,6 +328,11 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
 
     Cost: one Krylov solve forward, one adjoint solve backward, plus O(nnz) for the values gradient.
     """
+    if _OVERRIDES:  # monitor.override_backward (diagnostics): another mode, without stochastic-only options
+        backward, unroll_steps = _overridden(backward, unroll_steps)
+        if backward != "stochastic" and adjoint is not None:
+            a = AdjointOptions(**adjoint) if isinstance(adjoint, dict) else adjoint
+            adjoint = replace(a, sample=None, truncate=None, survive=None)
     op = as_operator(A)
     if method not in ALL_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS)}")
@@ -396,6 +402,8 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
     else:
         X = _truncated(spec, op, Bm, int(unroll_steps))
     x = layout.unpack(X)
+    if forward_info:
+        _record(forward_info[0])  # monitor.record_solves
     if return_info:
         return x, forward_info[0]
     return x
