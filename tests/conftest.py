@@ -146,3 +146,17 @@ def perturb_output_layers(model, layers, seed: int = 0, scale: float = 0.3):
             lin.weight.add_(scale * torch.randn(lin.weight.shape, generator=g, dtype=lin.weight.dtype))
             lin.bias.add_(scale * torch.randn(lin.bias.shape, generator=g, dtype=lin.bias.dtype))
     return model
+
+
+def adapter_system(sym: bool, rng: np.random.Generator, m: int = 6) -> sp.coo_matrix:
+    """The framework-adapter tests' system, scipy COO sorted row-major (as tf.sparse wants): a shifted 2-D
+    Laplacian (SPD), or with a convection term and randomly scaled entries (nonsymmetric)."""
+    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(m, m))
+    A = sp.kron(sp.eye(m), T) + sp.kron(T, sp.eye(m)) + 0.3 * sp.eye(m * m)
+    if not sym:
+        C = sp.diags([-0.4, 0.4], [-1, 1], shape=(m, m))
+        A = A + sp.kron(sp.eye(m), C) + 0.5 * sp.kron(C, sp.eye(m))
+    A = A.tocsr().tocoo()
+    if not sym:
+        A.data = A.data * (1 + 0.1 * rng.random(A.nnz))
+    return A

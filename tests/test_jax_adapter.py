@@ -17,22 +17,14 @@ from jax.experimental import sparse as jsparse
 from learnsolve.jax import solve
 from learnsolve.linalg import ConvergenceError, ConvergenceWarning
 
+from .conftest import adapter_system
+
 N = 6  # grid side: n = 36
 
 
 def _system(sym: bool, seed: int = 0):
-    """A 2-D diffusion-like matrix (SPD) or a convection-diffusion one (nonsymmetric), as scipy COO."""
     rng = np.random.default_rng(seed)
-    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(N, N))
-    A = sp.kron(sp.eye(N), T) + sp.kron(T, sp.eye(N)) + 0.3 * sp.eye(N * N)
-    if not sym:
-        C = sp.diags([-0.4, 0.4], [-1, 1], shape=(N, N))
-        A = A + sp.kron(sp.eye(N), C) + 0.5 * sp.kron(C, sp.eye(N))
-    A = A.tocoo()
-    A.data = A.data * (1 + 0.1 * rng.random(A.nnz)) if not sym else A.data
-    if sym:
-        A = ((A + A.T) * 0.5).tocoo()
-    return A, rng.standard_normal(N * N)
+    return adapter_system(sym, rng, N), rng.standard_normal(N * N)
 
 
 def _bcoo(A):

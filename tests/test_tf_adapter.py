@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed (pip install -e '.[tf]')")
 
 from learnsolve.linalg import ConvergenceError, ConvergenceWarning
 from learnsolve.tensorflow import solve
 
+from .conftest import adapter_system
+
 N = 6
 
 
 def _system(sym: bool, seed: int = 0):
     rng = np.random.default_rng(seed)
-    T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(N, N))
-    A = sp.kron(sp.eye(N), T) + sp.kron(T, sp.eye(N)) + 0.3 * sp.eye(N * N)
-    if not sym:
-        C = sp.diags([-0.4, 0.4], [-1, 1], shape=(N, N))
-        A = A + sp.kron(sp.eye(N), C) + 0.5 * sp.kron(C, sp.eye(N))
-    A = A.tocsr().tocoo()  # sorted row-major, as tf.sparse wants
-    if not sym:
-        A.data = A.data * (1 + 0.1 * rng.random(A.nnz))
-    return A, rng
+    return adapter_system(sym, rng, N), rng
 
 
 def _sparse(values, A):
