@@ -187,3 +187,31 @@ def test_errors_name_the_argument():
         solve(lambda x: x, bj, backend="torch")
     with pytest.raises(ValueError, match="jacobi.*diagonal"):
         solve(lambda x: 2 * x, bj, precond="jacobi")
+
+
+@pytest.mark.parametrize("sym,method,backend,precond", [(True, "cg", "jax", "jacobi"), (False, "gmres", "jax", None),
+                                                        (False, "bicgstab", "torch", "ilu0")])
+def test_forward_mode_with_linear_solve(sym, method, backend, precond):
+    """diff="linear_solve": jax.jvp, reverse mode and forward-over-reverse against jnp.linalg.solve."""
+    A, b = _system(sym, seed=6)
+    data, bj = jnp.asarray(A.data), jnp.asarray(b)
+    idx = jnp.asarray(np.stack([A.row, A.col], 1))
+
+    def ours(d, bb):
+        return solve(jsparse.BCOO((d, idx), shape=A.shape), bb, method=method, precond=precond, backend=backend,
+                     rtol=1e-13, diff="linear_solve")
+
+    def ref(d, bb):
+        return jnp.linalg.solve(_dense_from(d, A), bb)
+
+    rng = np.random.default_rng(7)
+    t = (jnp.asarray(rng.standard_normal(A.nnz)), jnp.asarray(rng.standard_normal(A.shape[0])))
+    assert _rel(jax.jit(lambda d, bb: jax.jvp(ours, (d, bb), t)[1])(data, bj), jax.jvp(ref, (data, bj), t)[1]) < 1e-8
+    g, gr = (jax.grad(lambda d, bb, f=f: _loss(f(d, bb)), argnums=(0, 1))(data, bj) for f in (ours, ref))
+    assert _rel(g[0], gr[0]) < 1e-8 and _rel(g[1], gr[1]) < 1e-8
+    h, hr = (jax.jvp(lambda bb, f=f: jax.grad(lambda c: _loss(f(data, c)))(bb), (bj,), (t[1],))[1] for f in (ours, ref))
+    assert _rel(h, hr) < 1e-8
+    with pytest.raises(ValueError, match="x0: not supported"):
+        solve(_bcoo(A), bj, x0=bj, diff="linear_solve")
+    with pytest.raises(ValueError, match="diff"):
+        solve(_bcoo(A), bj, diff="jvp")

@@ -120,7 +120,7 @@ def _permutation(src: np.ndarray, inv: np.ndarray):
     return to_ell
 
 
-def _ell_operator(A: jsparse.BCOO):
+def _ell_operator(A: jsparse.BCOO, forward_mode: bool = False):
     n = A.shape[0]
     _K, src, inv, ecols, to_T, ecolsT, diag_slot = _ell_structure(n, np.asarray(A.indices))
     ec, ecT, tT, dsl = ecols, ecolsT, to_T, diag_slot  # numpy constants (see _permutation)
@@ -139,6 +139,8 @@ def _ell_operator(A: jsparse.BCOO):
         return lambda y: jnp.sum(PT * y[ecT], axis=1)
 
     op = Operator("ell", n, mv, mvT, lambda P: jnp.sum(P * dsl, axis=1), None, bindT)
+    if forward_mode:  # a plain gather: differentiable in both modes (its reverse is one scatter per gradient)
+        return op, jnp.concatenate([A.data, jnp.zeros(1, A.data.dtype)])[src]
     return op, _permutation(src, inv)(A.data)
 
 
@@ -158,7 +160,7 @@ def _coo_diag(n, params):
     return jax.ops.segment_sum(jnp.where(rows == cols, data, 0), rows, num_segments=n)
 
 
-def as_operator(A, params, b, *, layout: str = "auto"):
+def as_operator(A, params, b, *, layout: str = "auto", forward_mode: bool = False):
     """(Operator, params pytree) for a BCOO, a dense array, or a matvec function; ``layout="coo"`` keeps a
     BCOO's COO form (the torch backend needs rows and columns)."""
     if isinstance(A, jsparse.BCOO):
@@ -167,7 +169,7 @@ def as_operator(A, params, b, *, layout: str = "auto"):
                              f"{A.shape} (n_batch={A.n_batch}, n_dense={A.n_dense}); use jax.vmap for batches")
         n = A.shape[0]
         if layout == "auto" and not isinstance(A.indices, jax.core.Tracer):
-            return _ell_operator(A)
+            return _ell_operator(A, forward_mode)
         idx = A.indices.astype(jnp.int32)
         return Operator("bcoo", n, _bcoo_mv, _bcoo_mvT, partial(_coo_diag, n)), (A.data, idx[:, 0], idx[:, 1])
     if callable(A):

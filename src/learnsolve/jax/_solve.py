@@ -192,7 +192,7 @@ def _report(info: SolveInfo, cfg: _Config, label: str) -> None:
 
 def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, atol: float = 0.0,
           maxiter: int | None = None, x0=None, params=None, backend: str = "jax", restart: int = 30,
-          on_fail: str = "raise", return_info: bool = False):
+          on_fail: str = "raise", return_info: bool = False, diff: str = "vjp"):
     """Solve ``A x = b`` differentiably in JAX (implicit backward: one adjoint solve with A^T and M^T).
 
     Args:
@@ -215,9 +215,12 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
         on_fail: "raise" (``learnsolve.linalg.ConvergenceError``), "warn" or "ignore", forward and adjoint. Under
             ``jax.jit`` the check runs in a debug callback; the error then surfaces from the jitted call.
         return_info: also return a :class:`SolveInfo`.
+        diff: "vjp" (``jax.custom_vjp``: reverse mode, also twice; the backward is built from the same custom_vjp)
+            or "linear_solve" (``jax.lax.custom_linear_solve`` around the same Krylov loops: forward mode
+            ``jax.jvp`` / ``jax.jacfwd`` too, and any order; each tangent or cotangent is one more solve, with A or
+            A^T; no ``x0``).
 
-    Differentiable w.r.t. b, the BCOO data / dense entries / ``params`` (reverse mode, also twice: the backward
-    is built from the same custom_vjp). Forward mode (``jax.jvp``) is not available for a ``custom_vjp``.
+    Differentiable w.r.t. b, the BCOO data / dense entries / ``params``.
     """
     if method not in (TORCH_METHODS if backend == "torch" else _krylov.METHODS):
         ok = TORCH_METHODS if backend == "torch" else tuple(_krylov.METHODS)
@@ -232,7 +235,8 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
                          "right-hand sides")
     if not jnp.issubdtype(b.dtype, jnp.floating):
         raise TypeError(f"b: a real floating-point array is needed, got dtype {b.dtype}")
-    op, p = as_operator(A, params, b, layout="coo" if backend == "torch" else "auto")
+    op, p = as_operator(A, params, b, layout="coo" if backend == "torch" else "auto",
+                        forward_mode=diff == "linear_solve")
     if op.n != b.shape[0]:
         raise ValueError(f"b: A is {op.n} x {op.n} but b has {b.shape[0]} entries")
     if op.kind != "matvec":
@@ -242,6 +246,7 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
     _check_precond(precond, backend, op)
     if backend == "torch" and op.kind == "matvec":
         raise ValueError("backend='torch' needs A as a BCOO or dense array, not a function; use backend='jax'")
+    explicit_x0 = x0 is not None
     if x0 is None:
         x0 = jnp.zeros_like(b)
     else:
@@ -254,9 +259,32 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
     if maxiter < 0 or rtol < 0 or atol < 0:
         raise ValueError(f"rtol, atol, maxiter: must be >= 0, got {rtol}, {atol}, {maxiter}")
     cfg = _Config(method, precond, float(rtol), float(atol), maxiter, backend, int(restart), on_fail)
-    x, info = _solve(cfg, op, p, b, x0)
-    _report(info, cfg, "forward")
+    if diff == "linear_solve":
+        if explicit_x0:
+            raise ValueError("x0: not supported with diff='linear_solve' (its solves must be linear in the "
+                             "right-hand side); use diff='vjp'")
+        x, info = _linear_solve(cfg, op, p, b)
+    elif diff == "vjp":
+        x, info = _solve(cfg, op, p, b, x0)
+        _report(info, cfg, "forward")
+    else:
+        raise ValueError(f"diff: must be 'vjp' or 'linear_solve', got {diff!r}")
     return (x, info) if return_info else x
+
+
+def _linear_solve(cfg: _Config, op: Operator, p, b):
+    """``lax.custom_linear_solve``: JAX derives forward and reverse mode (any order) from the linear map and the
+    two solves (A with M, A^T with M^T); every solve is checked by the non-convergence policy."""
+
+    def solve_with(c, o, label):
+        def run(_matvec, rhs):
+            x, info = _forward(c, o, p, rhs, jnp.zeros_like(rhs))
+            _report(info, c, label)
+            return x, info
+        return run
+
+    return jax.lax.custom_linear_solve(lambda x: op.mv(p, x), b, solve_with(cfg, op, "forward"),
+                                       solve_with(cfg.adjoint(), op.T, "adjoint"), has_aux=True)
 
 
 def _check_precond(precond, backend, op):
