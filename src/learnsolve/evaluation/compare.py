@@ -59,7 +59,7 @@ def _truncated_cg(op, b: Tensor, M, rtol: float, k: int, maxiter: int) -> Tensor
 
     def run(steps: int | None, record_from: int | None):
         x = torch.zeros_like(b)
-        bb, mv = b.detach(), (lambda v, o: o.matvec(v))
+        bb = b.detach()
         opd = op.with_params([p.detach() for p in op.params()])
         r = bb.clone()
         z = prec(r)
@@ -72,7 +72,7 @@ def _truncated_cg(op, b: Tensor, M, rtol: float, k: int, maxiter: int) -> Tensor
                 r = r + (b - bb)  # value unchanged; d r / d b = I, as r = b - A x with x fixed
                 r = r - (op.matvec(x) - opd.matvec(x))  # value unchanged; carries d(A x)/dA
             o = op if rec else opd
-            Ap = mv(p, o)
+            Ap = o.matvec(p)
             alpha = rz / torch.dot(p, Ap)
             x = x + alpha * p
             r = r - alpha * Ap

@@ -69,8 +69,8 @@ def _local_system(pattern_np, vals: np.ndarray, S: np.ndarray):
     j_ok = np.minimum(j, S.size - 1)
     inside = S[j_ok] == cols
     a = np.abs(vals[pos])
-    diag = np.zeros(S.size)
-    np.add.at(diag, lrow[cols == S[lrow]], a[cols == S[lrow]])
+    on_diag = cols == S[lrow]
+    diag = np.bincount(lrow[on_diag], weights=a[on_diag], minlength=S.size)
     off = np.bincount(lrow, weights=a, minlength=S.size) - diag
     return pos[inside], lrow[inside], j_ok[inside], off / np.where(diag > 0, diag, np.nan)
 

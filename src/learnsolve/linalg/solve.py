@@ -43,7 +43,7 @@ from ._layout import canonicalize
 from ._validate import validate_system
 from .direct import factorize
 from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_maxiter, default_rtol
-from .monitor import _OVERRIDES, _overridden, _record
+from .monitor import _OVERRIDES, BACKWARD_MODES, _overridden, _record
 from .operator import DenseOperator, LinearOperator, as_operator
 from .precond import resolve_preconditioner
 from .sparse import SparseMatrix
@@ -51,7 +51,6 @@ from .stochastic import roulette_adjoint
 from .stochastic import validate as validate_roulette
 
 ALL_METHODS = (*METHODS, "direct")
-BACKWARD_MODES = ("implicit", "unrolled", "truncated", "stochastic")
 ON_FAIL = ("raise", "warn", "ignore")
 
 
