@@ -80,10 +80,10 @@ def _check_outputs(out: Path, rows: list[dict], matrices: list[str], precs: list
             assert r["converged"] and r["rel_residual"] <= 10 * min(RTOLS)
             assert r["total_s"] == pytest.approx(r["setup_s"] + r["solve_s"])
         # the learned preconditioner's safeguard (on by default) says whether it fell back, and why
-        if r["preconditioner"] == "learned" and r["status"] == "ok":
+        if r["preconditioner"] in ("learned", "untrained") and r["status"] == "ok":
             assert isinstance(r["fallback"], bool)
             assert r["fallback"] == ("safeguard: fell back to " in (r["reason"] or "")), r["reason"]
-        elif r["preconditioner"] != "learned":
+        elif r["preconditioner"] not in ("learned", "untrained"):
             assert r["fallback"] is None
 
 
@@ -150,7 +150,7 @@ def test_generated_suite_with_checkpoint(ckpt, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _results(out)
     names = [f"{f}_{s}_s{seed}" for f, s, seed in specs]
-    precs = [*BASELINES, "learned"]  # the registry's baselines (evaluate's default)
+    precs = [*BASELINES, "untrained", "learned"]  # the registry's baselines and the model untrained (the default)
     by = {(r["matrix"], r["preconditioner"]): r for r in rows}
     # the nonsymmetric matrix: GMRES, ILU(0) in IC(0)'s place, the SPD-only learned preconditioner skipped
     assert by[(names[1], "learned")]["status"] == "skipped" and "SPD" in by[(names[1], "learned")]["reason"]
@@ -230,9 +230,9 @@ def test_malformed_file_next_to_good_ones_baselines_only(tmp_path):
     assert len(bad) == 1 and bad[0]["status"] == "error" and "broken.mtx" in bad[0]["reason"]
     good = [r for r in rows if r["matrix"] != "broken"]
     assert len(good) == 2 * len(BASELINES) and not any(r["preconditioner"] == "learned" for r in rows)
-    # every baseline solves both, except MIC(0) (SPD only) on the nonsymmetric one
-    mic_conv = [r for r in good if (r["matrix"], r["preconditioner"]) == ("conv7", "mic0")]
-    assert len(mic_conv) == 1 and mic_conv[0]["status"] == "skipped" and "SPD" in mic_conv[0]["reason"]
+    # every baseline solves both, except MIC(0) and deflated IC(0) (SPD only) on the nonsymmetric one
+    mic_conv = [r for r in good if r["matrix"] == "conv7" and r["preconditioner"] in ("mic0", "ic0_deflated")]
+    assert len(mic_conv) == 2 and all(r["status"] == "skipped" and "SPD" in r["reason"] for r in mic_conv)
     assert all(r["status"] == "ok" for r in good if r not in mic_conv), [(r["matrix"], r["preconditioner"],
                                                                           r["reason"]) for r in good]
     assert "| broken |" in (out / "results.md").read_text()

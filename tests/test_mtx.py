@@ -190,10 +190,14 @@ def test_symmetric_expansion_and_dense_array(tmp_path):
 def test_load_system_nonsingular(tmp_path):
     A = convdiff2d(5)
     p = write_matrix_market(tmp_path / "cd.mtx", A)
-    d = load_system(p)
+    with pytest.warns(UserWarning, match="favours MIC"):
+        d = load_system(p, rhs="ones")
     n = A.shape[0]
     assert d.family == "matrix_market" and d.params["name"] == "cd" and d.params["path"] == str(p)
     assert d.params["rhs"] == "ones" and not d.singular and not d.symmetric
+    default = load_system(p)  # random and seeded by default: b = A 1 makes MIC(0) exact
+    assert default.params["rhs"] == "random" and np.array_equal(default.b.numpy(), load_system(p, seed=0).b.numpy())
+    np.testing.assert_allclose(default.b.numpy(), np.random.default_rng(0).standard_normal(n))
     assert (to_scipy(d) != A).nnz == 0
     b, x = d.b.numpy(), d.x.numpy()
     np.testing.assert_allclose(b, A @ np.ones(n), rtol=0, atol=0)
@@ -232,11 +236,14 @@ def test_load_system_singular(tmp_path, case):
         A = sp.diags([-np.ones(n - 1), np.r_[1.0, 2 * np.ones(n - 2), 1.0], -np.ones(n - 1)], [-1, 0, 1])
         path = write_matrix_market(tmp_path / "neumann.mtx", A)
     A = read_matrix_market(path)
-    d = load_system(path)  # b = A @ ones is in the range: x is one particular solution
-    assert d.singular and d.x is not None
+    d = load_system(path)  # default: a random b, replaced by the image A r of a seeded random r (in the range)
+    assert d.singular and d.x is not None and d.params["rhs"].startswith("A r (A ")
     b = d.b.numpy()
     assert np.linalg.norm(A @ d.x.numpy() - b) <= 1e-10 * (np.linalg.norm(b) + np.sqrt(A.shape[0]))
-    r = load_system(path, rhs="random", seed=0)  # inconsistent: no solution, x absent (not NaN)
+    inconsistent = np.random.default_rng(0).standard_normal(A.shape[0])  # a given b outside the range
+    write_matrix_market(tmp_path / "given.mtx", A)
+    write_matrix_market(tmp_path / "given_b.mtx", sp.csr_matrix(inconsistent.reshape(-1, 1)))
+    r = load_system(tmp_path / "given.mtx")  # inconsistent: no solution, x absent (not NaN)
     assert r.singular and r.x is None and "x" not in r
 
 
@@ -350,7 +357,8 @@ def test_a_singular_matrix_with_constant_null_space_gets_a_consistent_random_ima
     assert np.linalg.norm(b) > 0.1
     regular = tmp_path / "regular.mtx"
     sio.mmwrite(str(regular), (L + sp.eye(n)).tocsr())
-    assert load_system(regular).params["rhs"] == "ones"
+    assert load_system(regular, rhs="ones").params["rhs"] == "ones"
+    assert load_system(regular).params["rhs"] == "random"
     from learnsolve.evaluation.runner import evaluate_suite
 
     rows = evaluate_suite(None, [("neumann", d)], rtols=[1e-6], repeats=1, preconditioners=["jacobi"], progress=False)

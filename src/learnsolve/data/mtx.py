@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -334,16 +335,23 @@ def _sibling_rhs(path: Path) -> Path | None:
     return None
 
 
-def load_system(path: str | os.PathLike, rhs: str = "ones", seed: int = 0) -> Data:
+ONES_CAVEAT = ("b = A @ ones favours MIC(0): it keeps row sums (M 1 = A 1), so it solves such a system in about one "
+               "step; compare preconditioners with rhs='random' (the default)")
+
+
+def load_system(path: str | os.PathLike, rhs: str = "random", seed: int = 0) -> Data:
     """The linear system of a Matrix Market file as a PyG ``Data`` (fields as in ``make_system``).
 
     - A: :func:`read_matrix_market` (symmetric storage expanded).
     - b: from a sibling ``<stem>_b.mtx`` or ``<stem>_rhs.mtx`` (``.gz`` too) when one exists (an n x 1
-      matrix, array or coordinate); otherwise ``rhs="ones"`` (default): ``b = A @ ones`` (so the exact
-      solution is the all-ones vector when A is nonsingular) -- except where A 1 = 0 (b would be rounding
-      noise): then ``b = A r`` with r ~ U(0.5, 1.5) from ``numpy.random.default_rng(seed)``, a consistent
-      right-hand side, and ``params["rhs"]`` says so (:data:`RANDOM_IMAGE`) -- or ``rhs="random"``: i.i.d.
-      standard normal from ``numpy.random.default_rng(seed)``. ``params["rhs"]`` records which was used.
+      matrix, array or coordinate); otherwise ``rhs="random"`` (default): i.i.d. standard normal from
+      ``numpy.random.default_rng(seed)``, or ``rhs="ones"``: ``b = A @ ones`` (the exact solution is the all-ones
+      vector when A is nonsingular; it favours MIC(0), which keeps row sums, and a warning says so:
+      :data:`ONES_CAVEAT`). Where A 1 = 0 (a Neumann or singular operator: a random b is not in A's range, and
+      A @ ones is rounding noise) either kind gives ``b = A r`` with r ~ U(0.5, 1.5) from
+      ``numpy.random.default_rng(seed)``, a consistent right-hand side, and ``params["rhs"]`` says so
+      (:data:`RANDOM_IMAGE`); so does a random b that is not in the range of a singular A. ``params["rhs"]``
+      records which was used.
     - x: sparse direct solve (:func:`reference_solution`). ``data.singular`` (bool) is always set; for a
       singular A, ``data.x`` is a particular solution when b is in the range of A, else ``data.x``
       is None (absent) -- never NaN.
@@ -362,20 +370,26 @@ def load_system(path: str | os.PathLike, rhs: str = "ones", seed: int = 0) -> Da
                                     f"{path.name}, got {B.shape[0]} x {B.shape[1]}")
         b = B.toarray().reshape(n)
         source = f"file:{sib.name}"
-    elif rhs == "ones":
-        b = A @ np.ones(n)
-        source = "ones"
-        if n and np.linalg.norm(b) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
-            # ones spans A's null space (A 1 = 0: a Neumann or singular operator) and b = A 1 is rounding noise;
-            # the image of a seeded random vector is a consistent right-hand side instead
+    elif rhs in ("ones", "random"):
+        ones_image = A @ np.ones(n)
+        if n and np.linalg.norm(ones_image) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
+            # ones spans A's null space (A 1 = 0: a Neumann or singular operator): b = A 1 is rounding noise and a
+            # random b is not in A's range; the image of a seeded random vector is a consistent right-hand side
             b = A @ np.random.default_rng(seed).uniform(0.5, 1.5, n)
             source = RANDOM_IMAGE.format(seed=seed)
-    elif rhs == "random":
-        b = np.random.default_rng(seed).standard_normal(n)
-        source = "random"
+        elif rhs == "ones":
+            warnings.warn(f"{path.name}: {ONES_CAVEAT}", stacklevel=2)
+            b, source = ones_image, "ones"
+        else:
+            b, source = np.random.default_rng(seed).standard_normal(n), "random"
     else:
-        raise ValueError(f"unknown rhs {rhs!r}: choose 'ones' (b = A @ ones) or 'random'")
+        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ ones)")
     x, singular = reference_solution(A, b)
+    if x is None and source == "random":
+        # a singular A whose null space is not the constants (or not exactly): a random b is not in its range
+        b = A @ np.random.default_rng(seed).uniform(0.5, 1.5, n)
+        source = RANDOM_IMAGE.format(seed=seed).replace("A 1 = 0", "A singular")
+        x, singular = reference_solution(A, b)
     pos = (np.arange(n, dtype=np.float64) / max(n, 1)).reshape(n, 1)
     data = make_system(A, b, pos=pos, coeff=np.ones(n), family="matrix_market",
                        params={"name": matrix_stem(path), "path": str(path), "rhs": source}, seed=seed,

@@ -66,7 +66,7 @@ def options(cfg: DictConfig) -> dict:
                                     f"{restart}")
     if cfg.solver not in SOLVERS:
         raise EvaluationConfigError(f"solver={cfg.solver!r}: choose one of {', '.join(SOLVERS)}")
-    precs = [*BASELINES, "learned"] if cfg.get("preconditioners") is None else list(cfg.preconditioners)
+    precs = [*BASELINES, "untrained", "learned"] if cfg.get("preconditioners") is None else list(cfg.preconditioners)
     bad = [p for p in precs if p not in PRECONDITIONERS]
     if bad:
         raise EvaluationConfigError(f"preconditioners: unknown {bad}; choose from {', '.join(PRECONDITIONERS)}")
@@ -126,11 +126,26 @@ def _surrogate_loaders(stored: dict, data_dir: str | None, progress: bool) -> di
     return dict(zip(names, loaders))
 
 
+def untrained_row(loaded, preconditioners) -> tuple[object | None, dict | None]:
+    """(the checkpoint's model at its initial parameters, what that start is) when ``untrained`` is asked for and the
+    model has a classical start (:meth:`learnsolve.models.base.LearnedModel.classical_start`); (None, why) when it has
+    none (its untrained rows are then left out, and the metadata says why); (None, None) without a checkpoint."""
+    if loaded is None or "untrained" not in preconditioners:
+        return None, None
+    what = loaded.model.classical_start()
+    if what is None:
+        why = f"{loaded.name} ({type(loaded.model).__name__}) has no classical start: no untrained rows"
+        log.info(why)
+        return None, {"method": None, "note": why}
+    model, how = loaded.untrained()
+    return model, {"method": what, "initial_parameters": how}
+
+
 def evaluate(cfg: DictConfig) -> EvaluationResult:
     """Run the evaluation a composed ``conf/evaluate.yaml`` describes (see the module docstring)."""
     import torch
 
-    from learnsolve.models.checkpoint import load_model
+    from learnsolve.models.checkpoint import load_checkpoint
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise EvaluationConfigError("give ckpt_path=PATH (a training checkpoint, e.g. .../checkpoints/last.ckpt) "
@@ -138,13 +153,16 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     out = Path(cfg.paths.output_dir)
     ckpt = cfg.ckpt_path
     opts = options(cfg)
-    model, stored = (None, None) if ckpt is None else load_model(str(ckpt))  # CheckpointError: a user error
+    loaded = None if ckpt is None else load_checkpoint(str(ckpt))  # CheckpointError: a user error
+    model, stored = (None, None) if loaded is None else (loaded.model, loaded.config)
     surrogate = model is not None and model.kind == "surrogate"
+    untrained, start = untrained_row(loaded, opts["preconditioners"]) if not surrogate else (None, None)
     suite = None if surrogate else build_suite(cfg.benchmark)
     mname = None if model is None else stored.get("model", {}).get("name", type(model).__name__)
     bname = cfg.benchmark.get("name") or str(cfg.benchmark.get("_target_", "")).rpartition(".")[2]
     meta = {"ckpt_path": None if ckpt is None else str(ckpt), "model": mname, "benchmark": bname,
             **{k: v for k, v in opts.items() if k != "amg_options"}, "amg": opts["amg_options"],
+            "classical_start": start,
             "torch_threads": torch.get_num_threads(), "output_dir": str(out)}
     run = None
     try:
@@ -157,7 +175,8 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
             paths = write_surrogate_results(out, rows, meta)
             table, cols = surrogate_markdown_table(rows), SURROGATE_COLUMNS
         else:
-            rows = evaluate_suite(model, suite, progress=bool(cfg.progress), total=len(suite), **opts)
+            rows = evaluate_suite(model, suite, progress=bool(cfg.progress), total=len(suite), untrained=untrained,
+                                  **opts)
             paths = write_results(out, rows, meta, plots=bool(cfg.plots))
             table, cols = markdown_table(rows, opts["rtols"]), columns(opts["rtols"])
         if run is not None:
@@ -168,4 +187,4 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     return EvaluationResult(rows, table, out, dict(paths), surrogate)
 
 
-__all__ = ["EvaluationConfigError", "EvaluationResult", "build_suite", "evaluate", "options"]
+__all__ = ["EvaluationConfigError", "EvaluationResult", "build_suite", "evaluate", "options", "untrained_row"]

@@ -53,7 +53,8 @@ from learnsolve.linalg import SparseMatrix, solve
 
 from .baselines import BASELINES, REFERENCE_LABELS, NotApplicable, SetupFailed, baseline_setup
 
-PRECONDITIONERS = (*BASELINES, "learned")
+PRECONDITIONERS = (*BASELINES, "untrained", "learned")
+LEARNED_ROWS = ("untrained", "learned")  # the model at its initial parameters (its classical start), and trained
 SOLVERS = ("auto", "cg", "gmres", "bicgstab")
 STATUSES = ("ok", "not_converged", "skipped", "failed", "error")
 EVALUATED = ("ok", "not_converged")  # statuses of a row that was actually solved
@@ -267,13 +268,14 @@ def _fallback_note(check) -> str | None:
     return f"safeguard: fell back to {check.fallback_name} ({check.reason})"
 
 
-def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out, safeguard: bool = True):
+def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out, safeguard: bool = True,
+                 label: str = "learned"):
     from torch_geometric.data import Batch
 
     info = sysm.info
     kind = getattr(model, "kind", None)
     mname = type(model).__name__
-    row = _row(info, "", rtols, solver=method, preconditioner="learned")
+    row = _row(info, "", rtols, solver=method, preconditioner=label)
     rtol = min(rtols)
     try:
         if getattr(model, "requires_spd", False) and not info.spd:
@@ -330,12 +332,28 @@ def _add_ratios(rows: list[dict], rtols) -> None:
             r[key] = r[it] / b if (b and r.get(it) is not None) else None
 
 
+def rounding_level_rhs(A_sp, b: np.ndarray, x) -> str | None:
+    """Why the relative residuals of ``A x = b`` are not meaningful, or None: ``b`` is rounding noise of the product
+    A x that it equals (||b|| <= 1e3 eps ||A||_F ||x||, e.g. b = A @ ones with ones in A's null space). Asked of the
+    solution the system has (its reference ``x``), not of ||b|| against ||A|| alone: a random b with a large ||A||
+    (bcsstk13: ||A||_F = 7.5e12, ||b|| = 45) is meaningful. Without a reference solution nothing is said."""
+    if x is None:
+        return None
+    xn = float(np.linalg.norm(np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)))
+    bn, an = float(np.linalg.norm(b)), float(sp_norm(A_sp))
+    if 0 < bn <= 1e3 * np.finfo(np.float64).eps * an * xn:
+        return (f"||b|| = {bn:.1e} is at rounding level of A x (||A||_F ||x|| = {an * xn:.1e}: b = A @ ones with ones "
+                "in A's null space?): relative residuals are not meaningful")
+    return None
+
+
 def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1e-8), repeats: int = 3,
                     maxiter: int = 2000, solver: str = "auto", preconditioners: Iterable[str] = PRECONDITIONERS,
                     gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None,
-                    safeguard: bool = True) -> list[dict]:
-    """The rows of one matrix (see the module docstring); ``model=None`` drops the learned row; ``safeguard=False``
-    runs a learned preconditioner without its safeguard (studies)."""
+                    safeguard: bool = True, untrained=None) -> list[dict]:
+    """The rows of one matrix (see the module docstring); ``model=None`` drops the learned row, ``untrained=None``
+    the untrained row (``untrained``: the same model at its initial parameters); ``safeguard=False`` runs a
+    learned preconditioner without its safeguard (studies)."""
     rtols = sorted({float(r) for r in rtols}, reverse=True)
     amg_options = amg_options or {}
     try:
@@ -349,21 +367,21 @@ def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1
     try:
         method = choose_solver(info, solver)
     except _Skip as e:
+        models = {"learned": model, "untrained": untrained}
         return [_row(info, name, rtols, preconditioner=p, status="skipped", reason=str(e))
-                for p in preconditioners if p != "learned" or model is not None]
+                for p in preconditioners if p not in models or models[p] is not None]
     options = {"restart": int(gmres_restart)} if method == "gmres" else {}
     with torch.no_grad():
         for p in preconditioners:
-            if p == "learned":
-                if model is not None:
-                    _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows, safeguard)
+            if p in LEARNED_ROWS:
+                m = model if p == "learned" else untrained
+                if m is not None:
+                    _run_learned(m, sysm, method, rtols, repeats, maxiter, options, rows, safeguard, label=p)
             else:
                 _run_baseline(p, sysm, method, rtols, repeats, maxiter, options, amg_options, rows)
     _add_ratios(rows, rtols)
-    bn, an = float(np.linalg.norm(b)), float(sp_norm(sysm.A_sp))
-    if 0 < bn <= 1e3 * np.finfo(np.float64).eps * an * math.sqrt(max(info.n, 1)):
-        warn = (f"||b|| = {bn:.1e} is at rounding level for ||A||_F = {an:.1e} (b = A @ ones with ones in A's "
-                "null space?): relative residuals are not meaningful")
+    warn = rounding_level_rhs(sysm.A_sp, b, getattr(data, "x", None))
+    if warn:
         for r in rows:
             r["reason"] = warn if not r.get("reason") else f"{warn}; {r['reason']}"
     return rows
@@ -372,10 +390,11 @@ def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1
 def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e-8), repeats: int = 3,
              maxiter: int = 2000, solver: str = "auto", preconditioners: Iterable[str] = PRECONDITIONERS,
              gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None, progress: bool = True,
-             total: int | None = None, safeguard: bool = True) -> list[dict]:
+             total: int | None = None, safeguard: bool = True, untrained=None) -> list[dict]:
     """Rows for every matrix of ``suite`` (``(name, Data)`` items or :class:`SuiteError` records) and every
-    preconditioner: see the module docstring. ``model=None``: the classical baselines alone; ``safeguard=False``:
-    the learned preconditioner without its safeguard. A suite
+    preconditioner: see the module docstring. ``model=None``: the classical baselines alone; ``untrained``: the same
+    model at its initial parameters (rows ``untrained``; None: none); ``safeguard=False``: the learned
+    preconditioner without its safeguard. A suite
     member that cannot be read is one row with status ``error``; an exception raised by the suite itself
     ends the suite with such a row. ``progress`` shows a bar of matrices done (``total`` when known).
     """
@@ -390,7 +409,7 @@ def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e
         raise ValueError(f"rtols must be a non-empty list of tolerances in (0, 1), got {rtols}")
     kw = {"rtols": rtols, "repeats": int(repeats), "maxiter": int(maxiter), "solver": solver,
           "preconditioners": preconditioners, "gmres_restart": gmres_restart, "amg_options": amg_options,
-          "safeguard": bool(safeguard)}
+          "safeguard": bool(safeguard), "untrained": untrained}
     choose_solver(MatrixInfo("", 1, 1, True, True, False, None), solver)  # a bad solver name fails now
     rows: list[dict] = []
     with _Progress(progress, total) as advance:
@@ -481,6 +500,6 @@ def exit_code(rows: Sequence[dict]) -> int:
     return 0 if any(r.get("status") in EVALUATED for r in rows) else 1
 
 
-__all__ = ["BASELINES", "EVALUATED", "HISTORY_KEY", "PRECONDITIONERS", "SOLVERS", "STATUSES", "SURROGATE_COLUMNS",
+__all__ = ["BASELINES", "EVALUATED", "HISTORY_KEY", "LEARNED_ROWS", "PRECONDITIONERS", "SOLVERS", "STATUSES", "SURROGATE_COLUMNS",
            "MatrixInfo", "choose_solver", "classify", "columns", "evaluate_matrix", "evaluate_suite", "evaluate_surrogate",
            "exit_code", "rtol_key"]

@@ -17,7 +17,12 @@ class AMG(Preconditioner):
     ``apply_transpose`` is the exact transpose M^{-T} of the V-cycle: the same hierarchy transposed
     (A_l^T, P_l := R_l^T, R_l := P_l^T) with transposed, swapped smoothers (Gauss-Seidel / SOR
     sweeps; other smoothers fall back to a second hierarchy built on A^T, a preconditioner for A^T
-    that is not exactly M^{-T})."""
+    that is not exactly M^{-T}).
+
+    ``host_blas``: every application runs pyamg's numpy code, so the Krylov loop holds numpy's BLAS pool to one
+    thread while it runs (:mod:`learnsolve.linalg.threads`): the cycle then runs at pyamg's own speed."""
+
+    host_blas = True
 
     def __init__(self, A: LinearOperator, kind: str = "sa", **kwargs):
         import pyamg

@@ -30,6 +30,7 @@ from torch import Tensor
 from ._layout import Layout, Reducer, canonicalize
 from .fused import fused_cg
 from .operator import LinearOperator, as_operator
+from .threads import host_blas_single_threaded, uses_host_blas
 
 Precond = Callable[[Tensor], Tensor]
 METHODS = ("cg", "fcg", "minres", "bicgstab", "gmres")
@@ -502,6 +503,12 @@ def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, 
     its true residual (the attainable accuracy) or the iteration budget is spent."""
     if method not in _CORES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or 'direct'")
+    with host_blas_single_threaded(uses_host_blas(M)):  # torch's pool and numpy's BLAS pool in one loop
+        return _run_method_body(method, op, Bm, M, X0, rtol, atol, maxiter, callback, **options)
+
+
+def _run_method_body(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, X0: Tensor | None,
+                     rtol: float, atol: float, maxiter: int, callback=None, **options):
     if method == "cg" and (out := fused_cg(op, Bm, M, X0, rtol, atol, maxiter, callback)) is not None:
         return out  # the compiled path (nothing recorded by autograd, supported operator and preconditioner)
     red = op.reducer()

@@ -51,6 +51,7 @@ MATRIX_TYPES = {
     "lowrank_diag": "M = D + U V^T; arrays {'D': (n,), 'U': (n, r), 'V': (n, r)} float64 numpy",
 }
 OPTIONAL = ("solve", "preconditioner_for", "metrics")
+BASE_TITLES = {"ic0": "IC(0)", "mic0": "MIC(0)", "jacobi": "Jacobi"}  # a model's classical base, for people
 
 SYSTEM_INPUTS = [
     ("edge_index (2, E) int64: row and column of every stored entry of A, in CSR order (sorted by row, then "
@@ -207,6 +208,12 @@ class LearnedModel(nn.Module, abc.ABC):
         own = getattr(cls, method) is not getattr(LearnedModel, method)
         return own or (method == "solve" and cls.implements("preconditioner_for"))
 
+    def classical_start(self) -> str | None:
+        """The classical method this model equals at its initial parameters (its output layers start at zero), in
+        words; None when it has none (surrogates, or a start that is not a classical method). Evaluation's
+        ``untrained`` rows run the model at those parameters: learned / untrained is what training bought."""
+        return None
+
     def _unsupported(self, what: str) -> NotImplementedError:
         return NotImplementedError(f"{type(self).__name__} is a {self.kind} model: it has no {what}")
 
@@ -301,6 +308,7 @@ class LearnedModel(nn.Module, abc.ABC):
 
 
 __all__ = [
+    "BASE_TITLES",
     "KINDS",
     "MATRIX_TYPES",
     "SYSTEM_INPUTS",

@@ -27,6 +27,7 @@ MOVED_TARGETS = {
     "learnsolve.data.datamodule.LinearSystemDataModule": "learnsolve.training.datamodule.LinearSystemDataModule",
 }
 STATE_PREFIX = "model."  # the LightningModule holds the network as `model`
+INITIAL_STATE_KEY = "learnsolve_initial_state"  # the model's state_dict before training (its classical start)
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +45,24 @@ class Checkpoint:
     target: str
     kwargs: dict
     config: dict
+    initial_state: dict | None = None  # the model's parameters before training (None: not stored)
+
+    def untrained(self) -> tuple[LearnedModel, str]:
+        """(the same model and configuration at its initial parameters, how they were obtained). The checkpoint's
+        stored initial state when it has one; else the model built afresh with the run's seed (the same draw as
+        the training's initial parameters when nothing else consumed random numbers first; exact for the models
+        whose correction starts at zero, i.e. every model with a classical start)."""
+        where = f"checkpoint of {self.name}"
+        if self.initial_state is not None:
+            return load_weights(build_model(type(self.model), self.kwargs, where), self.initial_state, where), "stored"
+        seed = self.config.get("seed")
+        with torch.random.fork_rng():
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            model = build_model(type(self.model), self.kwargs, where)
+        dtypes = {v.dtype for v in self.model.state_dict().values() if v.is_floating_point()}
+        model = model.to(dtypes.pop()) if len(dtypes) == 1 else model
+        return model.eval(), f"rebuilt with seed {seed} (the checkpoint stores no initial state)"
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -159,7 +178,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     name, cls, kwargs = model_entry(config, where)
     state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
     model = load_weights(build_model(cls, kwargs, where), state, where)
-    return Checkpoint(model.to(map_location), name, f"{cls.__module__}.{cls.__name__}", kwargs, config)
+    initial = ckpt.get(INITIAL_STATE_KEY)
+    return Checkpoint(model.to(map_location), name, f"{cls.__module__}.{cls.__name__}", kwargs, config,
+                      initial if isinstance(initial, dict) else None)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[LearnedModel, dict]:
@@ -169,6 +190,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 
 __all__ = [
+    "INITIAL_STATE_KEY",
     "MOVED_TARGETS",
     "Checkpoint",
     "CheckpointError",

@@ -187,6 +187,11 @@ class GNNSolver(LearnedModel):
         return self.hierarchy(batch)
 
     # -- training and solving ----------------------------------------------------------------------------
+    def classical_start(self) -> str | None:
+        if self.mode == "fcg":
+            return f"{self.fcg.base}-preconditioned flexible CG"
+        return f"classical smoothed aggregation (theta {self.theta:g}, coarsest level <= {self.coarse_size})"
+
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         if self.mode == "fcg":
             return self.fcg.training_loss(batch)

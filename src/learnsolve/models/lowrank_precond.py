@@ -77,6 +77,7 @@ from learnsolve.nn.features import (
 from learnsolve.nn.layers import SystemConv, mlp
 
 from .base import (
+    BASE_TITLES,
     LearnedModel,
     ProgramModule,
     ProgramSpec,
@@ -260,6 +261,11 @@ class LowRankPreconditioner(LearnedModel):
                            outputs=["D (n,) float64 > 0", f"U (n, {self.rank}) float64: M = D + U U^T"])
 
     # -- training and solving ------------------------------------------------------------------------
+    def classical_start(self) -> str | None:
+        if self.side == "inverse" and self.variant == "gnn":
+            return f"{BASE_TITLES.get(self.base, self.base)} with Nicolaides' piecewise-constant coarse space"
+        return None  # forward side / fixed variant: a random low-rank term at the start, not a classical method
+
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         A = self._system(batch)
         M = self._precond(batch, A)

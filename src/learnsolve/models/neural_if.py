@@ -46,6 +46,7 @@ from learnsolve.nn.features import node_coefficient, require_positive_diagonal, 
 from learnsolve.nn.layers import SystemConv, edge_workspace, mlp, pair_hidden
 
 from .base import (
+    BASE_TITLES,
     LearnedModel,
     ProgramModule,
     ProgramSpec,
@@ -184,11 +185,14 @@ class NeuralIF(LearnedModel):
             return edge_index, values, feat, full
 
         return ProgramSpec(_CorrectionProgram(self), reference=reference, outputs=outputs, inputs=inputs,
-                           extra_inputs=[(f"base (E,) float64: the {self.base.upper()} factor of A (e.g. "
-                                         f"learnsolve.linalg.{self.base.upper()}(A, shift='auto').L) on A's lower "
+                           extra_inputs=[(f"base (E,) float64: the {BASE_TITLES.get(self.base, self.base)} factor of A (e.g. "
+                                         f"learnsolve.linalg.{BASE_TITLES.get(self.base, self.base)}(A, shift='auto').L) on A's lower "
                                          "entries, in the input's order, 0 on the upper ones")])
 
     # -- training ------------------------------------------------------------------------------------
+    def classical_start(self) -> str | None:
+        return "symmetric Gauss-Seidel factor" if self.base == "none" else f"{BASE_TITLES.get(self.base, self.base)} factor"
+
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         A, L, w_diag = self.factor(batch)
         red = A.reducer()

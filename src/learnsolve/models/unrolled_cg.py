@@ -81,6 +81,9 @@ class UnrolledCG(LearnedModel):
                 "and direction scalings exp(t_k) (tensors s and t in model.safetensors) of plain (P)CG")
 
     # -- training and solving ------------------------------------------------------------------------
+    def classical_start(self) -> str | None:
+        return "Jacobi-preconditioned CG" if self.precond == "jacobi" else "CG"
+
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         A, Bm, M = self._system(batch)
         xs = None

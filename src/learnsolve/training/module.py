@@ -10,6 +10,7 @@ from torch import nn
 
 from learnsolve.evaluation.baselines import build_baseline, training_baselines
 from learnsolve.linalg import SparseMatrix, cg
+from learnsolve.models.checkpoint import INITIAL_STATE_KEY
 
 ITERATIVE_KINDS = ("solver", "preconditioner")
 
@@ -65,6 +66,9 @@ class LearnedSolverModule(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.eval_rtol, self.eval_maxiter = float(eval_rtol), int(eval_maxiter)
         self.config = config  # the composed run config, stored in every checkpoint
+        # the model at its initial parameters (its classical start): stored in every checkpoint, so evaluation can
+        # show what training bought ("untrained" rows); a resumed run restores it from its checkpoint
+        self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._baseline_iters: dict[tuple, torch.Tensor] = {}  # (baseline, seeds) -> per-graph iterations
 
     def baseline_iterations(self, batch, name: str) -> torch.Tensor:
@@ -128,5 +132,18 @@ class LearnedSolverModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt),
                                                    "monitor": "val/loss"}}
 
+    def untrained_model(self) -> nn.Module:
+        """A copy of the model at its initial parameters (the classical start of the models that correct one)."""
+        import copy
+
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.initial_state)
+        return model.eval()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["learnsolve_config"] = self.config
+        checkpoint[INITIAL_STATE_KEY] = self.initial_state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if INITIAL_STATE_KEY in checkpoint:
+            self.initial_state = checkpoint[INITIAL_STATE_KEY]

@@ -60,8 +60,9 @@ def train(cfg: DictConfig) -> float | None:
             trainer.test(module, datamodule=dm, ckpt_path="best" if _has_best(trainer) else None)
         if cfg.get("report", True) and trainer.is_global_zero and module.iterative:
             size = cfg.model.get("report_size") if module.model.num_nodes is None else None
+            untrained = module.untrained_model() if module.model.classical_start() else None
             rows = compare_on_test(module.model, dm.report_dataloader(size), rtol=cfg.eval.rtol,
-                                   maxiter=cfg.eval.maxiter)
+                                   maxiter=cfg.eval.maxiter, untrained=untrained)
             where = "test systems" if size is None else f"held-out systems of size {size} (trained at {cfg.data.size})"
             title = f"{cfg.model.name} on {cfg.data.family} {where} (rtol {cfg.eval.rtol:g})"
             print_table(rows, title)
