@@ -21,6 +21,10 @@ AMG -- and the learned model) :func:`evaluate_suite` returns one row:
   (building the preconditioner; for a learned preconditioner the network forward, the safeguard's check and
   one application, the NaN/Inf check; 0 for a learned solver, whose network runs inside its solve) timed apart
   from the solve; ``total_s = setup_s + solve_s``. The history solve also serves as the warm-up.
+  ``inference_s``: the part of ``setup_s`` that is the learned model's own work (network forward and assembly of
+  its preconditioner: ``setup_s`` less the safeguard's check); 0 for the classical baselines.
+- ``untrained`` rows (``evaluate_suite(..., untrained=model_at_init)``): the same model at its initial parameters,
+  i.e. its classical start; learned / untrained is what training bought.
 - ``fallback``: for a learned linear preconditioner with ``safeguard=True`` (the default), whether the safeguard
   (:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`: a short PCG race against the model's
   ``fallback_for``, IC(0) by default) rejected it, so that the row was solved with the fallback; the reason then
@@ -125,7 +129,7 @@ def columns(rtols: Sequence[float]) -> list[str]:
     """The result columns, in order (``residual_history`` is kept out of the tables)."""
     return ["matrix", "n", "nnz", "symmetric", "spd", "singular", "solver", "preconditioner", "status", "reason",
             *[rtol_key("iters", r) for r in rtols], *[rtol_key("ratio_ic0", r) for r in rtols],
-            "setup_s", "solve_s", "total_s", "rel_residual", "converged", "fallback"]
+            "setup_s", "inference_s", "solve_s", "total_s", "rel_residual", "converged", "fallback"]
 
 
 def _row(info: MatrixInfo | None, name: str, rtols, **kw) -> dict:
@@ -164,19 +168,22 @@ def _finite(t: torch.Tensor) -> bool:
 
 
 def _measure(setup: Callable, solve: Callable, repeats: int):
-    """History solve (also the warm-up), then ``repeats`` timed (setup, solve) pairs; medians."""
+    """History solve (also the warm-up), then ``repeats`` timed (setup, solve) pairs; medians. The last item is the
+    median of the setup time minus the safeguard's check (``note.seconds``, when the note is a safeguard result):
+    the network forward and the assembly of a learned preconditioner (None when there is no check)."""
     state, note = setup()
     X, sinfo = solve(state)
-    setups, solves = [], []
+    setups, solves, inference = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        st, _ = setup()
+        st, nt = setup()
         t1 = time.perf_counter()
         solve(st)
         t2 = time.perf_counter()
         setups.append(t1 - t0)
         solves.append(t2 - t1)
-    return X, sinfo, note, statistics.median(setups), statistics.median(solves)
+        inference.append(t1 - t0 - getattr(nt, "seconds", 0.0))
+    return X, sinfo, note, statistics.median(setups), statistics.median(solves), statistics.median(inference)
 
 
 def _first(mask: torch.Tensor) -> int | None:
@@ -241,7 +248,7 @@ def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_opti
         return M, note
 
     try:
-        X, sinfo, note, ts, tv = _measure(setup_noted, run, repeats)
+        X, sinfo, note, ts, tv, _ = _measure(setup_noted, run, repeats)
         row["reason"] = note
         _fill_from_solve(row, sysm, X, sinfo, rtols, maxiter, learned=False)
     except SetupFailed as e:
@@ -249,7 +256,7 @@ def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_opti
     except Exception as e:  # noqa: BLE001 -- one failing preconditioner must not stop the evaluation
         row.update(status="failed", reason="; ".join([*notes, f"{label} {stage[0]} failed: {type(e).__name__}: {e}"]))
     else:
-        row.update(setup_s=ts, solve_s=tv, total_s=ts + tv)
+        row.update(setup_s=ts, inference_s=0.0, solve_s=tv, total_s=ts + tv)
     rows_out.append(row)
 
 
@@ -305,7 +312,7 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
         else:
             raise _Skip(f"{mname} is a {kind!r} model, not a solver or preconditioner")
         try:
-            X, sinfo, check, ts, tv = _measure(setup, run, repeats)
+            X, sinfo, check, ts, tv, ti = _measure(setup, run, repeats)
         except ValueError as e:  # the model does not apply here (e.g. fixed-size low-rank on another size)
             raise _Skip(f"{mname}: {e}") from e
         if kind == "solver":
@@ -313,7 +320,7 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
         if check is not None:
             row.update(fallback=not check.all_accepted, reason=_fallback_note(check))
         _fill_from_solve(row, sysm, X, sinfo, rtols, maxiter, learned=True)
-        row.update(setup_s=ts, solve_s=tv, total_s=ts + tv)
+        row.update(setup_s=ts, inference_s=ti, solve_s=tv, total_s=ts + tv)
     except _Skip as e:
         row.update(status="skipped", reason=str(e))
     except _Fail as e:
