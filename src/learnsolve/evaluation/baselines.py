@@ -149,7 +149,7 @@ def _ic0_deflated(A, props, options):
     if not props.spd:
         raise NotApplicable(f"ic0_deflated needs an SPD matrix; this one is {props.why_not_spd}")
     def build():
-        label, inner = _incomplete_cholesky(IC0, "ic0", None)(A, props, options)
+        _, inner = _incomplete_cholesky(IC0, "ic0", None)(A, props, options)
         base, note = inner()
         sub, m = subdomains(A, levels=2)
         return CoarseCorrected(A, base, sub, m), note

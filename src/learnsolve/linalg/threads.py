@@ -1,15 +1,18 @@
 """Thread pools where torch and numpy's BLAS meet in one loop.
 
 torch runs its kernels on its OpenMP pool; numpy and scipy run BLAS on OpenBLAS's own pool. When a Krylov loop in
-torch applies a preconditioner that calls numpy BLAS every iteration (pyamg's V-cycle and its dense coarse solve,
-:class:`learnsolve.linalg.AMG`), both pools want every core, and their idle workers spin against each other.
-Measured on 2 cores, CG with pyamg's smoothed-aggregation V-cycle on a 256^2 i.i.d. lognormal system (19 iterations):
-0.37-0.72 s through the torch loop, 0.15-0.16 s with scipy's CG; 0.16-0.17 s through the torch loop once OpenBLAS
-is held to one thread for the solve (the BLAS calls inside a V-cycle are small: one thread loses nothing).
+torch applies a preconditioner that runs serial host code every iteration (pyamg's V-cycle: C++ relaxation sweeps
+and small numpy BLAS calls, :class:`learnsolve.linalg.AMG`), both pools want every core, and their idle workers spin
+against each other and against the serial cycle. Measured on 2 cores, CG with pyamg's smoothed-aggregation V-cycle
+on a 256^2 i.i.d. lognormal system (19 iterations): 0.37-0.72 s through the torch loop, 0.15-0.16 s with scipy's
+CG; 0.16-0.17 s through the torch loop once OpenBLAS is held to one thread for the solve. With another process busy
+on the machine, holding OpenBLAS alone left the torch loop at 1.26-1.38x scipy's time on the four hard families at
+256^2 (torch's workers spin between its small vector kernels while the serial cycle waits for the core); holding
+torch's pool to one thread as well removes that: the vector work of such an iteration is a few percent of the cycle.
 
-:func:`host_blas_single_threaded` holds numpy's BLAS pools to one thread for the duration of a block (about 60 us to
-enter and leave), and is a no-op when torch itself runs on one thread (nothing to contend) or threadpoolctl is
-absent. :func:`learnsolve.linalg.krylov` enters it for every solve whose preconditioner declares ``host_blas``
+:func:`host_blas_single_threaded` holds numpy's BLAS pools and torch's intra-op pool to one thread for the duration
+of a block (about 60 us to enter and leave), and is a no-op when torch itself runs on one thread (nothing to
+contend). :func:`learnsolve.linalg.krylov` enters it for every solve whose preconditioner declares ``host_blas``
 (every solve path: ``solve``, the Krylov functions, training and evaluation go through it).
 """
 
@@ -35,14 +38,23 @@ def _controller():
 
 @contextlib.contextmanager
 def host_blas_single_threaded(enabled: bool = True) -> Iterator[None]:
-    """Hold numpy/scipy's BLAS thread pools to one thread inside the block (when ``enabled`` and torch uses more
-    than one thread). torch's own pool is left as it is."""
-    ctl = _controller() if enabled and torch.get_num_threads() > 1 else None
-    if ctl is None:
+    """Hold numpy/scipy's BLAS thread pools and torch's intra-op pool to one thread inside the block (when
+    ``enabled`` and torch uses more than one thread); both are restored on exit. Without threadpoolctl only torch's
+    pool is held."""
+    threads = torch.get_num_threads()
+    if not enabled or threads <= 1:
         yield
         return
-    with ctl.limit(limits=1, user_api="blas"):
-        yield
+    ctl = _controller()
+    torch.set_num_threads(1)
+    try:
+        if ctl is None:
+            yield
+        else:
+            with ctl.limit(limits=1, user_api="blas"):
+                yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def uses_host_blas(M) -> bool:
