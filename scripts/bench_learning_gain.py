@@ -9,16 +9,16 @@ Run (from the repository root; Hydra-style ``key=value`` arguments, no run folde
     python scripts/bench_learning_gain.py ckpt_path=null                 # the classical rows alone
     python scripts/bench_learning_gain.py ckpt_path=CKPT quick=true      # smoke run: sizes 16, 32; 1 system
 
-Keys [defaults]: ``ckpt_path`` (required: a checkpoint, a list, or null); ``families`` [the families under
-``benchmark``'s ``params``]; ``sizes`` [[64, 256, 1024]]: grid sides, a family sized by its number of nodes
-(``graph_laplacian``) gets side^2 nodes (4,096 / 65,536 / 1,048,576); ``num_systems`` [3] held-out systems per family
-and size, seeds ``8_000_000 + i`` (training uses ``seed + [0, 3e6 + 1e6 * extra test sizes)``); ``rtol`` [1e-6],
-``repeats`` [3], ``maxiter`` [5000], ``safeguard`` [true] as in ``scripts/evaluate.py``; ``baselines`` [the registry
-``learnsolve.evaluation.baselines.BASELINES`` less ``none`` and ``jacobi``, hopeless on these families]; ``benchmark``
-[conf/benchmark/hard.yaml]: its ``params`` are the generator keyword arguments per family, so this script and
-``scripts/evaluate.py benchmark=hard`` draw from the same distributions; ``threads`` [null: torch's default];
-``progress`` [true]; ``out`` [outputs/bench_learning_gain/<date>_<time>]; ``quick`` [false]: sizes [16, 32],
-num_systems 1, repeats 1 (keys given explicitly win).
+Keys [defaults]: ``ckpt_path`` (required: a checkpoint, a list, or null); ``families`` [those under ``benchmark``'s
+``params``]; ``sizes`` [[64, 256, 1024]]: grid sides, a family sized by its number of nodes (``graph_laplacian``)
+gets side^2 nodes (4,096 / 65,536 / 1,048,576); ``num_systems`` [3] held-out systems per family and size, seeds
+``8_000_000 + i`` (training uses ``seed + [0, 3e6 + 1e6 * extra test sizes)``); ``rtol`` [1e-6], ``repeats`` [3],
+``maxiter`` [5000], ``safeguard`` [true] as in ``scripts/evaluate.py``; ``baselines`` [the registry ``BASELINES`` less
+``none`` and ``jacobi``, hopeless here]; ``benchmark`` [conf/benchmark/hard.yaml]: its ``params`` are each family's
+generator arguments, so this script and ``scripts/evaluate.py benchmark=hard`` draw alike; ``threads`` [1, as the
+other benchmarks: 2 threads on a busy 2-core machine made a 256-unknown learned setup 0.4 s instead of 12 ms; null:
+torch's default]; ``progress`` [true]; ``out`` [outputs/bench_learning_gain/<date>_<time>]; ``quick`` [false]: sizes
+[16, 32], num_systems 1, repeats 1 (keys given explicitly win).
 
 Each system is generated once (no reference solve: the evaluation checks the true residual b - A x itself) and reused
 by every checkpoint: :func:`learnsolve.evaluation.evaluate_suite` solves it with every baseline (once, whatever the
@@ -73,6 +73,9 @@ from learnsolve.models.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED0 = 8_000_000  # held-out seeds: above every training / validation / test range of the datamodule
+# the datamodule's seed offsets of its extra test sizes (learnsolve.training.datamodule, which loads Lightning: the
+# tests check that these agree)
+EXTRA_TEST_OFFSET, EXTRA_TEST_STRIDE = 3_000_000, 1_000_000
 HOPELESS = ("none", "jacobi")  # thousands of iterations on the hard families: off by default
 DEFAULT_BASELINES = tuple(b for b in BASELINES if b not in HOPELESS)
 MODEL_ROWS = ("learned", "untrained")
@@ -80,7 +83,7 @@ ILU_AS_IC = {"ilu0": "ic0"}  # the ic0 baseline runs as ILU(0) on a nonsymmetric
 QUICK = {"sizes": [16, 32], "num_systems": 1, "repeats": 1}
 DEFAULTS = {"ckpt_path": "???", "families": None, "sizes": [64, 256, 1024], "num_systems": 3, "rtol": 1e-6,
             "repeats": 3, "maxiter": 5000, "baselines": None,
-            "benchmark": str(ROOT / "conf" / "benchmark" / "hard.yaml"), "safeguard": True, "threads": None,
+            "benchmark": str(ROOT / "conf" / "benchmark" / "hard.yaml"), "safeguard": True, "threads": 1,
             "progress": True, "out": None, "quick": False}
 TIMES = ("setup", "inference", "solve", "total")
 RAW_KEYS = ("model", "ckpt_path", "family", "size", "seed")  # prepended to the evaluation's columns in results.csv
@@ -227,7 +230,8 @@ class Entry:
             return self.surrogate
         nn = getattr(self.model, "num_nodes", None)
         if nn is not None and int(nn) != n:
-            return f"{self.label} ({type(self.model).__name__}) serves systems of n = {nn} unknowns only; this one has {n}"
+            return (f"{self.label} ({type(self.model).__name__}) serves systems of n = {nn} unknowns only; this one "
+                    f"has {n}")
         return None
 
 
@@ -366,7 +370,8 @@ def summarize(raw: Sequence[Mapping], cfg: Mapping, entries: Sequence[Entry]) ->
         for side in cfg["sizes"]:
             group = [r for r in raw if r["family"] == family and r["size"] == side]
             classical = [r for r in group if r["model"] is None]
-            by_base = {b: [r for r in classical if ILU_AS_IC.get(r["preconditioner"], r["preconditioner"]) == b] for b in cfg["baselines"]}
+            by_base = {b: [r for r in classical if ILU_AS_IC.get(r["preconditioner"], r["preconditioner"]) == b]
+                       for b in cfg["baselines"]}
             n_sys = len({r["matrix"] for r in classical})
             stats = {b: method_stats(rs, rtol) for b, rs in by_base.items()}
             complete = [b for b in cfg["baselines"] if stats[b]["ok"] == n_sys > 0 and stats[b]["total_ms"]]
@@ -428,8 +433,8 @@ def markdown(rows: Sequence[Mapping], meta: Mapping) -> str:
     c = meta["config"]
     date = (f"Date: {meta['date']}; torch threads: {meta['torch_threads']}; rtol {c['rtol']:g}, {c['repeats']} timed "
             f"repeat(s), {c['num_systems']} system(s) per family and size.")
-    lines = ["# Learning gain: learned vs untrained vs the best classical method", "", f"Command: `{meta['command']}`  ",
-             date, "",
+    lines = ["# Learning gain: learned vs untrained vs the best classical method", "",
+             f"Command: `{meta['command']}`  ", date, "",
              "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
     notes: dict = {}
     for r in rows:
@@ -510,20 +515,14 @@ def _finite(obj):
 def _versions() -> dict:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("learnsolve", "torch", "torch_geometric", "numpy", "scipy", "pyamg", "omegaconf", "matplotlib"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    found = {(d.metadata["Name"] or "").lower().replace("-", "_"): d.version for d in md.distributions()}
+    pkgs = ("learnsolve", "torch", "torch_geometric", "numpy", "scipy", "pyamg", "omegaconf", "matplotlib")
+    return {"python": platform.python_version(), **{p: found.get(p) for p in pkgs}}
 
 
 def _held_out(entries: Sequence[Entry], cfg: Mapping) -> list[str]:
     """Warnings for checkpoints whose training data seeds (every split, from their stored data config) overlap the
     benchmark's seeds."""
-    from learnsolve.training.datamodule import EXTRA_TEST_OFFSET, EXTRA_TEST_STRIDE
-
     warns, lo, hi = [], SEED0, SEED0 + cfg["num_systems"]
     for e in entries:
         data = e.config.get("data") or {}
@@ -542,7 +541,8 @@ def _meta(cfg: Mapping, argv: list[str], entries: Sequence[Entry], now, warnings
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "versions": _versions(),
             "seeds": [SEED0 + i for i in range(cfg["num_systems"])],
             "generator_sizes": {f: {s: generator_size(f, s) for s in cfg["sizes"]} for f in cfg["families"]},
-            "generator_params": {f: cfg["params"].get(f, {}) for f in cfg["families"]}, "params_source": cfg["benchmark"],
+            "generator_params": {f: cfg["params"].get(f, {}) for f in cfg["families"]},
+            "params_source": cfg["benchmark"],
             "checkpoints": [{"model": e.label, "path": e.path, "class": type(e.model).__name__, "kind": e.model.kind,
                              "num_nodes": getattr(e.model, "num_nodes", None), "classical_start": e.start}
                             for e in entries],

@@ -1,5 +1,5 @@
-"""scripts/bench_learning_gain.py: quick-mode runs (classical only; a tiny trained neural_if next to a surrogate) checked
-against independent references (PCG with IC(0) on regenerated systems; ratios recomputed from results.csv), the
+"""scripts/bench_learning_gain.py: quick-mode runs (classical only; a tiny trained neural_if next to a surrogate)
+checked against independent references (PCG with IC(0) on regenerated systems; ratios recomputed from results.csv), the
 summary's definitions on hand-made rows, and its argument errors."""
 
 from __future__ import annotations
@@ -281,4 +281,9 @@ def test_sizes_and_held_out_seeds():
     assert blg.parse_args(["ckpt_path=x.ckpt", "baselines=jacobi"])["baselines"] == ["jacobi"]
     from learnsolve.training.datamodule import EXTRA_TEST_OFFSET, EXTRA_TEST_STRIDE
 
+    assert (blg.EXTRA_TEST_OFFSET, blg.EXTRA_TEST_STRIDE) == (EXTRA_TEST_OFFSET, EXTRA_TEST_STRIDE)
     assert blg.SEED0 >= EXTRA_TEST_OFFSET + 4 * EXTRA_TEST_STRIDE  # clear of a seed-0 run with 4 extra test sizes
+    entry = blg.Entry("m", "m.ckpt", None, None, config={"data": {"seed": 7_500_000, "extra_test_sizes": [64]}})
+    (warning,) = blg._held_out([entry], {"num_systems": 3})
+    assert "[7500000, 11500000) overlap the benchmark seeds [8000000, 8000003)" in warning
+    assert blg._held_out([blg.Entry("m", "m.ckpt", None, None, config={"data": {"seed": 0}})], {"num_systems": 3}) == []
