@@ -84,6 +84,7 @@ class CoarseCorrected(Preconditioner):
         return out.index_copy(1, self.idx, zc)
 
     def apply(self, R: Tensor) -> Tensor:
+        R = R.to(self.A.dtype)  # e.g. scipy's LinearOperator probes its matvec with int8 zeros
         QR = self._q(R)
         Z = self.base.apply(R - self.A.mv(QR))
         return QR + Z - self._q(self.A.mv(Z))

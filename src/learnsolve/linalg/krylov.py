@@ -30,7 +30,7 @@ from torch import Tensor
 from ._layout import Layout, Reducer, canonicalize
 from .fused import fused_cg
 from .operator import LinearOperator, as_operator
-from .threads import host_blas_single_threaded, uses_host_blas
+from .threads import host_threads_for_preconditioner
 
 Precond = Callable[[Tensor], Tensor]
 METHODS = ("cg", "fcg", "minres", "bicgstab", "gmres")
@@ -493,6 +493,7 @@ def _gmres(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None, rest
 _CORES = {"cg": _cg, "fcg": _fcg, "minres": _minres, "bicgstab": _bicgstab, "gmres": _gmres}
 
 
+@host_threads_for_preconditioner  # torch's pool and numpy's BLAS pool in one loop (linalg.threads)
 def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, X0: Tensor | None,
                rtol: float, atol: float, maxiter: int, callback=None, **options):
     """Run a Krylov method on canonical blocks; returns (X, SolveInfo in (B, G, k) shape).
@@ -503,12 +504,6 @@ def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, 
     its true residual (the attainable accuracy) or the iteration budget is spent."""
     if method not in _CORES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or 'direct'")
-    with host_blas_single_threaded(uses_host_blas(M)):  # torch's pool and numpy's BLAS pool in one loop
-        return _run_method_body(method, op, Bm, M, X0, rtol, atol, maxiter, callback, **options)
-
-
-def _run_method_body(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, X0: Tensor | None,
-                     rtol: float, atol: float, maxiter: int, callback=None, **options):
     if method == "cg" and (out := fused_cg(op, Bm, M, X0, rtol, atol, maxiter, callback)) is not None:
         return out  # the compiled path (nothing recorded by autograd, supported operator and preconditioner)
     red = op.reducer()

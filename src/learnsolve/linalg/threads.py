@@ -12,13 +12,14 @@ torch's pool to one thread as well removes that: the vector work of such an iter
 
 :func:`host_blas_single_threaded` holds numpy's BLAS pools and torch's intra-op pool to one thread for the duration
 of a block (about 60 us to enter and leave), and is a no-op when torch itself runs on one thread (nothing to
-contend). :func:`learnsolve.linalg.krylov` enters it for every solve whose preconditioner declares ``host_blas``
+contend). The Krylov driver (``learnsolve.linalg.krylov._run_method``) enters it for every solve whose preconditioner declares ``host_blas``
 (every solve path: ``solve``, the Krylov functions, training and evaluation go through it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -64,4 +65,14 @@ def uses_host_blas(M) -> bool:
     return bool(getattr(owner, "host_blas", False))
 
 
-__all__ = ["host_blas_single_threaded", "uses_host_blas"]
+def host_threads_for_preconditioner(run):
+    """Decorator of a Krylov driver ``run(method, op, B, M, ...)``: the call runs inside
+    :func:`host_blas_single_threaded` when its preconditioner ``M`` (4th argument) :func:`uses_host_blas`."""
+    @functools.wraps(run)
+    def wrapped(method, op, B, M, *args, **kwargs):
+        with host_blas_single_threaded(uses_host_blas(M)):
+            return run(method, op, B, M, *args, **kwargs)
+    return wrapped
+
+
+__all__ = ["host_blas_single_threaded", "host_threads_for_preconditioner", "uses_host_blas"]
