@@ -33,12 +33,13 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-# --- data: eight families on conf/data/_base.yaml -------------------------------------------------------------
+# --- data: the families on conf/data/_base.yaml ---------------------------------------------------------------
 
 _COMMON = {"_target_": "learnsolve.training.datamodule.LinearSystemDataModule", "num_train": 64, "num_val": 16,
            "num_test": 16, "seed": 0, "rhs": "random", "params": {}, "batch_size": 8,
            "data_dir": "${paths.data_dir}", "extra_test_sizes": [], "num_workers": 0, "progress": True}
-# what every data=FAMILY composed to before the shared base existed (each file then spelled out every key)
+# what every data=FAMILY composes to (for the first nine: as before the shared base existed, when each file spelled
+# out every key)
 EXPECTED_DATA = {
     "anisotropic2d": {"size": 32, "params": {"epsilon": 0.01, "theta": 0.5235987755982988}, "extra_test_sizes": [64]},
     "convdiff2d": {"size": 32, "params": {"peclet": 10.0}, "extra_test_sizes": [64]},
@@ -51,15 +52,22 @@ EXPECTED_DATA = {
                                                               "t_final": 0.05, "num_times": 16}},
     "forced2d": {"size": 8, "rhs": "smooth", "params": {"sigma2": 0.25, "corr_len": 0.2, "a": 1.0, "beta": 0.5,
                                                           "stiffness": 0.005, "t_final": 3.0, "num_times": 16}},
+    "lognormal2d": {"size": 32, "params": {"sigma2": 4.0, "corr_len": 0.0}, "extra_test_sizes": [64, 128]},
+    "channels2d": {"size": 32, "params": {"contrast": 1e6, "num_channels": 4, "num_inclusions": 8, "width": 0.04},
+                   "extra_test_sizes": [64, 128]},
+    "graph_laplacian": {"size": 1024, "params": {"sigma2": 1.0}, "extra_test_sizes": [4096, 16384]},
 }
+# not one family: the mixtures, and the small default jobs of `python train.py` (diffusion2d) and of model=neural_ode
+# (forced2d) that train.yaml's defaults pick (tests/test_data_configs.py checks them)
+OTHER_DATA = ["mixed", "hard", "default", "default_forced2d"]
 KEY_ORDER = ["_target_", "family", "size", "num_train", "num_val", "num_test", "seed", "rhs", "params", "batch_size",
              "data_dir", "extra_test_sizes", "num_workers", "progress"]
-TRAIN_DATA = {"num_train": 48, "num_val": 8, "num_test": 8, "extra_test_sizes": []}  # train.yaml's small default job
+TRAIN_DATA = {"num_train": 48, "num_val": 8, "num_test": 8, "extra_test_sizes": []}  # train.py's small default job
 
 
-def test_data_group_is_the_nine_families_plus_the_base():
+def test_data_group_is_the_families_the_mixtures_and_the_defaults_plus_the_base():
     stems = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
-    assert stems == sorted(["_base", "mixed", *EXPECTED_DATA])
+    assert stems == sorted(["_base", *OTHER_DATA, *EXPECTED_DATA])
     assert set(EXPECTED_DATA) <= set(GENERATORS)
     assert (CONF / "data" / "_base.yaml").read_text().startswith("# NOT a data family")
 
@@ -69,8 +77,8 @@ def test_each_data_family_composes_to_its_full_config(family):
     expected = {**_COMMON, "family": family, **EXPECTED_DATA[family]}
     data = _compose("generate", f"data={family}").data  # generate.yaml adds nothing to data
     assert _plain(data) == expected and list(data) == KEY_ORDER
-    train = _compose("train", f"data={family}").data
-    assert _plain(train) == {**expected, **TRAIN_DATA} and list(train) == KEY_ORDER
+    train = _compose("train", f"data={family}").data  # train.py runs with what the file sets
+    assert _plain(train) == expected and list(train) == KEY_ORDER
     own = yaml.safe_load((CONF / "data" / f"{family}.yaml").read_text())  # the file holds only what differs
     assert own["defaults"] == ["_base", "_self_"] and own["family"] == family
     assert set(own) - {"defaults", "family"} <= set(EXPECTED_DATA[family]) | {"rhs"}

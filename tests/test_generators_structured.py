@@ -199,7 +199,7 @@ def test_params_record_family_parameters():
     assert diffusion2d(8, sigma2=0.5, corr_len=0.2).params == {
         "m": 8, "sigma2": 0.5, "corr_len": 0.2, "rhs": "random"}
     assert anisotropic2d(8, epsilon=0.1, theta=0.3).params == {
-        "m": 8, "epsilon": 0.1, "theta": 0.3, "rhs": "random"}
+        "m": 8, "epsilon": 0.1, "theta": 0.3, "stencil": "fd", "rhs": "random"}
     assert convdiff2d(8, peclet=5.0, angle=0.0).params == {"m": 8, "peclet": 5.0, "angle": 0.0, "rhs": "random"}
     assert poisson2d(8, f=u2).params["rhs"] == "custom"
 

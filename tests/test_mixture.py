@@ -199,8 +199,8 @@ def test_the_mixed_config_spd_families_of_500_to_5000_unknowns(tmp_path):
     assert max(per_family.values()) - min(per_family.values()) <= 1  # equal weights
     assert dm.extra_test_component.family == "diffusion2d" and dm.extra_test_sizes == [64, 128]
     assert dm.extra_test_component.params == {"sigma2": 1.0, "corr_len": 0.1}
-    train = _compose("train", "data=mixed", "model=neural_if").data  # train.yaml's small default job
-    assert (train.num_train, train.num_val, train.num_test, list(train.extra_test_sizes)) == (48, 8, 8, [])
+    train = _compose("train", "data=mixed", "model=neural_if").data  # what mixed.yaml sets is what train.py runs
+    assert (train.num_train, train.num_val, train.num_test, list(train.extra_test_sizes)) == (256, 32, 32, [64, 128])
 
 
 def test_train_neural_if_on_the_mixture_end_to_end(tmp_path):

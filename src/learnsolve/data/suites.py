@@ -12,10 +12,12 @@ them with checked options and a length; ``conf/benchmark/*.yaml`` name them with
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,7 +28,8 @@ from .mtx import MatrixMarketError, list_matrices, load_system, matrix_stem, ref
 from .system import make_system
 
 __all__ = ["PYAMG_EXAMPLES", "SUITES", "GeneratedSuite", "MatrixMarketSuite", "PyamgSuite", "Suite",
-           "SuiteConfigError", "SuiteError", "generated_suite", "load_suite", "matrix_market_suite", "pyamg_suite"]
+           "SuiteConfigError", "SuiteError", "generated_suite", "load_suite", "matrix_market_suite", "pyamg_suite",
+           "spec_name"]
 
 # name -> symmetric (SPD for the symmetric ones); recirc_flow is a nonsymmetric convection problem
 PYAMG_EXAMPLES = {
@@ -113,22 +116,64 @@ def matrix_market_suite(folder: str | os.PathLike, rhs: str = "ones",
         yield name, data
 
 
-def generated_suite(specs: Iterable[tuple[str, int, int]],
-                    generators: Mapping[str, Callable[..., Data]]) -> Iterator[tuple[str, Data]]:
-    """Held-out generated problems: for each ``(family, size, seed)`` in ``specs`` yield
-    ``(f"{family}_{size}_s{seed}", generators[family](size, seed=seed))``.
+def _spec_kwargs(spec: Sequence) -> dict:
+    return dict(spec[3]) if len(spec) > 3 and spec[3] is not None else {}
 
-    ``generators`` is the generator registry (family name -> callable ``(size, *, seed) -> Data``); it is
-    a parameter so that this module does not import the generators. Pick seeds disjoint from the
-    training seeds to keep the problems held out. An unknown family raises ``KeyError`` naming the
-    known ones before anything is generated.
+
+def spec_name(spec: Sequence) -> str:
+    """``{family}_{size}_s{seed}``, then ``_key=value`` for each of a spec's own keyword arguments (sorted)."""
+    family, size, seed = spec[:3]
+    extra = "".join(f"_{k}={v}" for k, v in sorted(_spec_kwargs(spec).items()))
+    return f"{family}_{size}_s{seed}{extra.replace(' ', '')}"
+
+
+def generated_suite(specs: Iterable[Sequence], generators: Mapping[str, Callable[..., Data]],
+                    params: Mapping[str, Mapping[str, Any]] | None = None,
+                    reference: bool = True) -> Iterator[tuple[str, Data]]:
+    """Held-out generated problems: for each ``(family, size, seed)`` or ``(family, size, seed, kwargs)`` in
+    ``specs`` yield ``(spec_name(spec), generators[family](size, seed=seed, **kw))``.
+
+    ``kw`` is ``params[family]`` (per-family generator keyword arguments) updated by the spec's own
+    ``kwargs``; with ``reference=False`` it starts from ``{"reference": False}`` (no reference solve: the
+    systems carry no ``x``), which a family's ``params`` or a spec can still override.
+    ``generators`` is the generator registry (family name -> callable ``(size, *, seed, **kw) -> Data``); it
+    is a parameter so that this module does not import the generators. Pick seeds disjoint from the
+    training seeds to keep the problems held out. An unknown family raises ``KeyError`` naming the known
+    ones before anything is generated (:class:`GeneratedSuite` checks everything else first).
     """
-    specs = list(specs)
-    unknown = sorted({f for f, _, _ in specs if f not in generators})
+    specs = [tuple(s) for s in specs]
+    params = {} if params is None else params
+    unknown = sorted({f for f, *_ in specs if f not in generators})
     if unknown:
         raise KeyError(f"unknown generator families {unknown}; known: {sorted(generators)}")
-    for family, size, seed in specs:
-        yield f"{family}_{size}_s{seed}", generators[family](size, seed=seed)
+    for spec in specs:
+        family, size, seed = spec[:3]
+        kw = {"reference": False} if not reference else {}
+        kw.update(params.get(family) or {})
+        kw.update(_spec_kwargs(spec))
+        yield spec_name(spec), generators[family](size, seed=seed, **kw)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf / nested Mapping and Sequence containers -> dict / list (generators test for list ranges)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _unknown_keywords(gen: Callable, keys: Iterable[str]) -> list[str]:
+    """Keys that ``gen`` does not accept as keyword arguments (none when it takes ``**kwargs``)."""
+    try:
+        sig = inspect.signature(gen)
+    except (TypeError, ValueError):
+        return []
+    ps = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in ps):
+        return []
+    ok = {p.name for p in ps[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return sorted(set(keys) - ok)
 
 
 class SuiteConfigError(ValueError):
@@ -150,26 +195,81 @@ class Suite:
 
 
 class GeneratedSuite(Suite):
-    """``specs``: ``[(family, size, seed), ...]`` of :func:`generated_suite` over the generator registry."""
+    """Generated held-out problems (see :func:`generated_suite`), options checked before anything is generated.
 
-    def __init__(self, specs, name: str = "generated", generators: Mapping[str, Callable[..., Data]] | None = None):
+    - ``specs``: ``[[family, size, seed], ...]``, each optionally with a 4th element, a mapping of generator
+      keyword arguments for that system alone (e.g. ``[anisotropic2d, 64, 910001, {stencil: fe}]``);
+      ``size`` is the family's size argument (grid side, or number of nodes / vertices);
+    - ``params``: ``{family: {keyword: value}}`` applied to every spec of that family (e.g.
+      ``{anisotropic2d: {theta: random, epsilon: [1.0e-4, 1.0e-2], stencil: fe}}``); a spec's own mapping wins;
+    - ``reference``: false skips the sparse direct reference solve of every system (no ``x``; for sizes
+      where the factorisation dominates, such as 1024^2 grids and million-node graphs); every family of
+      the specs must then accept ``reference``.
+
+    Bad entries raise :class:`SuiteConfigError` naming the option (``benchmark.specs[i]``,
+    ``benchmark.params.FAMILY``, ``benchmark.reference``); so do keyword arguments the family's generator
+    does not take and two specs with the same name.
+    """
+
+    def __init__(self, specs, name: str = "generated", generators: Mapping[str, Callable[..., Data]] | None = None,
+                 params: Mapping[str, Mapping[str, Any]] | None = None, reference: bool = True):
         if generators is None:
             from .generators import GENERATORS as generators
-        specs = [tuple(s) for s in (specs or [])]
-        bad = [s for s in specs if len(s) != 3]
-        if not specs or bad:
-            raise SuiteConfigError(f"benchmark.specs must be a non-empty list of [family, size, seed], got {specs}")
+        specs = [tuple(s) if isinstance(s, Sequence) and not isinstance(s, (str, bytes)) else s
+                 for s in _plain(specs or [])]
+        if not specs:
+            raise SuiteConfigError(f"benchmark.specs must be a non-empty list of [family, size, seed] "
+                                   f"(optionally [family, size, seed, {{keyword: value}}]), got {specs}")
+        for i, s in enumerate(specs):
+            if not isinstance(s, tuple) or len(s) not in (3, 4) or (len(s) == 4 and not isinstance(s[3], dict)):
+                raise SuiteConfigError(f"benchmark.specs[{i}] must be [family, size, seed] or [family, size, seed, "
+                                       f"{{keyword: value}}], got {s!r}")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in s[1:3]) or s[1] < 1:
+                raise SuiteConfigError(f"benchmark.specs[{i}]: size must be a positive integer and seed an integer, "
+                                       f"got {s!r}")
         unknown = sorted({str(s[0]) for s in specs if s[0] not in generators})
         if unknown:
             raise SuiteConfigError(f"benchmark.specs: unknown generator families {unknown}; known: "
                                    f"{sorted(generators)}")
+        params = _plain(params or {})
+        if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+            raise SuiteConfigError(f"benchmark.params must map families to mappings of generator keyword arguments, "
+                                   f"got {params!r}")
+        bad = sorted(set(params) - set(generators))
+        if bad:
+            raise SuiteConfigError(f"benchmark.params: unknown generator families {bad}; known: {sorted(generators)}")
+        if not isinstance(reference, bool):
+            raise SuiteConfigError(f"benchmark.reference must be true or false, got {reference!r}")
+        for family, kw in params.items():
+            self._check_keywords(generators[family], family, kw, f"benchmark.params.{family}")
+        for i, s in enumerate(specs):
+            kw = {**({} if reference else {"reference": False}), **params.get(s[0], {}), **_spec_kwargs(s)}
+            self._check_keywords(generators[s[0]], s[0], kw, f"benchmark.specs[{i}]")
+        names = [spec_name(s) for s in specs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SuiteConfigError(f"benchmark.specs: repeated systems {dup} (same family, size, seed and keywords)")
         self.specs, self.name, self.generators = specs, name, generators
+        self.params, self.reference = params, reference
+
+    @staticmethod
+    def _check_keywords(gen: Callable, family: str, kw: Mapping[str, Any], where: str) -> None:
+        try:
+            size_arg = next(iter(inspect.signature(gen).parameters))
+        except (TypeError, ValueError, StopIteration):
+            size_arg = "size"
+        reserved = sorted({"seed", size_arg} & set(kw))
+        if reserved:
+            raise SuiteConfigError(f"{where}: {reserved} are set by the spec ([family, size, seed]), not as keywords")
+        unknown = _unknown_keywords(gen, kw)
+        if unknown:
+            raise SuiteConfigError(f"{where}: the {family} generator takes no keyword argument(s) {unknown}")
 
     def __len__(self) -> int:
         return len(self.specs)
 
     def __iter__(self):
-        return generated_suite(self.specs, self.generators)
+        return generated_suite(self.specs, self.generators, params=self.params, reference=self.reference)
 
 
 class PyamgSuite(Suite):

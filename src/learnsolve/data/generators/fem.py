@@ -208,7 +208,8 @@ def make_mesh(size: int = 400, *, seed: int = 0, domain: str = "random",
 # --------------------------------------------------------------------------------------------------
 def fem_poisson(size: int = 400, *, seed: int = 0, rhs: str = "random", domain: str = "random",
                 coeff_sigma2: float = 1.0, f: Callable[[np.ndarray], np.ndarray] | None = None,
-                k_fn: Callable[[np.ndarray], np.ndarray] | None = None, corr_len: float = 0.2) -> Data:
+                k_fn: Callable[[np.ndarray], np.ndarray] | None = None, corr_len: float = 0.2,
+                reference: bool = True) -> Data:
     """P1 finite elements for ``-div(k grad u) = f`` in Omega, ``u = 0`` on the boundary of Omega.
 
     Mesh: :func:`make_mesh` (``domain="random"``: a random star-shaped polygon; ``"square"``: the
@@ -226,7 +227,8 @@ def fem_poisson(size: int = 400, *, seed: int = 0, rhs: str = "random", domain: 
     symmetric positive definite (n x n, about 7 nonzeros per row).
 
     Returns a :func:`make_system` ``Data`` with ``pos`` the coordinates of the interior vertices and
-    ``coeff`` the area-weighted average of k over each vertex's patch.
+    ``coeff`` the area-weighted average of k over each vertex's patch. ``reference=False`` skips the
+    reference solve (no ``x``).
     """
     rng = np.random.default_rng(seed)
     mesh = make_mesh(size, domain=domain, rng=rng)
@@ -251,7 +253,7 @@ def fem_poisson(size: int = 400, *, seed: int = 0, rhs: str = "random", domain: 
     params = {"size": size, "rhs": rhs, "domain": domain, "coeff_sigma2": coeff_sigma2,
               "corr_len": corr_len, "f": _name(f), "k_fn": _name(k_fn)}
     return make_system(A, b, pos=pos, coeff=kv[free], family="fem_poisson", params=params, seed=seed,
-                       symmetric=True)
+                       symmetric=True, reference=reference)
 
 
 def _elasticity_D(nu: float) -> np.ndarray:
@@ -308,7 +310,7 @@ def stiffness_without_bc(m: int = 16, *, seed: int = 0, nu: float = 0.3, E_sigma
 
 
 def elasticity2d(m: int = 16, *, seed: int = 0, rhs: str = "random", nu: float = 0.3, E_sigma2: float = 1.0,
-                 clamp: bool = True, corr_len: float = 0.2) -> Data:
+                 clamp: bool = True, corr_len: float = 0.2, reference: bool = True) -> Data:
     """Plane-strain linear elasticity ``-div sigma(u) = f`` on the unit square, P1 elements.
 
     ``sigma = E/(1+nu) (eps + nu/(1-2nu) tr(eps) I)``, ``eps = (grad u + grad u^T)/2``; see
@@ -321,7 +323,8 @@ def elasticity2d(m: int = 16, *, seed: int = 0, rhs: str = "random", nu: float =
     ``clamp=False`` returns the full stiffness matrix (``n = 2 (m+1)^2``), which is singular (the 3
     rigid-body modes span its null space); the right-hand side is then ``b = 0`` with reference
     solution ``x = 0`` (a sparse direct solve would fail). ``pos`` repeats each node's coordinates
-    for its two unknowns; ``coeff`` is E averaged (area-weighted) to the nodes.
+    for its two unknowns; ``coeff`` is E averaged (area-weighted) to the nodes. ``reference=False`` skips
+    the reference solve of the clamped system (no ``x``).
     """
     rng = np.random.default_rng(seed)
     K, nodes, E = stiffness_without_bc(m, nu=nu, E_sigma2=E_sigma2, corr_len=corr_len, rng=rng)
@@ -340,7 +343,7 @@ def elasticity2d(m: int = 16, *, seed: int = 0, rhs: str = "random", nu: float =
     pos = pos_all[free]
     b = _load(rhs, pos, np.repeat(mass, 2)[free], rng)
     return make_system(A, b, pos=pos, coeff=coeff_all[free], family="elasticity2d", params=params, seed=seed,
-                       symmetric=True)
+                       symmetric=True, reference=reference)
 
 
 GENERATORS = {"fem_poisson": fem_poisson, "elasticity2d": elasticity2d}

@@ -1,8 +1,9 @@
 """Structured-grid PDE systems: finite differences and cell-centred finite volumes on the unit square/cube.
 
-Every generator has the signature ``NAME(m=32, *, seed=0, rhs="random", <family parameters>, f=None)`` and
-returns :func:`learnsolve.data.make_system` of the discretised operator: a PyG ``Data`` with A, b, the
-reference solution x (sparse direct solve), ``pos`` (n, d), the local coefficient and metadata.
+Every generator has the signature ``NAME(m=32, *, seed=0, rhs="random", <family parameters>, f=None,
+reference=True)`` and returns :func:`learnsolve.data.make_system` of the discretised operator: a PyG ``Data``
+with A, b, the reference solution x (sparse direct solve; not computed with ``reference=False``), ``pos``
+(n, d), the local coefficient and metadata.
 
 Conventions shared by all generators:
 
@@ -20,7 +21,7 @@ Assembly is vectorised (one slice per stencil offset, no Python loop over cells)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.fft
@@ -30,12 +31,15 @@ from torch_geometric.data import Data
 from ..system import make_rhs, make_system
 
 __all__ = [
+    "ANISOTROPIC_STENCILS",
     "GENERATORS",
     "anisotropic2d",
+    "anisotropic_stencil",
     "anisotropy_tensor",
     "convdiff2d",
     "diffusion2d",
     "diffusion3d",
+    "draw_log_uniform",
     "gaussian_random_field",
     "poisson2d",
     "poisson3d",
@@ -127,17 +131,19 @@ def poisson_matrix(m: int, d: int = 2) -> sp.csr_matrix:
     return A
 
 
-def _poisson(m: int, d: int, seed: int, rhs: str, f: PosFn | None, family: str) -> Data:
+def _poisson(m: int, d: int, seed: int, rhs: str, f: PosFn | None, family: str, reference: bool) -> Data:
     m = _check_m(m, family)
     rng = np.random.default_rng(seed)
     pos, _ = _node_pos(m, d)
     A = poisson_matrix(m, d)
     b = _rhs(rhs, f, pos, rng)
     params = {"m": m, "rhs": _rhs_label(rhs, f)}
-    return make_system(A, b, pos=pos, coeff=1.0, family=family, params=params, seed=seed, symmetric=True)
+    return make_system(A, b, pos=pos, coeff=1.0, family=family, params=params, seed=seed, symmetric=True,
+                       reference=reference)
 
 
-def poisson2d(m: int = 32, *, seed: int = 0, rhs: str = "random", f: PosFn | None = None) -> Data:
+def poisson2d(m: int = 32, *, seed: int = 0, rhs: str = "random", f: PosFn | None = None,
+              reference: bool = True) -> Data:
     """Poisson equation ``-Δu = f`` on the unit square, ``u = 0`` on the boundary.
 
     Discretisation: the 5-point finite-difference stencil on the ``m x m`` interior nodes
@@ -147,17 +153,18 @@ def poisson2d(m: int = 32, *, seed: int = 0, rhs: str = "random", f: PosFn | Non
     Parameters: ``m`` nodes per direction; ``seed`` and ``rhs``/``f`` choose the right-hand side.
     ``coeff`` (the local coefficient feature) is 1.
     """
-    return _poisson(m, 2, seed, rhs, f, "poisson2d")
+    return _poisson(m, 2, seed, rhs, f, "poisson2d", reference)
 
 
-def poisson3d(m: int = 16, *, seed: int = 0, rhs: str = "random", f: PosFn | None = None) -> Data:
+def poisson3d(m: int = 16, *, seed: int = 0, rhs: str = "random", f: PosFn | None = None,
+              reference: bool = True) -> Data:
     """Poisson equation ``-Δu = f`` on the unit cube, ``u = 0`` on the boundary.
 
     Discretisation: the 7-point finite-difference stencil on the ``m^3`` interior nodes,
     ``h = 1 / (m + 1)``, A scaled by ``1/h^2`` (diagonal ``6/h^2``, neighbours ``-1/h^2``), ``b = f`` at
     the nodes. SPD M-matrix; second-order accurate. ``coeff`` is 1.
     """
-    return _poisson(m, 3, seed, rhs, f, "poisson3d")
+    return _poisson(m, 3, seed, rhs, f, "poisson3d", reference)
 
 
 # ------------------------------------------------------------------------------- Gaussian random fields
@@ -236,7 +243,7 @@ def _fv_diffusion(k: np.ndarray, h: float) -> sp.csr_matrix:
 
 
 def _diffusion(m: int, d: int, seed: int, rhs: str, sigma2: float, corr_len: float, k_fn: PosFn | None,
-               f: PosFn | None, family: str) -> Data:
+               f: PosFn | None, family: str, reference: bool) -> Data:
     m = _check_m(m, family)
     rng = np.random.default_rng(seed)
     pos, h = _cell_pos(m, d)
@@ -252,11 +259,12 @@ def _diffusion(m: int, d: int, seed: int, rhs: str, sigma2: float, corr_len: flo
     if k_fn is not None:
         params["k_fn"] = getattr(k_fn, "__name__", "custom")
     return make_system(A, b, pos=pos, coeff=k.ravel(), family=family, params=params, seed=seed,
-                       symmetric=True)
+                       symmetric=True, reference=reference)
 
 
 def diffusion2d(m: int = 32, *, seed: int = 0, rhs: str = "random", sigma2: float = 1.0,
-                corr_len: float = 0.1, k_fn: PosFn | None = None, f: PosFn | None = None) -> Data:
+                corr_len: float = 0.1, k_fn: PosFn | None = None, f: PosFn | None = None,
+                reference: bool = True) -> Data:
     """Variable-coefficient diffusion ``-div(k grad u) = f`` on the unit square, ``u = 0`` on the boundary.
 
     Coefficient: ``k = exp(g)`` with ``g`` a zero-mean Gaussian random field of variance ``sigma2`` and
@@ -270,18 +278,19 @@ def diffusion2d(m: int = 32, *, seed: int = 0, rhs: str = "random", sigma2: floa
     by the cell area, so ``b = f`` at the centres. SPD M-matrix; second-order accurate for smooth k.
     ``coeff`` is k per cell.
     """
-    return _diffusion(m, 2, seed, rhs, sigma2, corr_len, k_fn, f, "diffusion2d")
+    return _diffusion(m, 2, seed, rhs, sigma2, corr_len, k_fn, f, "diffusion2d", reference)
 
 
 def diffusion3d(m: int = 16, *, seed: int = 0, rhs: str = "random", sigma2: float = 1.0,
-                corr_len: float = 0.1, k_fn: PosFn | None = None, f: PosFn | None = None) -> Data:
+                corr_len: float = 0.1, k_fn: PosFn | None = None, f: PosFn | None = None,
+                reference: bool = True) -> Data:
     """Variable-coefficient diffusion ``-div(k grad u) = f`` on the unit cube, ``u = 0`` on the boundary.
 
     As :func:`diffusion2d` in three dimensions: ``k = exp(GRF)`` (or ``k_fn``) per cell on ``m^3`` cells
     of width ``h = 1/m``; 7-point cell-centred finite volumes with harmonic face averages and the
     half-cell Dirichlet treatment at the boundary; SPD M-matrix; ``coeff`` is k per cell.
     """
-    return _diffusion(m, 3, seed, rhs, sigma2, corr_len, k_fn, f, "diffusion3d")
+    return _diffusion(m, 3, seed, rhs, sigma2, corr_len, k_fn, f, "diffusion3d", reference)
 
 
 # ------------------------------------------------------------------------------------------- anisotropic
@@ -294,45 +303,125 @@ def anisotropy_tensor(epsilon: float, theta: float) -> np.ndarray:
     return R @ np.diag([1.0, epsilon]) @ R.T
 
 
-def anisotropic2d(m: int = 32, *, seed: int = 0, rhs: str = "random", epsilon: float = 0.01,
-                  theta: float = np.pi / 6, f: PosFn | None = None) -> Data:
+ANISOTROPIC_STENCILS = ("fd", "fe")
+
+
+def _draw_theta(theta: float | str, rng: np.random.Generator) -> tuple[float, bool]:
+    """``theta`` as given, or uniform in ``[0, pi)`` for ``"random"``; returns (value, drawn)."""
+    if isinstance(theta, str):
+        if theta != "random":
+            raise ValueError(f"anisotropic2d: theta must be a number (radians) or 'random', got {theta!r}")
+        return float(rng.uniform(0.0, np.pi)), True
+    try:
+        value = float(theta)
+    except (TypeError, ValueError):
+        value = np.nan
+    if not np.isfinite(value):
+        raise ValueError(f"anisotropic2d: theta must be a finite number (radians) or 'random', got {theta!r}")
+    return value, False
+
+
+def draw_log_uniform(value: float | Sequence[float], rng: np.random.Generator, *, name: str,
+                     family: str) -> tuple[float, tuple[float, float] | None]:
+    """A positive parameter given as a number, or drawn as ``exp(U[log lo, log hi])`` from ``rng`` (one draw)
+    when given as a range ``[lo, hi]``. Returns (value, (lo, hi) or None); errors name ``family: name``."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            lo = hi = np.nan
+        if not 0 < lo <= hi < np.inf:
+            raise ValueError(f"{family}: {name} as a range must be [lo, hi] with 0 < lo <= hi, got {value!r}")
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), (lo, hi)
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
+        raise ValueError(f"{family}: {name} must be a positive number or a range [lo, hi], got {value!r}")
+    return float(value), None
+
+
+def anisotropic_stencil(epsilon: float, theta: float, stencil: str = "fd") -> dict[tuple[int, int], float]:
+    """The 9-point stencil of ``-div(K grad u)``, ``K = anisotropy_tensor(epsilon, theta)``, times ``h^2``.
+
+    Keys are offsets ``(di, dj)`` (``i`` along x, ``j`` along y; ``(0, 0)`` the centre), values the
+    coefficients before the division by ``h^2``; see :func:`anisotropic2d` for both formulas.
+    """
+    if stencil not in ANISOTROPIC_STENCILS:
+        raise ValueError(f"anisotropic2d: stencil must be one of {', '.join(ANISOTROPIC_STENCILS)}, got {stencil!r}")
+    (a11, a12), (_, a22) = anisotropy_tensor(epsilon, theta)
+    if stencil == "fd":
+        c, ew, ns, ne, nw = 2.0 * (a11 + a22), -a11, -a22, -a12 / 2, a12 / 2
+    else:
+        s = a11 + a22
+        c, ew, ns, ne, nw = 4.0 * s / 3, (a22 - 2 * a11) / 3, (a11 - 2 * a22) / 3, -s / 6 - a12 / 2, -s / 6 + a12 / 2
+    return {(0, 0): c, (1, 0): ew, (-1, 0): ew, (0, 1): ns, (0, -1): ns,
+            (1, 1): ne, (-1, -1): ne, (-1, 1): nw, (1, -1): nw}
+
+
+def anisotropic2d(m: int = 32, *, seed: int = 0, rhs: str = "random", epsilon: float | Sequence[float] = 0.01,
+                  theta: float | str = np.pi / 6, stencil: str = "fd", f: PosFn | None = None,
+                  reference: bool = True) -> Data:
     """Rotated anisotropic diffusion ``-div(K grad u) = f`` on the unit square, ``u = 0`` on the boundary.
 
     ``K = R(theta) diag(1, epsilon) R(theta)^T = [[a11, a12], [a12, a22]]`` is constant: strong diffusion
     along the direction at angle ``theta`` to the x axis, ``epsilon`` times weaker across it.
     ``-div(K grad u) = -(a11 u_xx + 2 a12 u_xy + a22 u_yy)``.
 
-    Discretisation: the standard 9-point finite-difference stencil on the ``m x m`` interior nodes,
-    ``h = 1/(m+1)``: central second differences for ``u_xx``, ``u_yy`` and the cross difference
-    ``u_xy ≈ (u_NE - u_NW - u_SE + u_SW) / (4 h^2)``; i.e. centre ``2 (a11 + a22)/h^2``, E/W ``-a11/h^2``,
-    N/S ``-a22/h^2``, NE/SW ``-a12/(2h^2)``, NW/SE ``+a12/(2h^2)``. Second-order accurate.
+    Random instances: ``theta="random"`` draws ``theta ~ U[0, pi)`` per system (first from the seed's
+    rng), ``epsilon=[lo, hi]`` draws ``log epsilon ~ U[log lo, log hi]`` (next); then the right-hand side.
+    The drawn values are ``params["theta"]``, ``params["epsilon"]`` (``params["theta_random"]``,
+    ``params["epsilon_lo"]`` / ``["epsilon_hi"]`` record how). Fixed values draw nothing, so the defaults
+    give the same systems as before these options existed.
 
-    Symmetric, and positive definite for every ``epsilon > 0``: with ``D`` the central difference,
+    Unknowns: the ``m x m`` interior nodes ``((i+1) h, (j+1) h)``, ``h = 1/(m+1)``; ``n = m^2``; 9-point
+    stencils, rows divided by ``h^2`` so that ``b = f`` at the nodes.
+
+    ``stencil="fd"``: the standard finite-difference stencil: central second differences for ``u_xx``,
+    ``u_yy`` and the cross difference ``u_xy ≈ (u_NE - u_NW - u_SE + u_SW) / (4 h^2)``; i.e. centre
+    ``2 (a11 + a22)``, E/W ``-a11``, N/S ``-a22``, NE/SW ``-a12/2``, NW/SE ``+a12/2`` (times ``1/h^2``).
+    Positive definite for every ``epsilon > 0``: with ``D`` the central difference,
     ``|x^T (D_x D_y) x| <= sqrt(x^T T_x x) sqrt(x^T T_y x)`` so ``x^T A x >= a11 p^2 + a22 q^2 - 2|a12| p q
-    > 0`` since ``a12^2 < a11 a22``. Not an M-matrix when ``a12 != 0``. ``coeff`` is 1.
+    > 0`` since ``a12^2 < a11 a22``.
+
+    ``stencil="fe"``: bilinear (Q1) finite elements on the square cells of the same grid, ``A = S / h^2``
+    with ``S_ij = ∫ K grad phi_j . grad phi_i`` (independent of h in 2D) and the lumped load ``f(x_i) h^2``.
+    On one cell, with its corners ordered (0,0), (1,0), (1,1), (0,1) and ``phi_a`` their bilinear basis
+    functions, ``[∫ d_x phi_a d_x phi_b] = [[2,-2,-1,1],[-2,2,1,-1],[-1,1,2,-2],[1,-1,-2,2]]/6``,
+    ``[∫ d_y phi_a d_y phi_b]`` is the same with x and y swapped, and ``[∫ (d_x phi_a d_y phi_b + d_y phi_a
+    d_x phi_b)] = [[1,0,-1,0],[0,-1,0,1],[-1,0,1,0],[0,1,0,-1]]/2``; ``S`` on a cell is ``a11``, ``a22``,
+    ``a12`` times these. Summing the four cells around a node gives, with ``s = a11 + a22``: centre
+    ``4 s/3``, E/W ``(a22 - 2 a11)/3``, N/S ``(a11 - 2 a22)/3``, NE/SW ``-s/6 - a12/2``, NW/SE
+    ``-s/6 + a12/2`` (row sums zero). SPD because ``x^T S x = ∫ K grad u_h . grad u_h >= min(1, epsilon)
+    ∫ |grad u_h|^2 > 0`` for the nonzero Q1 function ``u_h`` with nodal values x (zero on the boundary).
+    Second-order accurate at the nodes for smooth solutions.
+
+    Neither stencil gives an M-matrix when ``a12 != 0``. Exact zeros (``a12 = 0`` with "fd") are dropped.
+    ``coeff`` is 1. Cost: O(n) assembly, plus the sparse direct solve of the reference (``reference=False``
+    skips it).
     """
     m = _check_m(m, "anisotropic2d")
-    if not epsilon > 0:
-        raise ValueError(f"anisotropic2d: epsilon must be positive, got {epsilon}")
+    if stencil not in ANISOTROPIC_STENCILS:
+        raise ValueError(f"anisotropic2d: stencil must be one of {', '.join(ANISOTROPIC_STENCILS)}, got {stencil!r}")
     rng = np.random.default_rng(seed)
+    theta_value, theta_random = _draw_theta(theta, rng)
+    eps_value, eps_range = draw_log_uniform(epsilon, rng, name="epsilon", family="anisotropic2d")
     pos, h = _node_pos(m, 2)
-    (a11, a12), (_, a22) = anisotropy_tensor(epsilon, theta)
-    h2 = h**2
-    offdiag = [((1, 0), -a11 / h2), ((-1, 0), -a11 / h2), ((0, 1), -a22 / h2), ((0, -1), -a22 / h2),
-               ((1, 1), -a12 / (2 * h2)), ((-1, -1), -a12 / (2 * h2)),
-               ((1, -1), a12 / (2 * h2)), ((-1, 1), a12 / (2 * h2))]
-    A = _assemble((m, m), 2.0 * (a11 + a22) / h2, offdiag)
+    st = anisotropic_stencil(eps_value, theta_value, stencil)
+    centre = st.pop((0, 0))
+    A = _assemble((m, m), centre / h**2, [(off, v / h**2) for off, v in st.items()])
     b = _rhs(rhs, f, pos, rng)
-    params = {"m": m, "epsilon": float(epsilon), "theta": float(theta), "rhs": _rhs_label(rhs, f)}
+    params = {"m": m, "epsilon": eps_value, "theta": theta_value, "stencil": stencil, "rhs": _rhs_label(rhs, f)}
+    if theta_random:
+        params["theta_random"] = True
+    if eps_range is not None:
+        params["epsilon_lo"], params["epsilon_hi"] = eps_range
     return make_system(A, b, pos=pos, coeff=1.0, family="anisotropic2d", params=params, seed=seed,
-                       symmetric=True)
+                       symmetric=True, reference=reference)
 
 
 # -------------------------------------------------------------------------------- convection-diffusion
 
 
 def convdiff2d(m: int = 32, *, seed: int = 0, rhs: str = "random", peclet: float = 10.0,
-               angle: float = np.pi / 4, f: PosFn | None = None) -> Data:
+               angle: float = np.pi / 4, f: PosFn | None = None, reference: bool = True) -> Data:
     """Convection-diffusion ``-Δu + w · grad u = f`` on the unit square, ``u = 0`` on the boundary.
 
     Constant velocity ``w = peclet * (cos(angle), sin(angle))``: with unit diffusivity and unit domain
@@ -358,7 +447,7 @@ def convdiff2d(m: int = 32, *, seed: int = 0, rhs: str = "random", peclet: float
     b = _rhs(rhs, f, pos, rng)
     params = {"m": m, "peclet": float(peclet), "angle": float(angle), "rhs": _rhs_label(rhs, f)}
     return make_system(A, b, pos=pos, coeff=1.0, family="convdiff2d", params=params, seed=seed,
-                       symmetric=None)
+                       symmetric=None, reference=reference)
 
 
 GENERATORS: dict[str, Callable[..., Data]] = {
