@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from learnsolve.data import GENERATORS, make_system
+from learnsolve.data import GENERATORS, load_system, make_system
 from learnsolve.evaluation import BASELINES, PRECONDITIONERS, evaluate_matrix, evaluate_suite, exit_code
 from learnsolve.models import LowRankPreconditioner
 
@@ -218,7 +218,7 @@ def test_shared_matrix_market_folder_with_checkpoint(ckpt, tmp_path):
     for p in files:
         A = sp.csr_matrix(scipy.io.mmread(p), dtype=np.float64)
         if abs(A - A.T).max() == 0 and A.diagonal().min() > 0:
-            systems[p.stem] = (A, A @ np.ones(A.shape[0]))
+            systems[p.stem] = (A, load_system(p).b.numpy())  # the suite's right-hand side (random, seeded)
     assert len(_compare_with_scipy(rows, systems, maxiter)) >= 10
 
 
