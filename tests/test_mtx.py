@@ -253,7 +253,7 @@ def test_pyamg_suite():
     got = dict(pyamg_suite())
     assert list(got) == list(PYAMG_EXAMPLES) and len(got) == 7
     for name, d in got.items():
-        assert d.family == "pyamg" and d.params == {"name": name}
+        assert d.family == "pyamg" and d.params["name"] == name
         assert d.symmetric == PYAMG_EXAMPLES[name], name
         A = to_scipy(d)
         if name == "unit_square":  # Neumann: ones is in the null space, so b = A @ (seeded random w)
@@ -261,14 +261,19 @@ def test_pyamg_suite():
             np.testing.assert_allclose(d.b.numpy(), A @ w)
             assert np.linalg.norm(d.b.numpy()) > 1e-3 * np.linalg.norm(A @ w)
             assert np.abs(A @ np.ones(d.num_nodes)).max() < 1e-10  # the reason
-        else:
-            np.testing.assert_allclose(d.b.numpy(), A @ np.ones(d.num_nodes))
+            assert d.params["rhs"].startswith("A r (A 1 = 0")
+        else:  # random and seeded by default (b = A 1 would make MIC(0) exact)
+            np.testing.assert_allclose(d.b.numpy(), np.random.default_rng(0).standard_normal(d.num_nodes))
+            assert d.params["rhs"] == "random"
         assert d.x is not None and np.all(np.isfinite(d.x.numpy()))
         assert d.pos.shape[0] == d.num_nodes
     assert not got["recirc_flow"].symmetric
     assert got["unit_square"].pos.shape[1] == 2 and got["unit_cube"].pos.shape[1] == 3
     with pytest.raises(ValueError, match="unknown pyamg example"):
         next(pyamg_suite(["nope"]))
+    with pytest.warns(UserWarning, match="favours MIC"):
+        _, knot = next(pyamg_suite(["knot"], rhs="ones"))
+    np.testing.assert_allclose(knot.b.numpy(), to_scipy(knot) @ np.ones(knot.num_nodes))
 
 
 def test_matrix_market_suite(tmp_path):

@@ -52,21 +52,31 @@ class SuiteError:
     reason: str
 
 
-def pyamg_suite(names: Iterable[str] | None = None) -> Iterator[tuple[str, Data]]:
+def pyamg_suite(names: Iterable[str] | None = None, rhs: str = "random",
+                seed: int = 0) -> Iterator[tuple[str, Data]]:
     """The matrices pyamg ships (``pyamg.gallery.load_example``), in the order of :data:`PYAMG_EXAMPLES`.
 
     Each example dict holds ``A`` (sparse), ``B`` (the near-null-space candidates for smoothed
     aggregation -- NOT a right-hand side), and ``vertices`` / ``elements`` of the mesh. No example ships
-    a right-hand side, so ``b = A @ ones`` (exact solution all ones), except where ones lies in A's null
-    space (unit_square, a Neumann problem): there ``b = A @ w`` with ``w`` uniform in [0.5, 1.5] (seed 0). ``pos`` = ``vertices`` when there is
+    a right-hand side: ``rhs="random"`` (default) draws b i.i.d. standard normal from
+    ``numpy.random.default_rng(seed)``; ``rhs="ones"`` gives ``b = A @ ones`` (exact solution all ones; it favours
+    MIC(0), which keeps row sums, and warns so). Where ones lies in A's null space (unit_square, a Neumann
+    problem; a random b is not in A's range there) either kind gives ``b = A @ w`` with ``w`` uniform in
+    [0.5, 1.5] (the same seed), and ``params["rhs"]`` records which was used. ``pos`` = ``vertices`` when there is
     one vertex per unknown (local_disc_galerkin_diffusion, unit_cube, unit_square); otherwise (Dirichlet
     nodes eliminated, or several unknowns per vertex: airfoil, bar, knot, recirc_flow) the 1-D index
     coordinate ``arange(n) / n`` of shape (n, 1), as for Matrix Market files.
-    family ``"pyamg"``, params ``{"name": name}``, seed 0; ``symmetric`` is measured from A (recirc_flow
+    family ``"pyamg"``, params ``{"name": name, "rhs": ...}``, seed ``seed``; ``symmetric`` is measured from A (recirc_flow
     is nonsymmetric); ``singular`` is set as in :func:`learnsolve.data.mtx.load_system`.
     """
+    import warnings
+
     from pyamg.gallery import load_example  # pyamg is heavy-ish; import on use
 
+    from .mtx import ONES_CAVEAT, RANDOM_IMAGE
+
+    if rhs not in ("random", "ones"):
+        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ ones)")
     for name in (PYAMG_EXAMPLES if names is None else names):
         if name not in PYAMG_EXAMPLES:
             raise ValueError(f"unknown pyamg example {name!r}; choose from {', '.join(PYAMG_EXAMPLES)}")
@@ -78,21 +88,25 @@ def pyamg_suite(names: Iterable[str] | None = None) -> Iterator[tuple[str, Data]
             pos = np.asarray(verts, dtype=np.float64)
         else:
             pos = (np.arange(n, dtype=np.float64) / n).reshape(n, 1)
-        b = A @ np.ones(n)
+        b, source = A @ np.ones(n), rhs
         if np.linalg.norm(b) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
-            # ones spans A's null space (unit_square: Neumann, constant null space) and b = A @ ones is pure
-            # rounding noise; a seeded random vector's image is a consistent right-hand side instead
-            b = A @ np.random.default_rng(0).uniform(0.5, 1.5, n)
+            # ones spans A's null space (unit_square: Neumann, constant null space): b = A @ ones is pure rounding
+            # noise and a random b is not in the range; a seeded random vector's image is a consistent right-hand side
+            b, source = A @ np.random.default_rng(seed).uniform(0.5, 1.5, n), RANDOM_IMAGE.format(seed=seed)
+        elif rhs == "random":
+            b = np.random.default_rng(seed).standard_normal(n)
+        else:
+            warnings.warn(f"pyamg example {name}: {ONES_CAVEAT}", stacklevel=2)
         x, singular = reference_solution(A, b)
-        data = make_system(A, b, pos=pos, coeff=np.ones(n), family="pyamg", params={"name": name}, seed=0,
-                           x=np.zeros(n) if x is None else x)
+        data = make_system(A, b, pos=pos, coeff=np.ones(n), family="pyamg", params={"name": name, "rhs": source},
+                           seed=seed, x=np.zeros(n) if x is None else x)
         if x is None:
             data.x = None
         data.singular = singular
         yield name, data
 
 
-def matrix_market_suite(folder: str | os.PathLike, rhs: str = "ones",
+def matrix_market_suite(folder: str | os.PathLike, rhs: str = "random",
                         seed: int = 0) -> Iterator[tuple[str, Data] | SuiteError]:
     """Every ``*.mtx`` / ``*.mtx.gz`` in ``folder`` (not recursive), sorted by file name.
 
@@ -275,25 +289,27 @@ class GeneratedSuite(Suite):
 class PyamgSuite(Suite):
     """``names``: examples of :data:`PYAMG_EXAMPLES` (None = all), see :func:`pyamg_suite`."""
 
-    def __init__(self, names: Iterable[str] | None = None, name: str = "pyamg"):
+    def __init__(self, names: Iterable[str] | None = None, name: str = "pyamg", rhs: str = "random", seed: int = 0):
         names = list(PYAMG_EXAMPLES) if names is None else [str(n) for n in names]
         unknown = [n for n in names if n not in PYAMG_EXAMPLES]
         if unknown:
             raise SuiteConfigError(f"benchmark.names: unknown pyamg examples {unknown}; choose from "
                                    f"{', '.join(PYAMG_EXAMPLES)}")
-        self.names, self.name = names, name
+        if rhs not in ("random", "ones"):
+            raise SuiteConfigError(f"benchmark.rhs={rhs!r}: choose random (seeded, the default) or ones (b = A @ ones)")
+        self.names, self.name, self.rhs, self.seed = names, name, rhs, int(seed)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __iter__(self):
-        return pyamg_suite(self.names)
+        return pyamg_suite(self.names, rhs=self.rhs, seed=self.seed)
 
 
 class MatrixMarketSuite(Suite):
     """Every matrix file of the folder ``path`` (see :func:`matrix_market_suite`; ``rhs``, ``seed``)."""
 
-    def __init__(self, path: str | os.PathLike | None = None, rhs: str = "ones", seed: int = 0,
+    def __init__(self, path: str | os.PathLike | None = None, rhs: str = "random", seed: int = 0,
                  name: str = "matrix_market"):
         if path in (None, "???"):
             raise SuiteConfigError("benchmark=matrix_market needs benchmark.path=DIR (a folder of .mtx files)")
