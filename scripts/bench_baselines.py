@@ -167,28 +167,17 @@ def table(families, sides, num_systems: int, repeats: int, params: dict) -> tupl
     return _median_rows(rows, ("family", "side")), gen
 
 
-def anisotropy(side: int, num_systems: int, repeats: int, params: dict) -> list[dict]:
-    base = {k: v for k, v in params.get("anisotropic2d", {}).items() if k != "epsilon"}
+def sweep(family: str, key: str, values, baselines: list[str], side: int, num_systems: int, repeats: int,
+          params: dict, seed: int) -> list[dict]:
+    """The hard benchmark's ``family`` with its parameter ``key`` set to each of ``values`` in turn."""
+    base = {k: v for k, v in params.get(family, {}).items() if k != key}
     rows = []
-    for eps in (1e-1, 1e-2, 1e-3, 1e-4):
-        items = [(f"eps{eps:g}_{k}", GENERATORS["anisotropic2d"](side, seed=SEED0 + 50_000 + k, epsilon=eps, **base))
+    for value in values:
+        items = [(f"{key}{value:g}_{k}", GENERATORS[family](side, seed=seed + k, reference=False, **{key: value}, **base))
                  for k in range(num_systems)]
-        for r in _suite_rows(items, ["ic0", "mic0", "amg_sa", "amg_sa_evol", "amg_rs"], repeats):
-            rows.append({**r, "epsilon": eps})
-        print(f"anisotropy eps {eps:g}: done", flush=True)
-    return _median_rows(rows, ("epsilon",))
-
-
-def contrast(side: int, num_systems: int, repeats: int, params: dict) -> list[dict]:
-    base = {k: v for k, v in params.get("channels2d", {}).items() if k != "contrast"}
-    rows = []
-    for c in (1e0, 1e2, 1e4, 1e6):
-        items = [(f"c{c:g}_{k}", GENERATORS["channels2d"](side, seed=SEED0 + 60_000 + k, contrast=c, **base))
-                 for k in range(num_systems)]
-        for r in _suite_rows(items, ["ic0", "mic0", "ic0_deflated", "amg_sa", "amg_rs"], repeats):
-            rows.append({**r, "contrast": c})
-        print(f"contrast {c:g}: done", flush=True)
-    return _median_rows(rows, ("contrast",))
+        rows.extend({**r, key: value} for r in _suite_rows(items, baselines, repeats))
+        print(f"{family} {key} {value:g}: done", flush=True)
+    return _median_rows(rows, (key,))
 
 
 def rs_theta(families, side: int, num_systems: int, repeats: int, params: dict) -> list[dict]:
@@ -276,9 +265,13 @@ def main(argv=None) -> int:
     if "table" in args.sections:
         result["table"], result["generation"] = table(args.families, args.sizes, args.num_systems, args.repeats, params)
     if "anisotropy" in args.sections:
-        result["anisotropy"] = anisotropy(args.sweep_size, args.num_systems, args.repeats, params)
+        result["anisotropy"] = sweep("anisotropic2d", "epsilon", (1e-1, 1e-2, 1e-3, 1e-4),
+                                     ["ic0", "mic0", "amg_sa", "amg_sa_evol", "amg_rs"], args.sweep_size,
+                                     args.num_systems, args.repeats, params, SEED0 + 50_000)
     if "contrast" in args.sections:
-        result["contrast"] = contrast(args.sweep_size, args.num_systems, args.repeats, params)
+        result["contrast"] = sweep("channels2d", "contrast", (1e0, 1e2, 1e4, 1e6),
+                                   ["ic0", "mic0", "ic0_deflated", "amg_sa", "amg_rs"], args.sweep_size,
+                                   args.num_systems, args.repeats, params, SEED0 + 60_000)
     if "rs_theta" in args.sections:
         result["rs_theta"] = rs_theta(args.families, args.sweep_size, args.num_systems, args.repeats, params)
     command = "python scripts/bench_baselines.py " + " ".join(result["argv"])

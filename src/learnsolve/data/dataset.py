@@ -32,13 +32,13 @@ class CacheError(RuntimeError):
     """A dataset cache folder holds a file that is corrupt or belongs to another config."""
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Nested Mapping / Sequence (OmegaConf containers included) -> dict / list: JSON-serialisable cache keys,
     and the plain lists that generators take for ranges (e.g. ``epsilon: [1.0e-4, 1.0e-2]``)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -74,7 +74,7 @@ class LinearSystemDataset(InMemoryDataset):
             raise ValueError(f"count must be >= 1, got {count}")
         self.generator = generators[family]
         self.config = {"family": family, "size": int(size), "count": int(count), "seed": int(seed),
-                       "rhs": rhs, "params": _plain(params or {})}
+                       "rhs": rhs, "params": plain(params or {})}
         self.hash = config_hash(self.config)
         self.progress = progress
         super().__init__(str(Path(data_dir) / family / self.hash), log=False)

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401 -- sp.linalg.norm
 from torch_geometric.data import Data
 
+from .dataset import plain
 from .mtx import MatrixMarketError, list_matrices, load_system, matrix_stem, reference_solution
 from .system import make_system
 
@@ -168,15 +169,6 @@ def generated_suite(specs: Iterable[Sequence], generators: Mapping[str, Callable
         yield spec_name(spec), generators[family](size, seed=seed, **kw)
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf / nested Mapping and Sequence containers -> dict / list (generators test for list ranges)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _unknown_keywords(gen: Callable, keys: Iterable[str]) -> list[str]:
     """Keys that ``gen`` does not accept as keyword arguments (none when it takes ``**kwargs``)."""
     try:
@@ -230,7 +222,7 @@ class GeneratedSuite(Suite):
         if generators is None:
             from .generators import GENERATORS as generators
         specs = [tuple(s) if isinstance(s, Sequence) and not isinstance(s, (str, bytes)) else s
-                 for s in _plain(specs or [])]
+                 for s in plain(specs or [])]
         if not specs:
             raise SuiteConfigError(f"benchmark.specs must be a non-empty list of [family, size, seed] "
                                    f"(optionally [family, size, seed, {{keyword: value}}]), got {specs}")
@@ -245,7 +237,7 @@ class GeneratedSuite(Suite):
         if unknown:
             raise SuiteConfigError(f"benchmark.specs: unknown generator families {unknown}; known: "
                                    f"{sorted(generators)}")
-        params = _plain(params or {})
+        params = plain(params or {})
         if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
             raise SuiteConfigError(f"benchmark.params must map families to mappings of generator keyword arguments, "
                                    f"got {params!r}")

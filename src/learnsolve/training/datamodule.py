@@ -50,7 +50,7 @@ import torch
 from torch.utils.data import ConcatDataset, DistributedSampler
 from torch_geometric.loader import DataLoader
 
-from learnsolve.data.dataset import LinearSystemDataset
+from learnsolve.data.dataset import LinearSystemDataset, plain
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 EXTRA_TEST_OFFSET, EXTRA_TEST_STRIDE = 3_000_000, 1_000_000
@@ -64,15 +64,6 @@ COMPONENT_KEYS = ("family", "size", "sizes", "params", "rhs", "weight", "count")
 
 def _count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _plain(value: Any) -> Any:
-    """Nested Mapping / Sequence (OmegaConf containers included) -> dict / list, for stable cache keys."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -99,7 +90,7 @@ def parse_mixture(mixture: Sequence[Mapping[str, Any]], rhs: str = "random",
     out: list[MixtureComponent] = []
     if isinstance(mixture, (str, bytes, Mapping)) or not len(mixture):
         raise ValueError("mixture must be a non-empty list of components {family, size|sizes, params, weight|count}")
-    for e, raw in enumerate(_plain(mixture)):
+    for e, raw in enumerate(plain(mixture)):
         where = f"mixture[{e}]"
         if not isinstance(raw, dict):
             raise TypeError(f"{where} must be a mapping with keys {', '.join(COMPONENT_KEYS)}; got {raw!r}")
