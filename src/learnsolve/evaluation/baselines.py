@@ -152,7 +152,12 @@ def _ic0_deflated(A, props, options):
         _, inner = _incomplete_cholesky(IC0, "ic0", None)(A, props, options)
         base, note = inner()
         sub, m = subdomains(A, levels=2)
-        return CoarseCorrected(A, base, sub, m), note
+        try:
+            return CoarseCorrected(A, base, sub, m), note
+        except FactorizationError as e:
+            why = (" A is singular (semi-definite): the piecewise constants hold its null space" if
+                   getattr(props, "singular", False) else "")
+            raise SetupFailed(f"ic0_deflated: {e}.{why}") from e
     return "ic0_deflated", build
 
 
