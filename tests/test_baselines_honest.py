@@ -19,7 +19,7 @@ from learnsolve.linalg.threads import host_blas_single_threaded, uses_host_blas
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
-from .conftest import diffusion2d  # noqa: E402
+from .conftest import diffusion2d
 
 
 def _blas_threads() -> set[int]:
@@ -49,7 +49,7 @@ def test_numpy_blas_is_single_threaded_inside_a_host_blas_solve(two_torch_thread
         d = A.diagonal().view(1, -1, 1)
         M = HostJacobi(lambda R: (seen.append((*_blas_threads(), torch.get_num_threads())), R / d)[1], symmetric=True)
         b = torch.ones(64, dtype=torch.float64)
-        x, info = cg(A, b, M, rtol=1e-10)
+        x, _ = cg(A, b, M, rtol=1e-10)
         assert seen and all(s == (1, 1) for s in seen), seen  # numpy's BLAS and torch's pool: one thread each
         assert _blas_threads() == {2} and torch.get_num_threads() == 2  # restored
         # same answer as without the flag (scipy reference)
@@ -93,7 +93,7 @@ def test_strong_baselines_are_registered_with_their_settings():
     data = GENERATORS["channels2d"](24, seed=1, reference=False)
     A = SparseMatrix.from_pyg(data).detach()
     label, build = baseline_setup("ic0_deflated", A)
-    M, note = build()
+    M, _ = build()
     assert label == "ic0_deflated" and isinstance(M, CoarseCorrected) and isinstance(M.base, IC0) and M.m > 1
     label, build = baseline_setup("amg_sa_evol", A)
     M, _ = build()
