@@ -64,7 +64,8 @@ class MatrixMarketError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-RANDOM_IMAGE = "A r (A 1 = 0: r ~ U(0.5, 1.5), seed {seed})"  # params["rhs"] when b = A 1 would be rounding noise
+# params["rhs"] when b is the image of a seeded random vector ({why}: "A 1 = 0", or "A singular")
+RANDOM_IMAGE = "A r ({why}: r ~ U(0.5, 1.5), seed {seed})"
 
 def matrix_stem(path: str | os.PathLike) -> str:
     """File name without ``.mtx`` / ``.mtx.gz`` (``"dir/bcsstk03.mtx.gz"`` -> ``"bcsstk03"``)."""
@@ -339,6 +340,29 @@ ONES_CAVEAT = ("b = A @ ones favours MIC(0): it keeps row sums (M 1 = A 1), so i
                "step; compare preconditioners with rhs='random' (the default)")
 
 
+def default_rhs(A: sp.spmatrix, rhs: str, seed: int, where: str) -> tuple[np.ndarray, str]:
+    """(b, what it is) for a matrix that ships no right-hand side: ``rhs="random"``: i.i.d. standard normal from
+    ``numpy.random.default_rng(seed)``; ``rhs="ones"``: ``A @ ones`` (warns :data:`ONES_CAVEAT`, naming ``where``).
+    Where A 1 = 0 (a Neumann or singular operator: A @ ones is rounding noise and a random b is not in A's range)
+    either kind gives the consistent image ``A r`` of r ~ U(0.5, 1.5) (:func:`random_image`)."""
+    if rhs not in ("random", "ones"):
+        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ ones)")
+    n = A.shape[0]
+    ones_image = A @ np.ones(n)
+    if n and np.linalg.norm(ones_image) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
+        return random_image(A, seed, "A 1 = 0")
+    if rhs == "ones":
+        warnings.warn(f"{where}: {ONES_CAVEAT}", stacklevel=3)
+        return ones_image, "ones"
+    return np.random.default_rng(seed).standard_normal(n), "random"
+
+
+def random_image(A: sp.spmatrix, seed: int, why: str) -> tuple[np.ndarray, str]:
+    """(A r, :data:`RANDOM_IMAGE`) for r ~ U(0.5, 1.5) from ``numpy.random.default_rng(seed)``: a right-hand side
+    in A's range."""
+    return A @ np.random.default_rng(seed).uniform(0.5, 1.5, A.shape[0]), RANDOM_IMAGE.format(why=why, seed=seed)
+
+
 def load_system(path: str | os.PathLike, rhs: str = "random", seed: int = 0) -> Data:
     """The linear system of a Matrix Market file as a PyG ``Data`` (fields as in ``make_system``).
 
@@ -370,25 +394,12 @@ def load_system(path: str | os.PathLike, rhs: str = "random", seed: int = 0) -> 
                                     f"{path.name}, got {B.shape[0]} x {B.shape[1]}")
         b = B.toarray().reshape(n)
         source = f"file:{sib.name}"
-    elif rhs in ("ones", "random"):
-        ones_image = A @ np.ones(n)
-        if n and np.linalg.norm(ones_image) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
-            # ones spans A's null space (A 1 = 0: a Neumann or singular operator): b = A 1 is rounding noise and a
-            # random b is not in A's range; the image of a seeded random vector is a consistent right-hand side
-            b = A @ np.random.default_rng(seed).uniform(0.5, 1.5, n)
-            source = RANDOM_IMAGE.format(seed=seed)
-        elif rhs == "ones":
-            warnings.warn(f"{path.name}: {ONES_CAVEAT}", stacklevel=2)
-            b, source = ones_image, "ones"
-        else:
-            b, source = np.random.default_rng(seed).standard_normal(n), "random"
     else:
-        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ ones)")
+        b, source = default_rhs(A, rhs, seed, path.name)
     x, singular = reference_solution(A, b)
     if x is None and source == "random":
-        # a singular A whose null space is not the constants (or not exactly): a random b is not in its range
-        b = A @ np.random.default_rng(seed).uniform(0.5, 1.5, n)
-        source = RANDOM_IMAGE.format(seed=seed).replace("A 1 = 0", "A singular")
+        # a singular A whose null space is not (exactly) the constants: a random b is not in its range
+        b, source = random_image(A, seed, "A singular")
         x, singular = reference_solution(A, b)
     pos = (np.arange(n, dtype=np.float64) / max(n, 1)).reshape(n, 1)
     data = make_system(A, b, pos=pos, coeff=np.ones(n), family="matrix_market",

@@ -25,7 +25,7 @@ import scipy.sparse.linalg  # noqa: F401 -- sp.linalg.norm
 from torch_geometric.data import Data
 
 from .dataset import plain
-from .mtx import MatrixMarketError, list_matrices, load_system, matrix_stem, reference_solution
+from .mtx import MatrixMarketError, default_rhs, list_matrices, load_system, matrix_stem, reference_solution
 from .system import make_system
 
 __all__ = ["PYAMG_EXAMPLES", "SUITES", "GeneratedSuite", "MatrixMarketSuite", "PyamgSuite", "Suite",
@@ -70,11 +70,7 @@ def pyamg_suite(names: Iterable[str] | None = None, rhs: str = "random",
     family ``"pyamg"``, params ``{"name": name, "rhs": ...}``, seed ``seed``; ``symmetric`` is measured from A (recirc_flow
     is nonsymmetric); ``singular`` is set as in :func:`learnsolve.data.mtx.load_system`.
     """
-    import warnings
-
     from pyamg.gallery import load_example  # pyamg is heavy-ish; import on use
-
-    from .mtx import ONES_CAVEAT, RANDOM_IMAGE
 
     if rhs not in ("random", "ones"):
         raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ ones)")
@@ -89,15 +85,7 @@ def pyamg_suite(names: Iterable[str] | None = None, rhs: str = "random",
             pos = np.asarray(verts, dtype=np.float64)
         else:
             pos = (np.arange(n, dtype=np.float64) / n).reshape(n, 1)
-        b, source = A @ np.ones(n), rhs
-        if np.linalg.norm(b) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
-            # ones spans A's null space (unit_square: Neumann, constant null space): b = A @ ones is pure rounding
-            # noise and a random b is not in the range; a seeded random vector's image is a consistent right-hand side
-            b, source = A @ np.random.default_rng(seed).uniform(0.5, 1.5, n), RANDOM_IMAGE.format(seed=seed)
-        elif rhs == "random":
-            b = np.random.default_rng(seed).standard_normal(n)
-        else:
-            warnings.warn(f"pyamg example {name}: {ONES_CAVEAT}", stacklevel=2)
+        b, source = default_rhs(A, rhs, seed, f"pyamg example {name}")  # unit_square (A 1 = 0): b = A r
         x, singular = reference_solution(A, b)
         data = make_system(A, b, pos=pos, coeff=np.ones(n), family="pyamg", params={"name": name, "rhs": source},
                            seed=seed, x=np.zeros(n) if x is None else x)
