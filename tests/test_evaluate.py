@@ -20,6 +20,7 @@ import torch
 
 from learnsolve.data import GENERATORS, load_system, make_system
 from learnsolve.evaluation import BASELINES, PRECONDITIONERS, evaluate_matrix, evaluate_suite, exit_code
+from learnsolve.linalg.multigrid import from_pyamg
 from learnsolve.models import LowRankPreconditioner
 
 from .conftest import SHARED_MATRICES, convdiff2d, diffusion2d
@@ -104,10 +105,12 @@ def _scipy_preconditioner(name: str, A: sp.csr_matrix):
     if name == "jacobi":
         d = 1.0 / A.diagonal()
         return spla.LinearOperator(A.shape, matvec=lambda r: d * r.ravel(), dtype=np.float64)
-    if name == "amg_sa":  # what learnsolve.linalg.AMG(A, kind="sa") builds: pyamg defaults, symmetric A
-        return pyamg.smoothed_aggregation_solver(A).aspreconditioner()
-    if name == "amg_rs":
-        return pyamg.ruge_stuben_solver(A).aspreconditioner()
+    if name in ("amg_sa", "amg_rs"):  # the baselines: pyamg's hierarchy (defaults, RS theta 0.25) in the compiled cycle
+        ml = pyamg.smoothed_aggregation_solver(A) if name == "amg_sa" else pyamg.ruge_stuben_solver(A)
+        mg = from_pyamg(ml)
+        return spla.LinearOperator(A.shape, dtype=np.float64,
+                                   matvec=lambda r: mg.apply(torch.from_numpy(np.asarray(r, np.float64).reshape(1, -1, 1)))
+                                   .numpy().ravel())
     raise ValueError(name)
 
 

@@ -19,22 +19,44 @@ class AMG(Preconditioner):
     sweeps; other smoothers fall back to a second hierarchy built on A^T, a preconditioner for A^T
     that is not exactly M^{-T}).
 
-    ``host_blas``: every application runs pyamg's numpy code, so the Krylov loop holds numpy's BLAS pool to one
-    thread while it runs (:mod:`learnsolve.linalg.threads`): the cycle then runs at pyamg's own speed."""
+    ``cycle``: "pyamg" runs pyamg's own cycle (its smoothers, in Python and numpy); "compiled" (symmetric A only)
+    runs pyamg's hierarchy -- its matrices and prolongators -- in learnsolve's compiled symmetric V(1,1)-cycle
+    (:func:`learnsolve.linalg.multigrid.from_pyamg`: one forward and one backward Gauss-Seidel sweep, dense Cholesky on
+    the coarsest level): measured 1.3-2.6x less time per iteration than pyamg's cycle for 1.0-1.4x the iterations
+    (pyamg's default smoothers sweep twice), on the hard families at 256^2. If the compiled cycle cannot be built (a
+    coarsest matrix that is not numerically definite) pyamg's cycle is used and :attr:`cycle` says so.
+
+    ``host_blas``: pyamg's cycle runs numpy code, so the Krylov loop holds numpy's BLAS pool to one thread while it
+    runs (:mod:`learnsolve.linalg.threads`): the cycle then runs at pyamg's own speed."""
 
     host_blas = True
 
-    def __init__(self, A: LinearOperator, kind: str = "sa", **kwargs):
+    def __init__(self, A: LinearOperator, kind: str = "sa", cycle: str = "pyamg", **kwargs):
         import pyamg
 
         if kind not in ("sa", "rs"):
             raise ValueError(f"AMG kind must be 'sa' or 'rs', got {kind!r}")
+        if cycle not in ("pyamg", "compiled"):
+            raise ValueError(f"AMG cycle must be 'pyamg' or 'compiled', got {cycle!r}")
         self.S = _as_sparse(A, "AMG").detach()
         self.kind, self.kwargs = kind, kwargs
         self.symmetric = self.S.is_symmetric(rtol=1e-12)
+        if cycle == "compiled" and not self.symmetric:
+            raise ValueError("AMG cycle='compiled' needs a symmetric matrix (its V-cycle is symmetric); use "
+                             "cycle='pyamg' for a nonsymmetric one")
         self._pyamg = pyamg
         self._ml = self._build(self.S)
         self._mlT = None
+        self.cycle, self._compiled = "pyamg", None
+        if cycle == "compiled":
+            from .multigrid import from_pyamg
+            from .preconditioner import FactorizationError
+
+            try:
+                self._compiled = [from_pyamg(ml, self.S.dtype) for ml in self._hier]
+                self.cycle, self.host_blas = "compiled", False
+            except FactorizationError:
+                pass
 
     def _make(self):
         return (self._pyamg.smoothed_aggregation_solver if self.kind == "sa"
@@ -86,6 +108,11 @@ class AMG(Preconditioner):
         return torch.from_numpy(out).to(dtype=R.dtype, device=R.device)
 
     def apply(self, R):
+        if self._compiled is not None:
+            mgs = self._compiled
+            if len(mgs) == 1:
+                return mgs[0].apply(R)
+            return torch.cat([mgs[b].apply(R[b:b + 1]) for b in range(R.shape[0])])
         return self._run(self._ml, R)
 
     def apply_transpose(self, R):

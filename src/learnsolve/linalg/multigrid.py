@@ -298,6 +298,30 @@ class Multigrid(Preconditioner):
         return self._cycle(0, X).reshape(n, B, k).permute(1, 0, 2)
 
 
+def from_pyamg(ml, dtype: torch.dtype = torch.float64) -> Multigrid:
+    """A pyamg hierarchy (``pyamg.multilevel.MultilevelSolver``: smoothed aggregation, Ruge-Stueben, ...) as a
+    :class:`Multigrid`: its matrices A_l and prolongators P_l, run by the compiled symmetric V(1,1)-cycle
+    (Gauss-Seidel, dense Cholesky on the coarsest level) instead of pyamg's Python cycle. The restriction is P_l^T
+    (pyamg's R_l of a symmetric hierarchy), so the cycle is SPD for SPD A whatever pyamg's smoother settings were."""
+    levels = getattr(ml, "levels", None)
+    if not levels:
+        raise TypeError(f"from_pyamg: expected a pyamg MultilevelSolver, got {type(ml).__name__}")
+    mats, pros = [levels[0].A.tocsr()], []
+    rows = np.arange(levels[0].A.shape[0])  # the unknowns of level l kept so far
+    for lv, nxt in zip(levels[:-1], levels[1:], strict=False):
+        # pyamg can leave a coarse unknown whose prolongator column is zero (an emptied aggregate: its Galerkin row
+        # and column are zero): drop it; P^T A P of the others is unchanged and stays definite
+        keep = np.flatnonzero(nxt.A.diagonal() > 0)
+        if keep.size == 0:
+            break
+        pros.append(lv.P.tocsr()[rows][:, keep])
+        mats.append(nxt.A.tocsr()[keep][:, keep])
+        rows = keep
+    mats_t = [SparseMatrix.from_scipy(m, dtype=dtype) for m in mats]
+    pros_t = [SparseMatrix.from_scipy(q, dtype=dtype) for q in pros]
+    return Multigrid(list(zip(mats_t[:-1], pros_t, strict=True)), mats_t[-1])
+
+
 WeightFn = Callable[[SparseMatrix, Tensor, int], Tensor | None]
 
 
@@ -336,5 +360,5 @@ def build_multigrid(A: SparseMatrix, weights: WeightFn | None = None, *, theta: 
     return Multigrid(levels, cur)
 
 
-__all__ = ["Multigrid", "aggregate", "build_multigrid", "galerkin", "gershgorin_radius", "node_blocks",
+__all__ = ["Multigrid", "aggregate", "build_multigrid", "from_pyamg", "galerkin", "gershgorin_radius", "node_blocks",
            "smoothed_prolongator", "spectral_radius", "spgemm", "tentative"]
