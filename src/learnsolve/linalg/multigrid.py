@@ -21,6 +21,7 @@ the prolongators' values, as long as every coarse matrix P^T A P is nonsingular.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -308,7 +309,7 @@ def from_pyamg(ml, dtype: torch.dtype = torch.float64) -> Multigrid:
         raise TypeError(f"from_pyamg: expected a pyamg MultilevelSolver, got {type(ml).__name__}")
     mats, pros = [levels[0].A.tocsr()], []
     rows = np.arange(levels[0].A.shape[0])  # the unknowns of level l kept so far
-    for lv, nxt in zip(levels[:-1], levels[1:], strict=False):
+    for lv, nxt in pairwise(levels):
         # pyamg can leave a coarse unknown whose prolongator column is zero (an emptied aggregate: its Galerkin row
         # and column are zero): drop it; P^T A P of the others is unchanged and stays definite
         keep = np.flatnonzero(nxt.A.diagonal() > 0)
