@@ -190,3 +190,115 @@ def test_weights_program_exports_with_dynamic_sizes():
     inputs = spec.inputs(other, 0)
     with torch.no_grad():
         torch.testing.assert_close(prog(*inputs), spec.reference(other, inputs)[0])
+
+
+def _hard_batch(family, size, seeds, **params):
+    return Batch.from_data_list([GENERATORS[family](size, seed=s, reference=False, **params) for s in seeds])
+
+
+ROTATED = {"theta": "random", "epsilon": [1e-4, 1e-2], "stencil": "fe"}
+
+
+def test_learned_vcycle_is_spd_with_learned_strength_and_weights():
+    """Whatever the strength network and the weights say, the V-cycle is symmetric positive definite (dense check)."""
+    batch = _hard_batch("anisotropic2d", 12, [5], **ROTATED)
+    model = GNNSolver(hidden=4, layers=1, coarse_size=4, strength="learned", strength_hidden=4,
+                      strength_layers=1, size_factor=None).double()
+    torch.manual_seed(3)
+    torch.nn.init.normal_(model.head[-1].weight, std=1.0)
+    torch.nn.init.normal_(model.strength_net.head[-1].weight, std=2.0)
+    torch.nn.init.zeros_(model.strength_net.head[-1].bias)
+    model.eval()
+    with torch.no_grad():
+        M = model.preconditioner_for(batch)
+        n = batch.num_nodes
+        Minv = M.apply(torch.eye(n, dtype=torch.float64).unsqueeze(0))[0]
+    assert M.num_levels >= 2
+    torch.testing.assert_close(Minv, Minv.T, rtol=0, atol=1e-10 * float(Minv.abs().max()))
+    assert float(torch.linalg.eigvalsh(0.5 * (Minv + Minv.T)).min()) > 0
+
+
+def test_evolution_strong_flags_pyamgs_evolution_pattern():
+    import numpy as np
+    import pyamg
+
+    from learnsolve.linalg.multigrid import evolution_strong
+
+    A = system_matrix(_hard_batch("anisotropic2d", 10, [2], **ROTATED)).detach()
+    flags = evolution_strong(A).numpy()
+    S = A.to_scipy().tocsr()
+    C = pyamg.strength.evolution_strength_of_connection(S, B=np.ones((S.shape[0], 1)), epsilon=4.0, k=2,
+                                                        proj_type="l2").toarray() != 0
+    row, col = A.pattern.row.numpy(), A.pattern.col.numpy()
+    assert (flags == C[row, col]).all() and 0.2 < flags.mean() < 0.95  # some entries weak, some strong
+
+
+def test_strength_network_learns_the_evolution_measure_and_is_used_at_every_size():
+    """Training the strength network alone (weights=False) lowers its cross-entropy against the evolution labels on
+    held-out systems of another size; the untrained network flags every entry strong (classical aggregation), and the
+    trained one runs on every level at both sizes (no size guard)."""
+    torch.manual_seed(0)
+    model = GNNSolver(hidden=4, layers=0, coarse_size=8, strength="learned", strength_hidden=8, strength_layers=2,
+                      weights=False, size_factor=None)
+    held = _hard_batch("anisotropic2d", 24, [900, 901], **ROTATED)
+
+    def agreement(batch):
+        from learnsolve.linalg.multigrid import evolution_strong
+
+        A = system_matrix(batch).detach()
+        with torch.no_grad():
+            pred = model.strength_net(A) > 0
+        off = A.pattern.row != A.pattern.col
+        return float((pred == evolution_strong(A))[off].float().mean())
+
+    a0 = agreement(held)
+    with torch.no_grad():
+        assert bool((model.strength_net(system_matrix(held).detach()) > 0).all())  # untrained: all strong
+    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    model.train()
+    for step in range(40):
+        loss, _ = model.training_loss(_hard_batch("anisotropic2d", 16, [2 * step, 2 * step + 1], **ROTATED))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    a1 = agreement(held)
+    assert a1 > a0 + 0.1 and a1 > 0.75, (a0, a1)
+    for size in (16, 48):  # the same network flags entries on every level of both sizes
+        calls = []
+        net = model.strength_net
+        model.strength_net = _Recorder(net, calls)
+        with torch.no_grad():
+            M = model.preconditioner_for(_hard_batch("anisotropic2d", size, [7], **ROTATED))
+        model.strength_net = net
+        assert len(calls) >= M.num_levels - 1 >= 1 and calls[0] == size * size
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self, net, calls):
+        super().__init__()
+        self.net, self.calls = net, calls
+
+    def forward(self, A):
+        self.calls.append(A.shape[0])
+        return self.net(A)
+
+
+@pytest.mark.parametrize("layers", [0, 2])
+def test_compiled_strength_network_matches_its_torch_forward(layers):
+    """The fused CPU kernel of the strength network gives the torch forward's logits (random weights, a batch of two
+    systems of different sizes: per-system feature normalisation), and inference without autograd uses it."""
+    from learnsolve.models.gnn_solver import StrengthNet
+
+    torch.manual_seed(layers)
+    net = StrengthNet(6, layers).double()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    batch = Batch.from_data_list([GENERATORS["channels2d"](9, seed=1, reference=False),
+                                  GENERATORS["channels2d"](12, seed=2, reference=False)])
+    A = system_matrix(batch).detach()
+    with torch.no_grad():
+        ref, got = net.reference(A), net.compiled(A)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
+        torch.testing.assert_close(net(A), got, rtol=0, atol=0)
+    assert net(A).requires_grad  # with autograd: the torch path

@@ -247,6 +247,11 @@ def test_training_metrics_count_fallbacks(monkeypatch):
     rows = {r["method"]: r for r in compare_on_test(_BadFactor(), [batch], rtol=1e-6)}
     assert rows["learned"]["fallbacks"] == "2/2" and rows["ic0"]["fallbacks"] == "-"
     assert rows["learned"]["iters"] == rows["ic0"]["iters"]
+    # the final table: the AMG hierarchies too, setup and solve columns, and the ratio to the fastest classical row
+    assert {"mic0", "amg_sa", "amg_sa_evol", "amg_rs"} <= rows.keys()
+    assert all(abs(r["seconds"] - r["setup_seconds"] - r["solve_seconds"]) < 1e-12 for r in rows.values())
+    classical = [r for k, r in rows.items() if k not in ("none", "learned")]
+    assert min(r["time_ratio_best"] for r in classical) == 1.0
     module = LearnedSolverModule(_BadFactor(), optimizer=None)
     logged = {}
     monkeypatch.setattr(module, "log", lambda key, value, **kw: logged.__setitem__(key, float(value)))

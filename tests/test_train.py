@@ -107,7 +107,9 @@ def test_train_cli_default_logger_is_offline_wandb_with_plots(tmp_path):
     assert "ratio to IC(0)" in out.stdout  # the final comparison table
     assert (run / "wandb").is_dir()  # W&B files stay in the run folder
     assert (run / "report.csv").is_file()
-    assert "untrained" in (run / "report.csv").read_text()  # the model's classical start, next to the learned row
+    report = (run / "report.csv").read_text()
+    assert "untrained" in report  # the model's classical start, next to the learned row
+    assert "amg_rs" in report and "setup_seconds" in report and "setup ms" in out.stdout  # AMG rows, setup column
     assert (run / "plots" / "convergence_epoch000.png").is_file()
     curves = (run / "plots" / "convergence_epoch000.csv").read_text().splitlines()
     assert curves[0] == ",".join(["iteration", "learned", *training_baselines()])

@@ -13,7 +13,8 @@ Public API:
   :func:`make_preconditioner`, :func:`triangular_solve`
 - smoothed-aggregation multigrid with differentiable prolongators and Galerkin products (the learned coarse
   spaces of gnn_solver): :func:`build_multigrid` -> :class:`Multigrid` (an SPD V-cycle), :func:`aggregate`,
-  :func:`node_blocks`; the parts are in :mod:`learnsolve.linalg.multigrid`
+  :func:`node_blocks`, :func:`evolution_strong`, :func:`from_pyamg` (a pyamg hierarchy in the compiled cycle); the
+  parts are in :mod:`learnsolve.linalg.multigrid`
 - a coarse-corrected (balancing) preconditioner on subdomains: :class:`CoarseCorrected`, :func:`subdomains`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
 - diagnostics: :func:`record_solves` (every solve's SolveInfo in a block), :func:`override_backward` (every solve
@@ -32,7 +33,7 @@ from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
 from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
 from .local import LocalInfo, local_solve
 from .monitor import SolveRecorder, override_backward, record_solves
-from .multigrid import Multigrid, aggregate, build_multigrid, node_blocks
+from .multigrid import Multigrid, aggregate, build_multigrid, evolution_strong, from_pyamg, node_blocks
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
 from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
 from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner
@@ -77,9 +78,11 @@ __all__ = [
     "cg",
     "condition_estimate",
     "default_rtol",
+    "evolution_strong",
     "extreme_eigenvalues",
     "factorize",
     "fcg",
+    "from_pyamg",
     "gmres",
     "hvp",
     "lanczos_tridiagonal",

@@ -52,17 +52,58 @@ def node_blocks(A: SparseMatrix) -> Tensor:
     return torch.repeat_interleave(torch.arange(sizes.numel(), device=A.device), sizes)
 
 
-def aggregate(A: SparseMatrix, theta: float = 0.0) -> tuple[Tensor, Tensor]:
+def strength_graph(A: SparseMatrix, strong: Tensor):
+    """The symmetric scipy strength graph of A's entries flagged ``strong`` (nnz,) bool (diagonal entries are kept
+    whatever their flag; an edge is strong when it is flagged in either direction)."""
+    import scipy.sparse as sp
+
+    n = A.shape[0]
+    row, col = A.pattern.row.long().cpu().numpy(), A.pattern.col.long().cpu().numpy()
+    keep = strong.detach().cpu().numpy().astype(bool) | (row == col)
+    C = sp.csr_matrix((np.ones(int(keep.sum())), (row[keep], col[keep])), shape=(n, n))
+    return (C + C.T).tocsr()
+
+
+def evolution_strong(A: SparseMatrix, epsilon: float = 4.0, k: int = 2) -> Tensor:
+    """(nnz,) bool: the entries of A that pyamg's evolution strength of connection (Olson, Schroder and Tuminaro 2010;
+    ``k`` steps of the D^{-1} A evolution of the constant, drop tolerance ``epsilon``) keeps as strong. It follows
+    the strong direction of a rotated anisotropy and the channels of a high-contrast field, where the symmetric
+    measure |a_ij| >= theta sqrt(a_ii a_jj) does not; it costs about ten times the rest of a level's setup (the
+    learned strength of ``gnn_solver`` is trained to predict it)."""
+    import pyamg
+
+    _one_matrix(A, "evolution_strong")
+    S = A.detach().to_scipy().tocsr().astype(np.float64)
+    S.sort_indices()
+    C = pyamg.strength.evolution_strength_of_connection(S, B=np.ones((S.shape[0], 1)), epsilon=float(epsilon),
+                                                        k=int(k), proj_type="l2").tocsr()
+    C.data[:] = 1.0
+    # A's entries numbered 1..nnz in CSR order (A's pattern is sorted like S's), masked by C's pattern
+    tag = S.copy()
+    tag.data = np.arange(1, S.nnz + 1, dtype=np.float64)
+    hit = tag.multiply(C).tocsr()
+    flags = np.zeros(S.nnz, dtype=bool)
+    flags[hit.data[hit.data > 0].astype(np.int64) - 1] = True
+    return torch.from_numpy(flags).to(A.device)
+
+
+def aggregate(A: SparseMatrix, theta: float = 0.0, strong: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(agg, blocks): the aggregate of every node (n,) int64 (-1: a node with no strong connection, left out of the
     coarse space), and the coarse block pointer (G + 1,) (aggregates of block g are numbered before those of block
-    g + 1). pyamg's standard aggregation of the symmetric strength graph |a_ij| >= theta sqrt(|a_ii a_jj|)."""
+    g + 1). pyamg's standard aggregation of the symmetric strength graph |a_ij| >= theta sqrt(|a_ii a_jj|), or, with
+    ``strong`` (nnz,) bool, of the entries it flags (:func:`strength_graph`; ``theta`` is then unused)."""
     import pyamg
 
     _one_matrix(A, "aggregate")
     if not 0.0 <= float(theta) < 1.0:
         raise ValueError(f"aggregate: theta must be in [0, 1), got {theta}")
-    S = A.to_scipy().astype(np.float64)
-    C = pyamg.strength.symmetric_strength_of_connection(S, float(theta))
+    if strong is not None:
+        if strong.shape != (A.nnz,):
+            raise ValueError(f"aggregate: strong must have one flag per stored entry ({A.nnz},), got "
+                             f"{tuple(strong.shape)}")
+        C = strength_graph(A, strong)
+    else:
+        C = pyamg.strength.symmetric_strength_of_connection(A.to_scipy().astype(np.float64), float(theta))
     agg_op = pyamg.aggregation.standard_aggregation(C.tocsr())[0].tocsr()
     rows = np.diff(agg_op.indptr)
     agg = np.full(A.shape[0], -1, dtype=np.int64)
@@ -326,14 +367,18 @@ def from_pyamg(ml, dtype: torch.dtype = torch.float64) -> Multigrid:
 WeightFn = Callable[[SparseMatrix, Tensor, int], Tensor | None]
 
 
+StrengthFn = Callable[[SparseMatrix, int], Tensor | None]
+
+
 def build_multigrid(A: SparseMatrix, weights: WeightFn | None = None, *, theta: float = 0.0,
-                    coarse_size: int = 256, max_levels: int = 12) -> Multigrid:
+                    coarse_size: int = 256, max_levels: int = 12, strength: StrengthFn | None = None) -> Multigrid:
     """The smoothed-aggregation hierarchy of A as a :class:`Multigrid`.
 
     ``weights(A_l, agg_l, l)``: per-entry smoothing weights W (nnz(A_l),) of level l's prolongator, or None
     (classical), given the level's matrix and its aggregates (:func:`aggregate`);
     ``theta``: strength threshold of the aggregation (a level where it would keep more than half the unknowns is
-    aggregated with theta = 0 instead); coarsening stops when a level has at most ``coarse_size``
+    aggregated with theta = 0 instead); ``strength(A_l, l)``: the strong entries (nnz(A_l),) bool of level l's
+    aggregation instead (None: the theta rule; a level they coarsen by less than 3x is aggregated with theta = 0); coarsening stops when a level has at most ``coarse_size``
     unknowns per diagonal block, after ``max_levels`` levels, or when aggregation stalls (fewer than 10% fewer
     unknowns). A must be SPD with a positive diagonal (one value set; a PyG block-diagonal batch is fine)."""
     _one_matrix(A, "build_multigrid")
@@ -345,9 +390,13 @@ def build_multigrid(A: SparseMatrix, weights: WeightFn | None = None, *, theta: 
     levels: list[tuple[SparseMatrix, SparseMatrix]] = []
     cur = A
     while len(levels) + 1 < int(max_levels) and cur.shape[0] > int(coarse_size) * G:
-        agg, ptr = aggregate(cur, theta)
+        flags = None if strength is None else strength(cur, len(levels))
+        agg, ptr = aggregate(cur, theta, flags)
         nc = int(ptr[-1])
-        if theta > 0 and nc > 0.5 * cur.shape[0]:  # few strong connections left: aggregate all neighbours
+        if (theta > 0 and nc > 0.5 * cur.shape[0]) or (flags is not None and nc > 0.35 * cur.shape[0]):
+            # few strong connections (the coarsening would stall and leave a large dense coarsest level; a learned
+            # strength that coarsened by less than 3x once stalled at 10k unknowns, a 14 s coarse factorisation):
+            # aggregate all neighbours on this level
             agg, ptr = aggregate(cur, 0.0)
             nc = int(ptr[-1])
         if nc == 0 or nc > 0.9 * cur.shape[0]:
@@ -361,5 +410,5 @@ def build_multigrid(A: SparseMatrix, weights: WeightFn | None = None, *, theta: 
     return Multigrid(levels, cur)
 
 
-__all__ = ["Multigrid", "aggregate", "build_multigrid", "from_pyamg", "galerkin", "gershgorin_radius", "node_blocks",
-           "smoothed_prolongator", "spectral_radius", "spgemm", "tentative"]
+__all__ = ["Multigrid", "aggregate", "build_multigrid", "evolution_strong", "from_pyamg", "galerkin", "gershgorin_radius",
+           "node_blocks", "smoothed_prolongator", "spectral_radius", "spgemm", "strength_graph", "tentative"]

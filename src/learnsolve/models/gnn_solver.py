@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,6 +41,7 @@ from learnsolve.linalg import (
     aggregate,
     build_multigrid,
     condition_estimate,
+    evolution_strong,
     node_blocks,
 )
 from learnsolve.nn.features import diagonal, graph_mean, require_positive_diagonal
@@ -58,7 +60,8 @@ from .base import (
 from .gnn_fcg import BASES, FCGNet
 
 MODES = ("multigrid", "fcg")
-MG_LOSSES = ("kappa", "error")
+MG_LOSSES = ("pcg", "kappa", "error")
+STRENGTHS = ("classical", "learned", "evolution")
 EDGE_DIM = 4
 
 
@@ -104,8 +107,9 @@ class GNNSolver(LearnedModel):
 
     def __init__(self, hidden: int = 8, layers: int = 1, mode: str = "multigrid", loss: str | None = None,
                  theta: float = 0.0, coarse_size: int = 16, kappa_steps: int = 30, error_steps: int = 4,
-                 num_probes: int = 4, first_level: int = 0, size_factor: float = 2.0, unroll_steps: int = 8,
-                 truncation: int = 1, base: str = "jacobi"):
+                 num_probes: int = 4, first_level: int = 0, size_factor: float | None = 2.0, unroll_steps: int = 8,
+                 truncation: int = 1, base: str = "jacobi", strength: str = "classical", strength_hidden: int = 8,
+                 strength_layers: int = 1, pcg_steps: int = 8, weights: bool = True):
         super().__init__()
         check_choice("gnn_solver", "mode", mode, MODES)
         check_choice("gnn_solver", "base", base, BASES)  # checked in both modes: a typo is never silently ignored
@@ -115,8 +119,13 @@ class GNNSolver(LearnedModel):
             self.kind, self.is_linear = "solver", False
             self.fcg = FCGNet(hidden, layers, unroll_steps, truncation, loss or "log_residual", base)
             return
-        loss = loss or MG_LOSSES[0]
+        loss = loss or "kappa"
         check_choice("gnn_solver", "loss", loss, MG_LOSSES)
+        check_choice("gnn_solver", "strength", strength, STRENGTHS)
+        self.strength = strength
+        self._strength_losses: list[Tensor] = []  # the strength network's BCE per level of the last hierarchy
+        self.pcg_steps = check_int("gnn_solver", "pcg_steps", pcg_steps, 1)
+        self.learn_weights = bool(weights)
         if not 0.0 <= float(theta) < 1.0:
             raise ValueError(f"gnn_solver: theta must be in [0, 1), got {theta!r}")
         self.loss_kind, self.theta = loss, float(theta)
@@ -125,9 +134,9 @@ class GNNSolver(LearnedModel):
         self.error_steps = check_int("gnn_solver", "error_steps", error_steps, 1)
         self.num_probes = check_int("gnn_solver", "num_probes", num_probes, 1)
         self.first_level = check_int("gnn_solver", "first_level", first_level, 0)
-        if not float(size_factor) > 0:
-            raise ValueError(f"gnn_solver: size_factor must be > 0, got {size_factor!r}")
-        self.size_factor = float(size_factor)
+        if size_factor is not None and not float(size_factor) > 0:
+            raise ValueError(f"gnn_solver: size_factor must be > 0 or null (no size guard), got {size_factor!r}")
+        self.size_factor = None if size_factor is None else float(size_factor)
         # the largest level (unknowns per system) the network was trained on; saved with the weights
         self.register_buffer("trained_level_size", torch.zeros((), dtype=torch.float64))
         self.encoder = mlp([2, hidden, hidden])
@@ -135,6 +144,9 @@ class GNNSolver(LearnedModel):
         self.head = mlp([2 * hidden + EDGE_DIM, hidden, 1])  # g_ij from [h_i, h_j, e_ij]
         nn.init.zeros_(self.head[-1].weight)  # untrained: classical smoothed aggregation
         nn.init.zeros_(self.head[-1].bias)
+        if strength == "learned":
+            self.strength_net = StrengthNet(check_int("gnn_solver", "strength_hidden", strength_hidden, 1),
+                                            check_int("gnn_solver", "strength_layers", strength_layers, 0))
 
     # -- the learned prolongator weights: plain tensor code shared with the exported program ---------------
     def entry_weights(self, row: Tensor, col: Tensor, values: Tensor, same: Tensor, n: int,
@@ -153,13 +165,14 @@ class GNNSolver(LearnedModel):
         return 1.0 + 0.5 * torch.tanh(g.to(values.dtype))  # bounded: W in (0.5, 1.5)
 
     def _level_weights(self, A: SparseMatrix, agg: Tensor, level: int) -> Tensor | None:
-        if level < self.first_level:
+        if level < self.first_level or not self.learn_weights:
             return None  # a classical prolongator on the finest levels (the network's cost is per entry)
         G = 1 if A.blocks is None else A.blocks.numel() - 1
         per_system = A.shape[0] / G
         if self.training and torch.is_grad_enabled():
             self.trained_level_size.fill_(max(float(self.trained_level_size), per_system))
-        elif 0 < float(self.trained_level_size) and per_system > self.size_factor * float(self.trained_level_size):
+        elif self.size_factor is not None and 0 < float(self.trained_level_size) \
+                and per_system > self.size_factor * float(self.trained_level_size):
             return None  # larger than any level it was trained on: the classical prolongator (see the class doc)
         row, col = A.pattern.row.long(), A.pattern.col.long()
         ar, ac = agg.index_select(0, row), agg.index_select(0, col)
@@ -178,7 +191,27 @@ class GNNSolver(LearnedModel):
         if not A.is_symmetric(rtol=1e-10):
             raise ValueError("gnn_solver needs a symmetric (SPD) matrix: its V-cycle preconditions CG; use an SPD "
                              "family (not convdiff2d)")
-        return build_multigrid(A, self._level_weights, theta=self.theta, coarse_size=self.coarse_size)
+        self._strength_losses = []
+        return build_multigrid(A, self._level_weights, theta=self.theta, coarse_size=self.coarse_size,
+                               strength=None if self.strength == "classical" else self._level_strength)
+
+    def _level_strength(self, A: SparseMatrix, level: int) -> Tensor:
+        """The strong entries (nnz,) bool of level ``level``'s aggregation: pyamg's evolution measure
+        (``strength="evolution"``, and the training target of the learned one), or the strength network's
+        prediction. In training the evolution labels aggregate (teacher forcing) and the network's
+        binary cross-entropy against them is collected for :meth:`training_loss`."""
+        if self.strength == "evolution":
+            return evolution_strong(A)
+        net: StrengthNet = self.strength_net
+        if self.training and torch.is_grad_enabled():
+            target = evolution_strong(A)
+            logits = net(A.detach())
+            off = A.pattern.row != A.pattern.col
+            self._strength_losses.append(nn.functional.binary_cross_entropy_with_logits(
+                logits[off], target[off].to(logits.dtype)))
+            return target
+        with torch.no_grad():
+            return net(A.detach()) > 0
 
     def preconditioner_for(self, batch):
         """The learned V-cycle (multigrid) or the nonlinear per-iteration map (fcg)."""
@@ -190,7 +223,11 @@ class GNNSolver(LearnedModel):
     def classical_start(self) -> str | None:
         if self.mode == "fcg":
             return f"{self.fcg.base}-preconditioned flexible CG"
-        return f"classical smoothed aggregation (theta {self.theta:g}, coarsest level <= {self.coarse_size})"
+        agg = ("" if self.strength == "classical" else
+               ", its strength network untrained: every connection strong" if self.strength == "learned" else
+               ", evolution strength")
+        return (f"classical smoothed aggregation (theta {self.theta:g}, coarsest level <= {self.coarse_size}"
+                f"{agg})")
 
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         if self.mode == "fcg":
@@ -198,10 +235,21 @@ class GNNSolver(LearnedModel):
         A = system_matrix(batch)
         M = self.hierarchy(batch, A)
         logs = {"levels": float(M.num_levels)}
+        extra = A.values.new_zeros(())
+        taken, self._strength_losses = self._strength_losses, []  # no graph kept on the module (it is deep-copied)
+        if taken:
+            extra = torch.stack(taken).mean()
+            logs["strength_bce"] = float(extra.detach())
+        if not self.learn_weights:
+            return extra, logs
+        if self.loss_kind == "pcg":
+            rate = self._pcg_rate(A, M)
+            logs["pcg_rate"] = float(torch.exp(rate.detach()).mean())
+            return rate.mean() + extra, logs
         if self.loss_kind == "kappa":
             log_kappa = torch.log(condition_estimate(A, M=M, steps=self.kappa_steps).clamp_min(1.0))
             logs["log_kappa"] = float(log_kappa.detach().mean())
-            return log_kappa.mean(), logs
+            return log_kappa.mean() + extra, logs
         red = A.reducer()
         g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
         E = torch.randn(1, A.shape[0], self.num_probes, generator=g, dtype=A.dtype)
@@ -210,7 +258,32 @@ class GNNSolver(LearnedModel):
             E = E - M.apply(A.mv(E))
         rate = 0.5 * torch.log(red.dot(E, A.mv(E)).clamp_min(1e-300) / e0) / self.error_steps
         logs["error_rate"] = float(torch.exp(rate.detach()).mean())
-        return rate.mean(), logs
+        return rate.mean() + extra, logs
+
+    def _pcg_rate(self, A: SparseMatrix, M: Multigrid) -> Tensor:
+        """Per system and probe, the mean log A-norm error reduction per step of ``pcg_steps`` PCG steps with M from
+        x0 = 0 on A x = b, b = A x* for ``num_probes`` random x*: what CG's iteration count follows (unlike kappa, it
+        rewards clustered spectra with a few outliers, which CG removes in a few steps)."""
+        red = A.reducer()
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+        xs = torch.randn(1, A.shape[0], self.num_probes, generator=g, dtype=A.dtype)
+        r = A.mv(xs)
+        e0 = red.dot(xs, r)
+        x = torch.zeros_like(xs)
+        z = M.apply(r)
+        p, rz = z, red.dot(r, z)
+        tiny = torch.finfo(A.dtype).tiny
+        for _ in range(self.pcg_steps):
+            q = A.mv(p)
+            alpha = rz / red.dot(p, q).clamp_min(tiny)
+            x = x + red.expand(alpha) * p
+            r = r - red.expand(alpha) * q
+            z = M.apply(r)
+            rz_new = red.dot(r, z)
+            p = z + red.expand(rz_new / rz.clamp_min(tiny)) * p
+            rz = rz_new
+        e = xs - x
+        return 0.5 * torch.log(red.dot(e, A.mv(e)).clamp_min(1e-300) / e0) / self.pcg_steps
 
     @torch.no_grad()
     def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000, safeguard: bool = True) -> tuple[Tensor, SolveInfo]:
@@ -248,6 +321,73 @@ class GNNSolver(LearnedModel):
         w = ("w (E,) float64: the finest level's prolongator weights; P = (I - omega D^-1 (A o W)) T with T the "
              "tentative prolongator and omega = 4 / (3 rho) (learnsolve.linalg.multigrid.smoothed_prolongator)")
         return ProgramSpec(_WeightsProgram(self), inputs=inputs, reference=reference, extra_inputs=extra, outputs=[w])
+
+
+class StrengthNet(nn.Module):
+    """The learned strength of connection: one logit per stored entry of a level's matrix (> 0: strong), from the
+    level's algebraic features (:func:`level_features` without the aggregate indicator), ``layers`` message-passing
+    layers and a per-entry head, ReLU activations. The output bias starts at +4: untrained, every connection is
+    strong, pyamg's standard aggregation with theta = 0 (classical smoothed aggregation).
+
+    Inference on the CPU runs compiled (:mod:`._strength_kernel`: features, layers and head fused over the CSR rows,
+    float64): 586,756 entries (rotated anisotropy, 256^2), hidden 8, one layer, one thread: see
+    ``docs/learned_amg.md`` for the measured times; the torch path (training, other devices) computes the same logits."""
+
+    def __init__(self, hidden: int, layers: int):
+        super().__init__()
+        self.encoder = mlp([2, hidden, hidden], nn.ReLU)
+        self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=EDGE_DIM, act=nn.ReLU) for _ in range(layers))
+        self.head = mlp([2 * hidden + EDGE_DIM, hidden, 1], nn.ReLU)
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.constant_(self.head[-1].bias, 4.0)
+
+    def forward(self, A: SparseMatrix) -> Tensor:
+        if A.device.type == "cpu" and not torch.is_grad_enabled() and A.batch_size is None \
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            return self.compiled(A)
+        return self.reference(A)
+
+    def reference(self, A: SparseMatrix) -> Tensor:
+        """The logits by torch operations (differentiable)."""
+        row, col = A.pattern.row.long(), A.pattern.col.long()
+        n = A.shape[0]
+        G = 1 if A.blocks is None else A.blocks.numel() - 1
+        graph = None if G == 1 else node_blocks(A)
+        pdt = self.head[-1].weight.dtype
+        node, edge = level_features(row, col, A.values, torch.zeros_like(row, dtype=torch.bool), n, graph, G, pdt)
+        h = self.encoder(node)
+        ei = torch.stack([row, col])
+        work = edge_workspace(h, row.shape[0], h.shape[-1])
+        for conv in self.convs:
+            h = conv(h, ei, edge, work)
+        return self.head[2](pair_hidden(self.head[0], self.head[1], h, row, col, edge, work)).view(-1)
+
+    def compiled(self, A: SparseMatrix) -> Tensor:
+        """The logits by the compiled kernel (CPU, no autograd), float64."""
+        from ._strength_kernel import strength_logits
+
+        def f64(t: Tensor):
+            return t.detach().to(torch.float64).contiguous().numpy()
+
+        def stack(get, shape):
+            return np.stack([f64(get(c)) for c in self.convs]) if len(self.convs) else np.zeros((0, *shape))
+
+        C = self.encoder[0].out_features
+        F = 2 * C + EDGE_DIM
+        G = 1 if A.blocks is None else A.blocks.numel() - 1
+        out = np.empty(A.nnz)
+        strength_logits(
+            A.pattern.crow.cpu().numpy().astype(np.int64), A.pattern.col.cpu().numpy().astype(np.int64),
+            f64(A.values), node_blocks(A).cpu().numpy(), G,
+            f64(self.encoder[0].weight), f64(self.encoder[0].bias), f64(self.encoder[2].weight),
+            f64(self.encoder[2].bias),
+            stack(lambda c: c.phi[0].weight, (C, F)), stack(lambda c: c.phi[0].bias, (C,)),
+            stack(lambda c: c.phi[2].weight, (C, C)), stack(lambda c: c.phi[2].bias, (C,)),
+            stack(lambda c: c.psi[0].weight, (C, 2 * C)), stack(lambda c: c.psi[0].bias, (C,)),
+            stack(lambda c: c.psi[2].weight, (C, C)), stack(lambda c: c.psi[2].bias, (C,)),
+            f64(self.head[0].weight), f64(self.head[0].bias), f64(self.head[2].weight).reshape(-1),
+            float(self.head[2].bias), out)
+        return torch.from_numpy(out)
 
 
 class _WeightsProgram(ProgramModule):

@@ -79,11 +79,11 @@ class SystemConv(nn.Module):
     about 60 ms per edge as PyG messages, about 10 ms here).
     """
 
-    def __init__(self, channels: int, edge_dim: int = 1):
+    def __init__(self, channels: int, edge_dim: int = 1, act: type[nn.Module] = nn.GELU):
         super().__init__()
         self.channels, self.edge_dim = int(channels), int(edge_dim)
-        self.phi = mlp([2 * channels + edge_dim, channels, channels])
-        self.psi = mlp([2 * channels, channels, channels])
+        self.phi = mlp([2 * channels + edge_dim, channels, channels], act)
+        self.psi = mlp([2 * channels, channels, channels], act)
 
     def reset_parameters(self) -> None:
         for m in (*self.phi, *self.psi):
