@@ -23,6 +23,10 @@ Sections (``--sections``, default all):
    (the literature: IC(0) iterations grow with the contrast; a coarse space that holds the inclusions removes it).
 5. ``rs_theta``: Ruge-Stueben's strength threshold theta in {0.1, 0.25, 0.5} per family: the measurement behind the
    registry's ``amg_rs`` setting.
+6. ``cycle``: one pyamg hierarchy (SA defaults; RS theta 0.25) per family applied by pyamg's own cycle
+   (``AMG(cycle="pyamg")``) and by the compiled symmetric V(1,1)-cycle (``learnsolve.linalg.multigrid.from_pyamg``,
+   what the registry's AMG rows use on symmetric matrices), in the same CG: iterations, solve ms (medians of the
+   repeats, setup not timed) and ms per iteration.
 
 The hard families' parameters are those of ``conf/benchmark/hard.yaml`` (the benchmark the models are judged on).
 Torch runs with its default threads (as a user's process would). Writes ``OUT/bench_baselines.json`` and
@@ -50,7 +54,7 @@ from learnsolve.evaluation import evaluate_suite
 from learnsolve.files import write_json, write_text
 from learnsolve.linalg import AMG, SparseMatrix, solve
 
-SECTIONS = ("native", "table", "anisotropy", "contrast", "rs_theta")
+SECTIONS = ("native", "table", "anisotropy", "contrast", "rs_theta", "cycle")
 HARD = ("lognormal2d", "anisotropic2d", "channels2d", "graph_laplacian")
 TABLE_BASELINES = ["ic0", "mic0", "ic0_deflated", "amg_sa", "amg_sa_evol", "amg_rs"]
 RTOL = 1e-6
@@ -119,6 +123,37 @@ def _native_one(fam: str, data, side: int, repeats: int) -> dict:
             "scipy_ms": 1e3 * med["scipy"], "project_ms": 1e3 * med["project"],
             "uncoordinated_ms": 1e3 * med["uncoordinated"],
             "ratio": med["project"] / med["scipy"], "ratio_uncoordinated": med["uncoordinated"] / med["scipy"]}
+
+
+def cycle(families, side: int, repeats: int, params: dict) -> list[dict]:
+    """pyamg's cycle vs the compiled cycle on the same hierarchy (section 6)."""
+    from learnsolve.evaluation.baselines import RS_TUNED
+    from learnsolve.linalg.multigrid import from_pyamg
+
+    rows = []
+    for fi, fam in enumerate(families):
+        data = generate(fam, side, SEED0 + fi, params)[0]
+        A = SparseMatrix.from_scipy(to_scipy(data).tocsr())
+        b = data.b.double()
+        for kind, opts in (("sa", {}), ("rs", RS_TUNED)):
+            P = AMG(A, kind=kind, **opts)
+            runs = {"pyamg": P, "compiled": from_pyamg(P._hier[0])}
+            row = {"family": fam, "side": side, "amg": kind}
+            for name, M in runs.items():
+                solve(A, b, method="cg", precond=M, rtol=RTOL, maxiter=5000, on_fail="ignore")  # warm-up
+                times, its = [], 0
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    _, info = solve(A, b, method="cg", precond=M, rtol=RTOL, maxiter=5000, return_info=True,
+                                    on_fail="ignore")
+                    times.append(time.perf_counter() - t0)
+                    its = int(info.iterations)
+                row[f"iters_{name}"], row[f"{name}_ms"] = its, 1e3 * statistics.median(times)
+                row[f"{name}_ms_per_iter"] = row[f"{name}_ms"] / max(its, 1)
+            row["ratio"] = row["compiled_ms"] / row["pyamg_ms"]
+            rows.append(row)
+            print(f"cycle {fam} {kind}: compiled {row['ratio']:.2f}x pyamg's", flush=True)
+    return rows
 
 
 def native(families, side: int, repeats: int, params: dict) -> list[dict]:
@@ -235,6 +270,15 @@ def report(result: dict, command: str) -> str:
     if result.get("rs_theta"):
         parts.append("\n## Ruge-Stueben strength threshold\n\n")
         parts.append(_md(result["rs_theta"], [("family", "family", ""), ("theta", "theta", "g")] + MEDIAN_COLS))
+    if result.get("cycle"):
+        parts.append("\n## The same pyamg hierarchy: pyamg's cycle vs the compiled V-cycle\n\n")
+        parts.append(_md(result["cycle"], [("family", "family", ""), ("amg", "AMG", ""),
+                                           ("iters_pyamg", "iters pyamg", "d"), ("pyamg_ms", "pyamg ms", ".1f"),
+                                           ("pyamg_ms_per_iter", "ms / iter", ".2f"),
+                                           ("iters_compiled", "iters compiled", "d"),
+                                           ("compiled_ms", "compiled ms", ".1f"),
+                                           ("compiled_ms_per_iter", "ms / iter", ".2f"),
+                                           ("ratio", "solve ratio", ".2f")]))
     return "".join(parts)
 
 
@@ -274,6 +318,8 @@ def main(argv=None) -> int:
                                    args.num_systems, args.repeats, params, SEED0 + 60_000)
     if "rs_theta" in args.sections:
         result["rs_theta"] = rs_theta(args.families, args.sweep_size, args.num_systems, args.repeats, params)
+    if "cycle" in args.sections:
+        result["cycle"] = cycle(args.families, args.native_size, args.repeats, params)
     command = "python scripts/bench_baselines.py " + " ".join(result["argv"])
     text = report(result, command.strip())
     print(text)

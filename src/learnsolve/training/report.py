@@ -84,9 +84,9 @@ def print_table(rows: list[dict], title: str) -> None:
     table = Table(title=title, caption=caption)
     for col in ("method", "iterations", "ratio to IC(0)", "setup ms", "solve ms", "total ms", "total / fastest classical",
                 "converged"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["method"], f"{r['iters']:.1f}", f"{r['iters_ratio_ic0']:.2f}", f"{1e3 * r['setup_seconds']:.1f}",
                       f"{1e3 * r['solve_seconds']:.1f}", f"{1e3 * r['seconds']:.1f}", f"{r['time_ratio_best']:.2f}",
                       r["converged"])
-    Console().print(table)
+    Console(width=max(Console().width, 132)).print(table)  # wide enough for every column, also in a log file
