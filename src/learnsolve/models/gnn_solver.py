@@ -23,6 +23,15 @@ few), or ``loss="error"``: the mean log A-norm reduction per step of the station
 over ``error_steps`` steps from ``num_probes`` random errors. Both are differentiated through the Galerkin products,
 the Gauss-Seidel sweeps and the coarse Cholesky factorisation.
 
+``loss="pcg"``: the mean log A-norm error reduction per step of ``pcg_steps`` PCG steps from random x* (b = A x*).
+
+``strength`` chooses the aggregation's strength of connection on every level: "classical" (the symmetric measure with
+threshold ``theta``), "evolution" (pyamg's evolution measure, :func:`learnsolve.linalg.evolution_strong`) or
+"learned": :class:`StrengthNet`, a small ReLU GNN, one logit per entry (> 0: strong), trained by binary cross-entropy
+to predict the evolution measure on every level of the training hierarchies (the labels aggregate them while it
+trains), compiled for CPU inference; untrained it calls every connection strong (classical SA). ``weights=False``
+trains the strength network alone (the prolongator keeps W = 1). Measured status: ``docs/learned_amg.md``.
+
 ``mode="fcg"``: the earlier design, a GNN applied in every flexible-CG iteration (:mod:`.gnn_fcg`).
 """
 
@@ -88,13 +97,15 @@ def level_features(row: Tensor, col: Tensor, values: Tensor, same: Tensor, n: in
 
 class GNNSolver(LearnedModel):
     """See the module doc. Args: ``hidden`` channels, ``layers`` message-passing layers (>= 0), ``mode``
-    ("multigrid" | "fcg"), ``loss`` (multigrid: "kappa" | "error"; fcg: "log_residual" | "energy"; None: the mode's
+    ("multigrid" | "fcg"), ``loss`` (multigrid: "kappa" | "pcg" | "error"; fcg: "log_residual" | "energy"; None: the mode's
     first), ``theta`` the aggregation's strength threshold, ``coarse_size`` the largest coarsest level per system
     (dense Cholesky), ``kappa_steps`` / ``error_steps`` / ``num_probes`` the losses' lengths, ``first_level`` the
     first level whose prolongator is learned (finer ones are classical), ``size_factor``: levels with more than
     ``size_factor`` times the unknowns (per system) of the largest level seen in training keep the classical
     prolongator (the network is not extrapolated; 0 trained: every level learned); ``unroll_steps``,
-    ``truncation``, ``base``: the fcg mode's options."""
+    ``truncation``, ``base``: the fcg mode's options; ``strength`` ("classical" | "evolution" | "learned"),
+    ``strength_hidden`` / ``strength_layers`` (the strength network), ``pcg_steps`` (``loss="pcg"``), ``weights``
+    (learn the prolongator weights; False: the strength network alone); ``size_factor=None``: no size guard."""
 
     kind = "preconditioner"  # multigrid: a learned preconditioner of CG; the fcg mode is a learned "solver"
     requires_spd = True
