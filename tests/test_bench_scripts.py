@@ -1,4 +1,5 @@
-"""scripts/bench_multigrid.py and scripts/bench_safeguard.py: their numbers against independent references."""
+"""scripts/bench_multigrid.py, bench_safeguard.py, bench_baselines.py (cycle), bench_learned_strength.py and
+study_prolongator_weights.py: their numbers against independent references."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from learnsolve.models.checkpoint import load_model
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import bench_baselines
+import bench_learned_strength
 import bench_multigrid
 import bench_safeguard
 import neural_ode_memory
+import study_prolongator_weights
 
 CKPT = ROOT / "tests" / "fixtures" / "checkpoints" / "pre_house_neural_if.ckpt"
 
@@ -105,3 +109,58 @@ def test_neural_ode_memory_table(tmp_path):
                                                           (30, "adjoint")]
     assert all(r["seconds"] > 0 for r in rows)
     assert (tmp_path / "neural_ode_memory.md").read_text().count("| 4x4 |") == 4
+
+
+def test_bench_baselines_cycle_section_compares_one_hierarchy(tmp_path):
+    """The cycle rows: the same pyamg hierarchy, two cycles; the compiled one takes at least as many iterations (one
+    sweep per side instead of pyamg's two) and the ratio is the solve-time ratio."""
+    threads = torch.get_num_threads()
+    try:
+        assert bench_baselines.main(["--sections", "cycle", "--quick", "--families", "lognormal2d", "channels2d",
+                                     "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "bench_baselines.json").read_text())["cycle"]
+    assert {(r["family"], r["amg"]) for r in rows} == {(f, k) for f in ("lognormal2d", "channels2d") for k in ("sa", "rs")}
+    for r in rows:
+        assert r["iters_compiled"] >= r["iters_pyamg"] > 0
+        assert r["ratio"] == pytest.approx(r["compiled_ms"] / r["pyamg_ms"])
+    assert "pyamg's cycle vs the compiled V-cycle" in (tmp_path / "bench_baselines.md").read_text()
+
+
+def test_bench_learned_strength_rows(tmp_path):
+    """A short run: every method on the system, the untrained strength network equals classical SA (all strong),
+    and the network's time is reported for the network rows only."""
+    threads = torch.get_num_threads()
+    try:
+        assert bench_learned_strength.main(["--steps", "4", "--sizes", "16", "--families", "channels2d",
+                                            "--repeats", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["method"]: r for r in json.loads((tmp_path / "learned_strength.json").read_text())["rows"]}
+    assert set(rows) == {"sa", "evolution", "learned", "untrained", "mic0", "amg_sa", "amg_rs"}
+    assert rows["untrained"]["iters"] == rows["sa"]["iters"] and rows["untrained"]["levels"] == rows["sa"]["levels"]
+    assert rows["learned"]["network_ms"] > 0 and rows["sa"]["network_ms"] == 0
+    assert all(r["converged"] and r["total_ms"] == pytest.approx(r["setup_ms"] + r["solve_ms"]) for r in rows.values())
+
+
+def test_study_prolongator_weights_starts_classical(tmp_path):
+    """Step 0 is classical smoothed aggregation: its iterations equal build_multigrid's without weights."""
+    import numpy as np
+    import yaml
+
+    from learnsolve.linalg import SparseMatrix, cg
+    from learnsolve.linalg.multigrid import build_multigrid
+
+    threads = torch.get_num_threads()
+    try:
+        assert study_prolongator_weights.main(["--families", "lognormal2d", "--side", "12", "--losses", "pcg",
+                                               "--lrs", "0.01", "--steps", "10", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = json.loads((tmp_path / "prolongator_weights.json").read_text())["rows"]
+    params = yaml.safe_load((ROOT / "conf" / "benchmark" / "hard.yaml").read_text())["params"]["lognormal2d"]
+    A = SparseMatrix.from_pyg(GENERATORS["lognormal2d"](12, seed=5, reference=False, **params)).detach()
+    b = torch.from_numpy(np.random.default_rng(0).standard_normal(A.shape[0])).view(1, -1, 1)
+    ref = int(cg(A, b, M=build_multigrid(A, coarse_size=16), rtol=1e-6, maxiter=3000)[1].iterations.max())
+    assert row["iterations"][0] == ref and len(row["iterations"]) == 2
