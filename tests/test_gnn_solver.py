@@ -202,9 +202,9 @@ ROTATED = {"theta": "random", "epsilon": [1e-4, 1e-2], "stencil": "fe"}
 def test_learned_vcycle_is_spd_with_learned_strength_and_weights():
     """Whatever the strength network and the weights say, the V-cycle is symmetric positive definite (dense check)."""
     batch = _hard_batch("anisotropic2d", 12, [5], **ROTATED)
+    torch.manual_seed(3)
     model = GNNSolver(hidden=4, layers=1, coarse_size=4, strength="learned", strength_hidden=4,
                       strength_layers=1, size_factor=None).double()
-    torch.manual_seed(3)
     torch.nn.init.normal_(model.head[-1].weight, std=1.0)
     torch.nn.init.normal_(model.strength_net.head[-1].weight, std=2.0)
     torch.nn.init.zeros_(model.strength_net.head[-1].bias)

@@ -224,3 +224,14 @@ def test_pyamg_hierarchies_in_the_compiled_cycle_are_spd_and_converge():
     assert mg.sizes()[1] == A1.shape[0]
     Minv = mg.apply(E)[0].numpy()
     assert np.linalg.eigvalsh(0.5 * (Minv + Minv.T)).min() > 0
+
+
+def test_a_strength_with_no_strong_connection_falls_back_to_classical_aggregation():
+    """A strength function that flags nothing (or almost nothing) strong: the level is aggregated with theta = 0, so
+    the hierarchy is the classical one instead of stopping at the fine level."""
+    A = SparseMatrix.from_pyg(GENERATORS["diffusion2d"](16, seed=1)).detach()
+    classical = build_multigrid(A, coarse_size=4)
+    for flags in (lambda M, lv: torch.zeros(M.nnz, dtype=torch.bool),
+                  lambda M, lv: M.pattern.row == M.pattern.col):
+        mg = build_multigrid(A, coarse_size=4, strength=flags)
+        assert mg.sizes() == classical.sizes() and mg.num_levels >= 3

@@ -393,8 +393,9 @@ def build_multigrid(A: SparseMatrix, weights: WeightFn | None = None, *, theta: 
         flags = None if strength is None else strength(cur, len(levels))
         agg, ptr = aggregate(cur, theta, flags)
         nc = int(ptr[-1])
-        if (theta > 0 and nc > 0.5 * cur.shape[0]) or (flags is not None and nc > 0.35 * cur.shape[0]):
-            # few strong connections (the coarsening would stall and leave a large dense coarsest level; a learned
+        if (theta > 0 and (nc == 0 or nc > 0.5 * cur.shape[0])) or \
+                (flags is not None and (nc == 0 or nc > 0.35 * cur.shape[0])):
+            # few or no strong connections (the coarsening would stall and leave a large dense coarsest level; a learned
             # strength that coarsened by less than 3x once stalled at 10k unknowns, a 14 s coarse factorisation):
             # aggregate all neighbours on this level
             agg, ptr = aggregate(cur, 0.0)
