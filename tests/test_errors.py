@@ -23,6 +23,7 @@ from learnsolve.linalg import (
     ConvergenceError,
     ConvergenceWarning,
     FunctionPreconditioner,
+    SingularMatrixError,
     SparseMatrix,
     cg,
     solve,
@@ -366,3 +367,39 @@ def test_krylov_entry_points_validate_and_method_options_are_checked():
         solve(A, torch.ones(4, dtype=F64), method="cg", restart=5)
     x = solve(A, torch.ones(4, dtype=F64), method="gmres", restart=2)
     assert torch.allclose(x, torch.ones(4, dtype=F64))
+
+
+@pytest.mark.parametrize("A", [_neumann2d(4), _neumann2d(16)], ids=["2d-4", "2d-16"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_direct_solve_of_an_inconsistent_singular_system_is_not_a_silent_answer(A, sparse):
+    """A 1 = 0 and b outside the range: the direct path used to return a finite x with a residual of the order of b's
+    and no word. Now its residual is checked like the Krylov methods' (floor sqrt(eps)); a consistent b still
+    solves, and an ill-conditioned but nonsingular matrix (Hilbert 10x10, kappa 1.6e13) still passes."""
+    n = A.shape[0]
+    b = np.random.default_rng(4).standard_normal(n)
+    b += 1.0 - b.mean()  # a constant component: no solution exists
+    At = SparseMatrix.from_scipy(A) if sparse else torch.from_numpy(A.toarray())
+    with pytest.raises(ConvergenceError, match="direct solve left a large residual") as e:
+        solve(At, torch.from_numpy(b), method="direct")
+    assert float(e.value.info.residual_history.max()) >= 0.1 * np.linalg.norm(b)  # scipy/numpy's x is as bad
+    with pytest.warns(ConvergenceWarning):
+        solve(At, torch.from_numpy(b), method="direct", on_fail="warn")
+    H = torch.from_numpy(scipy.linalg.hilbert(10))
+    x = solve(H, torch.ones(10, dtype=torch.float64), method="direct")
+    assert float((H @ x - 1).norm()) <= 1e-8 * np.sqrt(10)
+    # an exactly singular factorisation (the 1-D Neumann matrix) is refused by the factorisation itself
+    with pytest.raises(SingularMatrixError, match="singular"):
+        solve(torch.from_numpy(_neumann1d(16).toarray()), torch.from_numpy(b[:16]), method="direct")
+
+
+@pytest.mark.parametrize("rtol, atol", [(1.0, 0.0), (2.5, 0.0), (-1e-3, 0.0), (float("nan"), 0.0), (1e-6, -1.0),
+                                        (1e-6, float("inf"))])
+def test_tolerances_outside_their_range_are_refused(rtol, atol):
+    """rtol >= 1 used to be accepted and x = 0 'converged'; every entry point now names the bad tolerance."""
+    A = torch.from_numpy(_neumann2d(4).toarray() + np.eye(16))
+    b = torch.ones(16, dtype=torch.float64)
+    name = "rtol" if not 0 <= rtol < 1 or np.isnan(rtol) else "atol"
+    with pytest.raises(ValueError, match=name):
+        solve(A, b, rtol=rtol, atol=atol)
+    with pytest.raises(ValueError, match=name):
+        cg(A, b, rtol=rtol, atol=atol)

@@ -369,3 +369,13 @@ def test_a_singular_matrix_with_constant_null_space_gets_a_consistent_random_ima
 
     rows = evaluate_suite(None, [("neumann", d)], rtols=[1e-6], repeats=1, preconditioners=["jacobi"], progress=False)
     assert rows[0]["status"] == "ok" and "b = A r (A 1 = 0" in rows[0]["reason"]  # said in the notes column
+
+
+@pytest.mark.parametrize("index", ["1e400", "-1e400", "1e30"])
+def test_a_huge_or_infinite_index_is_a_clear_error(tmp_path, index):
+    """An index that reads as infinity (or beyond int64) used to crash the reader with OverflowError while it composed
+    its own 'index out of range' message."""
+    p = tmp_path / "a.mtx"
+    p.write_text(f"%%MatrixMarket matrix coordinate real general\n2 2 2\n1 1 1.0\n{index} 2 1.0\n")
+    with pytest.raises(MatrixMarketError, match=r"index out of range: entry 2 has row .*valid range is 1\.\.2"):
+        read_matrix_market(p)

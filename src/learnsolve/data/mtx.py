@@ -186,8 +186,10 @@ def _validate(path: Path, text: str, *, square: bool) -> tuple[str, str, tuple[i
             out = (ij[:, c] < 1) | (ij[:, c] > lim)
             if np.any(out):
                 bad = int(np.flatnonzero(out)[0])
+                v = ij[bad, c]  # may be huge or infinite ("1e400"): no int() of it
+                shown = f"{int(v)}" if np.isfinite(v) and abs(v) < 2**63 else f"{v:g}"
                 raise MatrixMarketError(path, f"index out of range: entry {bad + 1} has {what} "
-                                        f"{int(ij[bad, c])}, valid range is 1..{lim}")
+                                        f"{shown}, valid range is 1..{lim}")
         vals = ent[:, 2]
         diag = int(np.count_nonzero(ij[:, 0] == ij[:, 1]))
         if sym == "skew-symmetric" and diag:

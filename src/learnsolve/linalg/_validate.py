@@ -43,3 +43,15 @@ def validate_system(op: LinearOperator, b: Tensor) -> None:
         raise ValueError("A contains NaN or Inf")
     if not _all_finite(b):
         raise ValueError("b contains NaN or Inf")
+
+
+def validate_tolerances(rtol: float | None, atol: float) -> None:
+    """ValueError unless 0 <= rtol < 1 (None: the default) and atol >= 0, both finite: rtol >= 1 would accept
+    x = 0 as converged."""
+    import math
+
+    if rtol is not None and not (math.isfinite(float(rtol)) and 0.0 <= float(rtol) < 1.0):
+        raise ValueError(f"rtol must lie in [0, 1) (a relative residual reduction; rtol >= 1 accepts x = 0), got "
+                         f"{rtol!r}")
+    if not (math.isfinite(float(atol)) and float(atol) >= 0.0):
+        raise ValueError(f"atol must be a finite number >= 0, got {atol!r}")

@@ -551,11 +551,12 @@ def default_maxiter(method: str, n: int) -> int:
 # ------------------------------------------------------------------------------------------------
 
 def _public(method: str, A, b: Tensor, M, x0, rtol, atol, maxiter, callback, **options):
-    from ._validate import validate_system
+    from ._validate import validate_system, validate_tolerances
     from .precond import resolve_preconditioner
 
     op = as_operator(A)
     validate_system(op, b)
+    validate_tolerances(rtol, atol)
     n = op.shape[0]
     Bm, layout = canonicalize(b, n, op.batch_size, None if op.blocks is None else op.blocks.numel() - 1)
     X0 = None if x0 is None else canonicalize(x0, n, op.batch_size, None, name="x0")[0].expand_as(Bm)

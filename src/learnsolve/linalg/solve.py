@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ._layout import canonicalize
-from ._validate import validate_system
+from ._validate import validate_system, validate_tolerances
 from .direct import factorize
 from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_maxiter, default_rtol
 from .monitor import _OVERRIDES, BACKWARD_MODES, _overridden, _record
@@ -197,17 +197,24 @@ def _direct_info(op, X, Bm, rtol, atol) -> SolveInfo:
     red = op.reducer()
     r = red.norm(Bm - op.mv(X))
     bn = red.norm(Bm)
-    # a direct solve succeeds unless A is singular (non-finite result); its accuracy is whatever A's
-    # conditioning allows, reported in residual_history
+    # the factorisation's answer is checked like an iterative one's, with a floor of sqrt(eps) for the rounding a
+    # direct solve of an ill-conditioned A leaves: a numerically singular A (b outside its range) gives a finite x
+    # whose residual is of the order of b's, which must not pass as a solution
+    floor = torch.finfo(r.dtype).eps ** 0.5
+    ok = torch.isfinite(r) & (r <= torch.clamp(max(float(rtol), floor) * bn, min=float(atol)))
     return SolveInfo("direct", torch.zeros(r.shape, dtype=torch.int64, device=r.device),
-                     torch.isfinite(r), r.unsqueeze(0), bn, rtol, atol)
+                     ok, r.unsqueeze(0), bn, rtol, atol)
 
 
 def _check(info: SolveInfo, on_fail: str, label: str) -> None:
     if info.all_converged or on_fail == "ignore":
         return
-    msg = (f"{label} solve did not converge: {info.summary()}. Raise maxiter, loosen rtol, use a "
-           f"preconditioner, or pass on_fail='warn'/'ignore'")
+    if info.method == "direct":
+        msg = (f"{label} direct solve left a large residual: {info.summary()}. A is numerically singular (or "
+               f"b lies outside its range); check A, or pass on_fail='warn'/'ignore' to accept a least-effort x")
+    else:
+        msg = (f"{label} solve did not converge: {info.summary()}. Raise maxiter, loosen rtol, use a "
+               f"preconditioner, or pass on_fail='warn'/'ignore'")
     if on_fail == "raise":
         raise ConvergenceError(msg, info)
     warnings.warn(msg, ConvergenceWarning, stacklevel=4)
@@ -342,6 +349,7 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
     if backward == "truncated" and (unroll_steps is None or int(unroll_steps) < 1):
         raise ValueError("backward='truncated' needs unroll_steps >= 1")
     validate_system(op, b)
+    validate_tolerances(rtol, atol)
     n = op.shape[0]
     nblocks = None if op.blocks is None else op.blocks.numel() - 1
     Bm, layout = canonicalize(b, n, op.batch_size, nblocks)
