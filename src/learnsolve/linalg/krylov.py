@@ -39,11 +39,7 @@ METHOD_OPTIONS = {"fcg": ("truncation",), "gmres": ("restart",)}
 
 def default_rtol(dtype: torch.dtype) -> float:
     """Relative tolerance used when none is given: tight for float64, loose for low precision."""
-    if dtype == torch.float64:
-        return 1e-10
-    if dtype == torch.float32:
-        return 1e-5
-    return 1e-2
+    return {torch.float64: 1e-10, torch.float32: 1e-5}.get(dtype, 1e-2)
 
 
 @dataclass
