@@ -302,3 +302,13 @@ def test_compiled_strength_network_matches_its_torch_forward(layers):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
         torch.testing.assert_close(net(A), got, rtol=0, atol=0)
     assert net(A).requires_grad  # with autograd: the torch path
+
+
+def test_strength_options_are_checked():
+    with pytest.raises(ValueError, match="strength"):
+        GNNSolver(strength="lerned")
+    with pytest.raises(ValueError, match="weights=false leaves nothing to train"):
+        GNNSolver(weights=False)
+    with pytest.raises(ValueError, match="size_factor"):
+        GNNSolver(size_factor=0)
+    assert GNNSolver(size_factor=None).size_factor is None and not hasattr(GNNSolver(), "strength_net")

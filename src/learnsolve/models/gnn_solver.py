@@ -137,6 +137,9 @@ class GNNSolver(LearnedModel):
         self._strength_losses: list[Tensor] = []  # the strength network's BCE per level of the last hierarchy
         self.pcg_steps = check_int("gnn_solver", "pcg_steps", pcg_steps, 1)
         self.learn_weights = bool(weights)
+        if not self.learn_weights and strength != "learned":
+            raise ValueError(f"gnn_solver: weights=false leaves nothing to train with strength={strength!r}; use "
+                             "strength=learned (train the strength network alone) or weights=true")
         if not 0.0 <= float(theta) < 1.0:
             raise ValueError(f"gnn_solver: theta must be in [0, 1), got {theta!r}")
         self.loss_kind, self.theta = loss, float(theta)
