@@ -88,6 +88,54 @@ def _head_pass(crow, col, val, sq, rinv, A, B, Wc, w2, b2, logits):
             logits[p] = acc
 
 
+@numba.njit(cache=True, fastmath={"contract"})
+def _mlp2(X, W1, b1, W2, b2, out, residual):
+    """out[i] = (out[i] if residual else 0) + W2 relu(W1 X[i] + b1) + b2 for every row (no (n, C) temporaries)."""
+    n, k = X.shape
+    C = b1.shape[0]
+    Co = b2.shape[0]
+    t = np.empty(C)
+    for i in range(n):
+        for c in range(C):
+            acc = b1[c]
+            for f in range(k):
+                acc += W1[c, f] * X[i, f]
+            t[c] = max(0.0, acc)
+        for o in range(Co):
+            acc = b2[o]
+            for c in range(C):
+                acc += W2[o, c] * t[c]
+            out[i, o] = out[i, o] + acc if residual else acc
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _pair(h, W, bias, A, B):
+    """A[i] = W[:, :C] h[i] + bias, B[i] = W[:, C:2C] h[i]: the node halves of a pair layer's first linear map."""
+    n, C = h.shape
+    Co = A.shape[1]
+    for i in range(n):
+        for o in range(Co):
+            a = bias[o]
+            b = 0.0
+            for c in range(C):
+                a += W[o, c] * h[i, c]
+                b += W[o, C + c] * h[i, c]
+            A[i, o] = a
+            B[i, o] = b
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _message(s, deg, W2, b2, hm):
+    """hm[i] = [h[i], W2 s[i] + deg[i] b2] (h already in hm[:, :C])."""
+    n, C = s.shape
+    for i in range(n):
+        for o in range(C):
+            acc = deg[i] * b2[o]
+            for c in range(C):
+                acc += W2[o, c] * s[i, c]
+            hm[i, C + o] = acc
+
+
 @numba.njit(cache=True)
 def strength_logits(crow, col, val, graph, num_graphs, e_w1, e_b1, e_w2, e_b2, p_w1, p_b1, p_w2, p_b2,
                     s_w1, s_b1, s_w2, s_b2, h_w1, h_b1, h_w2, h_b2, out):
@@ -96,20 +144,20 @@ def strength_logits(crow, col, val, graph, num_graphs, e_w1, e_b1, e_w2, e_b2, p
     d, rmax, x = _features(crow, col, val, graph, num_graphs)
     sq = np.sqrt(d)
     rinv = 1.0 / np.maximum(rmax, TINY)
-    h = np.maximum(x @ e_w1.T + e_b1, 0.0) @ e_w2.T + e_b2
+    hm = np.zeros((n, 2 * C))  # [h, m]: h in the first C columns
+    h = hm[:, :C]
+    _mlp2(x, e_w1, e_b1, e_w2, e_b2, h, False)
     deg = np.empty(n)
     for i in range(n):
         deg[i] = crow[i + 1] - crow[i]
+    A = np.empty((n, C))
+    B = np.empty((n, C))
     for lv in range(p_w1.shape[0]):
         W = p_w1[lv]
+        _pair(h, W, p_b1[lv], A, B)
         s = np.zeros((n, C))
-        _layer_pass(crow, col, val, sq, rinv, np.ascontiguousarray(h @ W[:, :C].T + p_b1[lv]),
-                    np.ascontiguousarray(h @ W[:, C:2 * C].T), np.ascontiguousarray(W[:, 2 * C:].T), s)
-        m = s @ p_w2[lv].T + np.outer(deg, p_b2[lv])
-        hm = np.empty((n, 2 * C))
-        hm[:, :C] = h
-        hm[:, C:] = m
-        h = h + np.maximum(hm @ s_w1[lv].T + s_b1[lv], 0.0) @ s_w2[lv].T + s_b2[lv]
-    _head_pass(crow, col, val, sq, rinv, np.ascontiguousarray(h @ h_w1[:, :C].T + h_b1),
-               np.ascontiguousarray(h @ h_w1[:, C:2 * C].T), np.ascontiguousarray(h_w1[:, 2 * C:].T), h_w2, h_b2,
-               out)
+        _layer_pass(crow, col, val, sq, rinv, A, B, np.ascontiguousarray(W[:, 2 * C:].T), s)
+        _message(s, deg, p_w2[lv], p_b2[lv], hm)
+        _mlp2(hm, s_w1[lv], s_b1[lv], s_w2[lv], s_b2[lv], h, True)
+    _pair(h, h_w1, h_b1, A, B)
+    _head_pass(crow, col, val, sq, rinv, A, B, np.ascontiguousarray(h_w1[:, 2 * C:].T), h_w2, h_b2, out)
