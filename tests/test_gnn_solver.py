@@ -312,3 +312,19 @@ def test_strength_options_are_checked():
     with pytest.raises(ValueError, match="size_factor"):
         GNNSolver(size_factor=0)
     assert GNNSolver(size_factor=None).size_factor is None and not hasattr(GNNSolver(), "strength_net")
+
+
+def test_untrained_weights_skip_the_network_exactly():
+    """An output layer of zeros makes W = 1 exactly: inference skips the weight network (the untrained row then costs
+    what classical SA costs) and gives the classical hierarchy; with autograd the network still runs."""
+    model = GNNSolver(hidden=4, layers=1, coarse_size=8).double()
+    calls = []
+    model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    batch = _batch(16, [1])
+    with torch.no_grad():
+        M = model.preconditioner_for(batch)
+        ref = build_multigrid(system_matrix(batch), coarse_size=8)
+    assert not calls and M.sizes() == ref.sizes()
+    torch.testing.assert_close(M.levels[0][1].to_dense(), ref.levels[0][1].to_dense(), rtol=0, atol=0)
+    model.training_loss(batch)
+    assert calls

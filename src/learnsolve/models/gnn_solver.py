@@ -188,6 +188,8 @@ class GNNSolver(LearnedModel):
         elif self.size_factor is not None and 0 < float(self.trained_level_size) \
                 and per_system > self.size_factor * float(self.trained_level_size):
             return None  # larger than any level it was trained on: the classical prolongator (see the class doc)
+        elif not torch.is_grad_enabled() and self._weights_are_one():
+            return None  # the output layer is zero (untrained): W = 1 exactly, no need to run the network
         row, col = A.pattern.row.long(), A.pattern.col.long()
         ar, ac = agg.index_select(0, row), agg.index_select(0, col)
         same = (ar == ac) & (ar >= 0)
@@ -197,6 +199,11 @@ class GNNSolver(LearnedModel):
         # the training-gradient check; 7e-9 without it)
         rowsum = A.mv(torch.ones(1, A.shape[0], 1, dtype=A.dtype, device=A.device)).view(-1)
         return self.entry_weights(row, col, A.values, same, A.shape[0], graph, G, A.diagonal(), rowsum)
+
+    def _weights_are_one(self) -> bool:
+        """True when the weight network's output layer is exactly zero, so that W = 1 + tanh(0) / 2 = 1 everywhere."""
+        last = self.head[-1]
+        return not bool(last.weight.any()) and not bool(last.bias.any())
 
     def hierarchy(self, batch, A: SparseMatrix | None = None) -> Multigrid:
         """The learned V-cycle of the batch's block-diagonal A (differentiable w.r.t. the parameters)."""
