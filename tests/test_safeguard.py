@@ -257,3 +257,14 @@ def test_training_metrics_count_fallbacks(monkeypatch):
     monkeypatch.setattr(module, "log", lambda key, value, **kw: logged.__setitem__(key, float(value)))
     module.validation_step(batch, 0)
     assert logged["val/fallback_rate"] == 1.0 and logged["val/iters_ratio_ic0"] == 1.0
+
+
+def test_final_table_on_nonsymmetric_systems_keeps_the_training_baselines():
+    """The AMG rows precondition CG and need a symmetric matrix: on a nonsymmetric family the table has the training
+    baselines and the learned row, as before, and no AMG row (no crash)."""
+    from learnsolve.evaluation.baselines import training_baselines
+    from learnsolve.models import GNNSolver
+
+    batch = Batch.from_data_list([GENERATORS["convdiff2d"](8, seed=s) for s in (1, 2)])
+    rows = compare_on_test(GNNSolver(mode="fcg", hidden=4, layers=1), [batch], rtol=1e-6, maxiter=200)
+    assert [r["method"] for r in rows] == [*training_baselines(), "learned"]
