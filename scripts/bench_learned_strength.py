@@ -40,6 +40,9 @@ from learnsolve.linalg import SparseMatrix, cg
 from learnsolve.linalg.multigrid import build_multigrid, evolution_strong
 from learnsolve.models import GNNSolver
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.harness import best_of
+
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("lognormal2d", "anisotropic2d", "channels2d", "graph_laplacian")
 SEED0 = 8_100_000
@@ -79,15 +82,6 @@ def train(steps: int, lr: float, params: dict) -> tuple[GNNSolver, GNNSolver, li
     return model, untrained, bce, time.perf_counter() - t0
 
 
-def _best(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
 def evaluate(model, untrained, families, sizes, num_test, repeats, params) -> list[dict]:
     warm = SparseMatrix.from_pyg(_system("lognormal2d", 16, 0, params)).detach()  # compile the cycle first
     with torch.no_grad():
@@ -112,7 +106,7 @@ def _one_system(model, untrained, A, b, repeats, where) -> list[dict]:
     strengths = {"sa": None, "evolution": lambda M, lv: evolution_strong(M),
                  "learned": lambda M, lv: model.strength_net(M) > 0,
                  "untrained": lambda M, lv: untrained.strength_net(M) > 0}
-    _, net_s = _best(lambda: model.strength_net(A), repeats)
+    net_s, _ = best_of(lambda: model.strength_net(A), repeats)
     off = A.pattern.row != A.pattern.col
     agree = float(((model.strength_net(A) > 0) == evolution_strong(A))[off].float().mean())
     rows = []
@@ -121,13 +115,13 @@ def _one_system(model, untrained, A, b, repeats, where) -> list[dict]:
         return cg(A, b, M, rtol=RTOL, maxiter=5000)
 
     for name, fn in strengths.items():
-        M, setup = _best(lambda fn=fn: build_multigrid(A, coarse_size=16, strength=fn), repeats)
-        (_, info), solve_s = _best(lambda M=M: solve(M), repeats)
+        setup, M = best_of(lambda fn=fn: build_multigrid(A, coarse_size=16, strength=fn), repeats)
+        solve_s, (_, info) = best_of(lambda M=M: solve(M), repeats)
         rows.append(_row(*where, name, info, setup, solve_s, net_s if name in ("learned", "untrained") else 0.0,
                          M.sizes(), agree if name == "learned" else None))
     for name in ("mic0", "amg_sa", "amg_rs"):
-        M, setup = _best(lambda name=name: build_baseline(name, A), repeats)
-        (_, info), solve_s = _best(lambda M=M: solve(M), repeats)
+        setup, M = best_of(lambda name=name: build_baseline(name, A), repeats)
+        solve_s, (_, info) = best_of(lambda M=M: solve(M), repeats)
         rows.append(_row(*where, name, info, setup, solve_s, 0.0, None, None))
     return rows
 

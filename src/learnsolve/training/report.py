@@ -20,7 +20,7 @@ def compare_on_test(model, loader, rtol: float = 1e-6, maxiter: int = 2000, untr
     solved with its safeguard; ``fallbacks`` counts the systems where the safeguard rejected it ("-" for the
     baselines and for models without a check; the printed table says it in its caption). A learned solver with no
     separate setup has all its time in ``solve_seconds``."""
-    baselines, first = report_baselines(), training_baselines()
+    baselines, in_training = report_baselines(), training_baselines()
     models = {"learned": model} if untrained is None else {"untrained": untrained, "learned": model}
     keys = ("iters", "setup_seconds", "solve_seconds", "converged", "systems")
     totals = {k: dict.fromkeys(keys, 0.0) for k in (*baselines, *models)}
@@ -33,7 +33,7 @@ def compare_on_test(model, loader, rtol: float = 1e-6, maxiter: int = 2000, untr
             b = batch.b.view(-1).to(A.dtype)
             symmetric = A.is_symmetric(rtol=1e-10)
             for name in baselines:
-                if not symmetric and name not in first:
+                if not symmetric and name not in in_training:
                     continue  # the AMG rows are for symmetric matrices (CG); the training baselines as before
                 t0 = time.perf_counter()
                 M = build_baseline(name, A)
