@@ -10,6 +10,7 @@ from torch_geometric.data import Batch
 from learnsolve.data import GENERATORS
 from learnsolve.data.system import to_scipy
 from learnsolve.linalg import IC0, LLT, MIC0, Jacobi, SparseMatrix, cg
+from learnsolve.models.base import system_matrix
 from learnsolve.models.neural_if import NeuralIF
 
 from .conftest import adam_losses
@@ -195,7 +196,11 @@ def test_untrained_correction_is_exactly_its_base(base, cls):
     A = SparseMatrix.from_pyg(batch)
     L = model.factor(batch)[1]
     assert torch.equal(L.values, cls(A).L.values)
-    assert torch.equal(model.fallback_for(batch).L.values, IC0(A).L.values)  # the fallback is always IC(0)
+    # the fallback: MIC(0) on smooth diffusion (the base object itself where the base is MIC(0))
+    fb = model.fallback_for(batch)
+    assert isinstance(fb, MIC0) and torch.equal(fb.L.values, MIC0(A).L.values)
+    if base == "mic0":
+        assert fb is model.reusable_mic0(system_matrix(batch))
     R = torch.randn(1, A.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # both on the compiled no-grad path
         assert torch.equal(model.preconditioner_for(batch).apply(R), cls(A).apply(R))

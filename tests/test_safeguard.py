@@ -176,12 +176,12 @@ def test_model_api_fallback_and_solve():
     data = _system(diffusion2d(12, seed=5))
     batch = Batch.from_data_list([data])
     model = _BadFactor()
-    assert isinstance(model.fallback_for(batch), IC0)
+    assert isinstance(model.fallback_for(batch), MIC0)  # smooth diffusion: MIC(0), the faster classical factor
     M, check = model.safe_preconditioner_for(batch)
-    assert not check.all_accepted and isinstance(M, IC0)
+    assert not check.all_accepted and isinstance(M, MIC0)
     _, info = model.solve(batch, rtol=RTOL)
     _, raw = model.solve(batch, rtol=RTOL, safeguard=False)
-    ref = _iters(SparseMatrix.from_pyg(batch), batch.b.view(-1).double(), IC0(SparseMatrix.from_pyg(batch)))
+    ref = _iters(SparseMatrix.from_pyg(batch), batch.b.view(-1).double(), MIC0(SparseMatrix.from_pyg(batch)))
     assert int(info.iterations.sum()) == int(ref.sum()) < int(raw.iterations.sum())
     assert isinstance(LowRankPreconditioner(side="forward", rank=2).fallback_for(batch), Jacobi)
     conv = Batch.from_data_list([GENERATORS["convdiff2d"](6, seed=1)])
@@ -190,13 +190,13 @@ def test_model_api_fallback_and_solve():
 
 def test_evaluation_row_notes_the_fallback(tmp_path):
     name, data = "diff12", _system(diffusion2d(12, seed=5))
-    kw = {"rtols": (1e-6, 1e-8), "repeats": 1, "preconditioners": ["ic0", "learned"]}
+    kw = {"rtols": (1e-6, 1e-8), "repeats": 1, "preconditioners": ["ic0", "mic0", "learned"]}
     rows = evaluate_matrix(_BadFactor("nan"), name, data, **kw)
-    ic0, learned = rows
+    ic0, mic0, learned = rows
     assert learned["status"] == "ok" and learned["fallback"] is True and ic0["fallback"] is None
-    assert learned["reason"].startswith("safeguard: fell back to IC(0) (") and "NaN/Inf" in learned["reason"]
-    assert learned["iters_1e-08"] == ic0["iters_1e-08"] and learned["ratio_ic0_1e-08"] == 1.0
-    off = evaluate_matrix(_BadFactor("nan"), name, data, safeguard=False, **kw)[1]
+    assert learned["reason"].startswith("safeguard: fell back to MIC(0) (") and "NaN/Inf" in learned["reason"]
+    assert learned["iters_1e-08"] == mic0["iters_1e-08"] < ic0["iters_1e-08"]
+    off = evaluate_matrix(_BadFactor("nan"), name, data, safeguard=False, **kw)[2]
     assert off["status"] == "failed" and "NaN/Inf" in off["reason"] and off["fallback"] is None
     meta = {"rtols": [1e-6, 1e-8], "repeats": 1, "gmres_restart": 50, "solver": "auto", "maxiter": 2000,
             "benchmark": "test"}
@@ -204,9 +204,9 @@ def test_evaluation_row_notes_the_fallback(tmp_path):
     with open(tmp_path / "results.csv") as fh:
         got = {r["preconditioner"]: r for r in csv.DictReader(fh)}
     assert got["learned"]["fallback"] == "True" and got["ic0"]["fallback"] == ""
-    assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["fallback"] is True
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][2]["fallback"] is True
     md = (tmp_path / "results.md").read_text()
-    assert "| fallback | note |" in md and "| yes | [1] |" in md and "safeguard: fell back to IC(0)" in md
+    assert "| fallback | note |" in md and "| yes | [1] |" in md and "safeguard: fell back to MIC(0)" in md
 
 
 def test_export_writes_the_fallback_and_load_with_A_falls_back(tmp_path):
@@ -216,12 +216,12 @@ def test_export_writes_the_fallback_and_load_with_A_falls_back(tmp_path):
     written, failed = export_preconditioners(_BadFactor(), [tmp_path / "m.mtx"], tmp_path / "pre", name="bad")
     assert not failed
     meta = json.loads(written["m"].read_text())
-    assert meta["factor"] == "fallback:ic0" and meta["type"] == "llt" and meta["model"] == "bad"
+    assert meta["factor"] == "fallback:mic0" and meta["type"] == "llt" and meta["model"] == "bad"
     sg = meta["safeguard"]
-    assert sg["accepted"] is False and sg["fallback"] == "IC(0)" and "slower than IC(0)" in sg["reason"]
+    assert sg["accepted"] is False and sg["fallback"] == "MIC(0)" and "slower than MIC(0)" in sg["reason"]
     L = sp.load_npz(tmp_path / "pre" / "m_L.npz")
-    ic0 = IC0(SparseMatrix.from_scipy(A)).L.to_scipy()
-    assert abs(L - ic0).max() == 0.0
+    mic0 = MIC0(SparseMatrix.from_scipy(A)).L.to_scipy()
+    assert abs(L - mic0).max() == 0.0
     M = load_preconditioner(written["m"])
     assert _cg_iterations(A, b, M) <= _cg_iterations(A, b, None)  # never slower than plain CG
     # the raw learned factor (safeguard off), loaded with and without its matrix
@@ -230,13 +230,13 @@ def test_export_writes_the_fallback_and_load_with_A_falls_back(tmp_path):
     meta = json.loads(raw["m"].read_text())
     assert meta["factor"] == "learned" and meta["safeguard"] is None
     slow = _cg_iterations(A, b, load_preconditioner(raw["m"]))
-    with pytest.warns(UserWarning, match=r"safeguard: fell back to IC\(0\) of the given A"):
+    with pytest.warns(UserWarning, match=r"safeguard: fell back to MIC\(0\) of the given A"):
         checked = load_preconditioner(raw["m"], A=A)
     assert _cg_iterations(A, b, checked) == _cg_iterations(A, b, M) < slow
     with pytest.warns(UserWarning, match="safeguard"):
         Mt = load_preconditioner(raw["m"], backend="torch", A=SparseMatrix.from_scipy(A))
-    assert isinstance(Mt, IC0)
-    assert isinstance(load_preconditioner(written["m"], backend="torch", A=A), LLT)  # IC(0) itself: kept
+    assert isinstance(Mt, MIC0)
+    assert isinstance(load_preconditioner(written["m"], backend="torch", A=A), LLT)  # MIC(0) itself: kept
     with pytest.raises(Exception, match="shape"):
         load_preconditioner(raw["m"], A=diffusion2d(5))
 
@@ -268,3 +268,45 @@ def test_final_table_on_nonsymmetric_systems_keeps_the_training_baselines():
     batch = Batch.from_data_list([GENERATORS["convdiff2d"](8, seed=s) for s in (1, 2)])
     rows = compare_on_test(GNNSolver(mode="fcg", hidden=4, layers=1), [batch], rtol=1e-6, maxiter=200)
     assert [r["method"] for r in rows] == [*training_baselines(), "learned"]
+
+
+def test_fastest_factor_takes_mic0_where_it_is_safe_and_races_it_where_pivots_are_tiny():
+    """MIC(0) on smooth diffusion (no race), IC(0) where MIC(0) breaks down, and on a high-contrast channels system
+    (pivot ratios near 2e-6, MIC(0) slower than IC(0) in scipy's CG too) IC(0) after the race; per system in a
+    mixed batch."""
+    from learnsolve.linalg import fastest_factor
+
+    smooth = SparseMatrix.from_scipy(diffusion2d(12, seed=5))
+    assert isinstance(fastest_factor(smooth), MIC0)
+    # a non-M-matrix on which MIC(0) breaks down: rotated anisotropy with bilinear elements (positive off-diagonals)
+    rotated = GENERATORS["anisotropic2d"](64, seed=1, theta="random", epsilon=[1e-4, 1e-2], stencil="fe",
+                                          reference=False)
+    R = SparseMatrix.from_pyg(Batch.from_data_list([rotated])).detach()
+    with pytest.raises(FactorizationError):
+        MIC0(R)
+    assert isinstance(fastest_factor(R), IC0) and not isinstance(fastest_factor(R), MIC0)
+    chan = GENERATORS["channels2d"](64, seed=2)
+    C = SparseMatrix.from_pyg(Batch.from_data_list([chan])).detach()
+    Cs = C.to_scipy().tocsr()
+    b = np.random.default_rng(0).standard_normal(C.shape[0])
+    its = {k: _cg_iterations(Cs, b, _scipy_llt(P.L)) for k, P in (("ic0", IC0(C)), ("mic0", MIC0(C)))}
+    assert its["mic0"] > 1.3 * its["ic0"], its  # independent check that IC(0) is the right answer here
+    chosen = fastest_factor(C, b=torch.from_numpy(b))
+    assert isinstance(chosen, IC0) and not isinstance(chosen, MIC0)
+    # a batch of a low-contrast system (MIC(0) about 0.5x IC(0)'s iterations) and the high-contrast one
+    low = GENERATORS["channels2d"](32, seed=1, contrast=100.0)
+    both = Batch.from_data_list([low, chan])
+    mixed = fastest_factor(SparseMatrix.from_pyg(both).detach(), b=both.b.view(-1))
+    assert mixed.name == "MIC(0) / IC(0) per system"
+    ref = torch.cat([MIC0(SparseMatrix.from_pyg(Batch.from_data_list([low])).detach()).L.values, IC0(C).L.values])
+    assert torch.equal(mixed.L.values, ref)
+
+
+def _scipy_llt(L: SparseMatrix):
+    """M^{-1} = L^-T L^-1 as a scipy LinearOperator."""
+    import scipy.sparse.linalg as spla
+
+    Ls = L.to_scipy().tocsr()
+    LT = Ls.T.tocsr()
+    return spla.LinearOperator(Ls.shape, matvec=lambda r: spla.spsolve_triangular(
+        LT, spla.spsolve_triangular(Ls, r, lower=True), lower=False))

@@ -221,11 +221,13 @@ def _matrix_for_check(path: Path, A, n: int):
 
 
 def _checked(path: Path, P, A, n: int):
-    """P, or IC(0) of A (with a warning) where :func:`learnsolve.linalg.safeguard` rejects P on A."""
-    from learnsolve.linalg import FactorizationError, safeguard
+    """P, or the faster of MIC(0) and IC(0) of A (:func:`learnsolve.linalg.fastest_factor`, with a warning) where
+    :func:`learnsolve.linalg.safeguard` rejects P on A."""
+    from learnsolve.linalg import FactorizationError, fastest_factor, safeguard
 
     try:
-        check = safeguard(_matrix_for_check(path, A, n), P, "ic0")
+        S = _matrix_for_check(path, A, n)
+        check = safeguard(S, P, lambda: fastest_factor(S))
     except FactorizationError as e:
         raise ExportError(f"load_preconditioner: IC(0) of the given A breaks down even with a diagonal shift ({e}); "
                           "is A symmetric positive definite?") from e

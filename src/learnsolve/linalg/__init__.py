@@ -37,7 +37,7 @@ from .multigrid import Multigrid, aggregate, build_multigrid, evolution_strong, 
 from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
 from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
 from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner
-from .safeguard import SafeguardResult, safeguard
+from .safeguard import SafeguardResult, fastest_factor, safeguard
 from .solve import AdjointOptions, ConvergenceError, ConvergenceWarning, solve
 from .sparse import CSRPattern, SparseMatrix
 from .spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
@@ -92,6 +92,7 @@ __all__ = [
     "node_blocks",
     "override_backward",
     "record_solves",
+    "fastest_factor",
     "safeguard",
     "solve",
     "subdomains",

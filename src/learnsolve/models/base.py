@@ -41,6 +41,7 @@ from learnsolve.linalg import (
     SolveInfo,
     SparseMatrix,
     cg,
+    fastest_factor,
     fcg,
     safeguard,
 )
@@ -228,12 +229,20 @@ class LearnedModel(nn.Module, abc.ABC):
         raise self._unsupported("preconditioner")
 
     def fallback_for(self, batch) -> Preconditioner:
-        """The classical preconditioner this model's preconditioner falls back to where the safeguard rejects it:
-        IC(0) of the batch's block-diagonal A (``shift="auto"``: A + shift diag(A) where plain IC(0) breaks down)
-        when A is symmetric with a positive diagonal, Jacobi otherwise. A model may override it (lowrank_precond:
-        Jacobi); neural_if keeps IC(0) whatever factor it corrects."""
+        """The classical preconditioner this model's preconditioner falls back to where the safeguard rejects it: on
+        a symmetric A with a positive diagonal the faster of MIC(0) and IC(0) per system
+        (:func:`learnsolve.linalg.fastest_factor`: MIC(0) where it does not break down and its pivots are not tiny,
+        else a short race against IC(0) on the batch's right-hand side), Jacobi otherwise. A model may override it
+        (lowrank_precond's forward side: Jacobi; neural_if reuses its MIC(0) base)."""
         A = system_matrix(batch)
-        return IC0(A, shift="auto") if _spd_like(A) else Jacobi(A)
+        if not _spd_like(A):
+            return Jacobi(A)
+        b = getattr(batch, "b", None)
+        return fastest_factor(A, b=None if b is None else b.view(-1), mic=self.reusable_mic0(A))
+
+    def reusable_mic0(self, A: SparseMatrix) -> Preconditioner | None:
+        """A MIC(0) factor of A the model already built (its base), for :meth:`fallback_for`; None by default."""
+        return None
 
     @torch.no_grad()
     def safe_preconditioner_for(self, batch, *, rhs: bool = True) -> tuple[Preconditioner, SafeguardResult | None]:

@@ -59,6 +59,78 @@ from .base import (
 
 LOSSES = ("data", "probe", "inverse", "kappa")
 BASES = ("none", "ic0", "mic0")
+ARCHS = ("gnn", "light")
+
+
+class LightIFNet(nn.Module):
+    r"""neural_if's light network: one ReLU per entry and layer, narrow channels, node-level updates.
+
+    With node inputs x_i (N, 3) and per-entry inputs e_ij = a_ij / sqrt(a_ii a_jj) and, on the factor's strictly
+    lower entries, b_ij = B_ij / sqrt(a_ii) (B the base factor):
+
+    .. math::
+        h_i = \mathrm{relu}(W_0 x_i + c_0), \qquad
+        s_i = \sum_{j \in N(i)} \mathrm{relu}(P h_i + Q h_j + r e_{ij} + c), \qquad
+        h_i \leftarrow h_i + \mathrm{relu}(U [h_i, s_i] + u)
+
+    per layer (the row's diagonal entry among N(i)), then w_ij = v . relu(F h_i + G h_j + f e_ij + g b_ij + f_0) + v_0
+    for i > j and w_ii = d . h_i + d_0; v, v_0, d, d_0 start at zero (the untrained factor is the base). Per entry
+    and layer: C multiply-adds and one ReLU (SystemConv: an edge MLP of 2C + 1 -> C -> C with GELU); O(N C^2) at
+    the nodes. :mod:`._if_kernel` runs the same arithmetic compiled for inference.
+    """
+
+    def __init__(self, hidden: int, layers: int):
+        super().__init__()
+        C = hidden
+        self.encoder = nn.Linear(3, C)
+        self.msg = nn.ModuleList(nn.Linear(2 * C + 1, C) for _ in range(layers))
+        self.upd = nn.ModuleList(nn.Linear(2 * C, C) for _ in range(layers))
+        self.head = nn.Linear(2 * C + 2, C)
+        self.head_out = nn.Linear(C, 1)
+        self.diag_out = nn.Linear(C, 1)
+        for lin in (self.head_out, self.diag_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self._work: dict = {}  # the compiled kernel's node buffers, reused while the system size stays the same
+
+    @staticmethod
+    def _pair(lin: nn.Linear, h: Tensor, i: Tensor, j: Tensor, edge: Tensor) -> Tensor:
+        C = h.shape[-1]
+        W = lin.weight
+        return torch.relu((h @ W[:, :C].T + lin.bias)[i] + (h @ W[:, C:2 * C].T)[j] + edge @ W[:, 2 * C:].T)
+
+    def forward(self, node: Tensor, edge: Tensor, row: Tensor, col: Tensor, lrow: Tensor, lcol: Tensor,
+                ledge: Tensor) -> tuple[Tensor, Tensor]:
+        """node (N, 3), edge (E, 1) on A's entries (row, col), ledge (E_o, 2) on the strictly lower ones (lrow, lcol)
+        -> (w_diag (N,), w_off (E_o,))."""
+        h = torch.relu(self.encoder(node))
+        for msg, upd in zip(self.msg, self.upd):
+            s = h.new_zeros(h.shape).index_add(0, row, self._pair(msg, h, row, col, edge))
+            h = h + torch.relu(upd(torch.cat([h, s], -1)))
+        w_off = self.head_out(self._pair(self.head, h, lrow, lcol, ledge)).view(-1)
+        return self.diag_out(h).view(-1), w_off
+
+    def compiled_factor(self, crow, col, val, coeff, graph, num_graphs: int, base, out, w_diag) -> None:
+        """The factor's values on tril(A) into ``out`` and w_ii into ``w_diag`` by :func:`._if_kernel.light_factor`
+        (numpy arrays; ``base`` empty for the Gauss-Seidel base), the network in the parameters' dtype."""
+        import numpy as np
+
+        from ._if_kernel import light_factor, pack_weights
+
+        def arr(t: Tensor):
+            return t.detach().contiguous().numpy()
+
+        C, dt = self.encoder.out_features, self.encoder.weight.dtype
+        none = torch.zeros(0, C, 2 * C + 1, dtype=dt)
+        msg_w = torch.stack([m.weight for m in self.msg]) if len(self.msg) else none
+        msg_b = torch.stack([m.bias for m in self.msg]) if len(self.msg) else none[:, :, 0]
+        upd_w = torch.stack([m.weight for m in self.upd]) if len(self.upd) else none[:, :, :2 * C]
+        upd_b = torch.stack([m.bias for m in self.upd]) if len(self.upd) else none[:, :, 0]
+        weights = pack_weights(arr(self.encoder.weight), arr(self.encoder.bias), arr(msg_w), arr(msg_b), arr(upd_w),
+                               arr(upd_b), arr(self.head.weight), arr(self.head.bias),
+                               arr(self.head_out.weight).reshape(-1), float(self.head_out.bias),
+                               arr(self.diag_out.weight).reshape(-1), float(self.diag_out.bias))
+        light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, self._work)
 
 
 class NeuralIF(LearnedModel):
@@ -66,11 +138,13 @@ class NeuralIF(LearnedModel):
 
     Args: ``hidden`` channels, ``layers`` message-passing layers (>= 0), ``loss`` ("data" | "probe" |
     "inverse"), ``num_probes`` Gaussian probes per graph for the probe losses, ``diag_reg`` >= 0 weight of the
-    log-diagonal penalty, ``base`` ("none" | "ic0" | "mic0") the classical factor the network corrects.
+    log-diagonal penalty, ``base`` ("none" | "ic0" | "mic0") the classical factor the network corrects, ``arch``
+    ("gnn": :class:`learnsolve.nn.SystemConv` layers; "light": :class:`LightIFNet`, compiled on the CPU at inference).
 
-    The safeguard falls back to IC(0) (:meth:`LearnedModel.fallback_for`) whatever the base, not to MIC(0):
-    outside M-matrices MIC(0) can be far worse than IC(0) (383 vs 107 iterations on 1138_bus, 119 vs 36 on
-    bcsstk03), and the promise is never worse than IC(0).
+    The safeguard falls back to the faster of MIC(0) and IC(0) (:meth:`LearnedModel.fallback_for`,
+    :func:`learnsolve.linalg.fastest_factor`), reusing the MIC(0) base: MIC(0) where it neither breaks down nor has
+    tiny pivots (outside M-matrices it can be far worse than IC(0): 383 vs 107 iterations on 1138_bus with a
+    shift), else a short race of the two.
     """
 
     kind = "preconditioner"
@@ -79,17 +153,21 @@ class NeuralIF(LearnedModel):
     matrix_type = "llt"
 
     def __init__(self, hidden: int = 16, layers: int = 3, loss: str = "data", num_probes: int = 4,
-                 diag_reg: float = 0.0, base: str = "none"):
+                 diag_reg: float = 0.0, base: str = "none", arch: str = "gnn"):
         super().__init__()
         check_choice("neural_if", "loss", loss, LOSSES)
         check_choice("neural_if", "base", base, BASES)
-        self.base = base
+        check_choice("neural_if", "arch", arch, ARCHS)
+        self.base, self.arch = base, arch
         extra = 0 if base == "none" else 1  # base-factor features: one per node, one per factor entry
         hidden, layers = check_int("neural_if", "hidden", hidden, 1), check_int("neural_if", "layers", layers, 0)
         if not float(diag_reg) >= 0.0:
             raise ValueError(f"neural_if: diag_reg must be >= 0, got {diag_reg}")
         self.loss_kind, self.diag_reg = loss, float(diag_reg)
         self.num_probes = check_int("neural_if", "num_probes", num_probes, 1)
+        if arch == "light":
+            self.net = LightIFNet(hidden, layers)
+            return
         self.encoder = mlp([2 + extra, hidden, hidden])
         self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=1) for _ in range(layers))
         self.edge_head = mlp([2 * hidden + 1 + extra, hidden, 1])  # w_ij from [h_i, h_j, e_ij (, B_ij)], i > j
@@ -107,7 +185,6 @@ class NeuralIF(LearnedModel):
         tril(A) in A's order, None for the Gauss-Seidel base): (row, col, values) of L on the entries of tril(A),
         in A's order (so in tril(A)'s CSR order), and the (N,) diagonal outputs w_ii. Plain tensor code: the
         batched :meth:`factor` and the exported program both run it. Cost O(nnz(A) hidden^2)."""
-        pdt = self.diag_head[-1].weight.dtype
         f = system_features(row, col, values, coeff, graph, num_graphs)
         sd = torch.sqrt(f.diag)
         low = row >= col
@@ -116,6 +193,16 @@ class NeuralIF(LearnedModel):
         lr_o, lc_o = lr[off], lc[off]
         # the base B on tril(A): the Gauss-Seidel factor unless one is given
         base = torch.where(off, lv / sd[lc], sd[lr]) if base_values is None else base_values.to(values.dtype)
+        if self.arch == "light":
+            pdt = self.net.encoder.weight.dtype
+            bdiag = torch.zeros_like(sd).index_add(0, lr[~off], base[~off])
+            node = torch.cat([f.node, torch.log((bdiag * bdiag / f.diag).clamp_min(1e-300)).unsqueeze(-1)], -1)
+            ledge = torch.stack([f.edge[low][off][:, 0], base[off] / sd[lr_o]], -1)
+            w_diag, w_off = self.net(node.to(pdt), f.edge.to(pdt), row, col, lr_o, lc_o, ledge.to(pdt))
+            w_diag, w_off = w_diag.to(values.dtype), w_off.to(values.dtype)
+            vals = base * torch.exp(w_diag)[lr]
+            return lr, lc, vals.masked_scatter(off, base[off] + lv[off] / sd[lc_o] * w_off), w_diag
+        pdt = self.diag_head[-1].weight.dtype
         node = f.node
         if self.base != "none":
             bdiag = torch.zeros_like(sd).index_add(0, lr[~off], base[~off])
@@ -140,10 +227,22 @@ class NeuralIF(LearnedModel):
     def base_factor(self, A: SparseMatrix) -> SparseMatrix | None:
         """The base factor B on tril(A) (detached; IC(0) / MIC(0) retried with a diagonal shift where it breaks
         down), or None for the Gauss-Seidel base (computed inside :meth:`factor_entries`)."""
+        P = self._base_preconditioner(A)
+        return None if P is None else P.L
+
+    def _base_preconditioner(self, A: SparseMatrix):
+        """The IC(0) / MIC(0) object of A, kept for the last matrix (the safeguard's fallback reuses MIC(0))."""
         if self.base == "none":
             return None
-        cls = IC0 if self.base == "ic0" else MIC0
-        return cls(A, shift="auto").L
+        cached = self.__dict__.get("_base_cache")
+        if cached is not None and cached[0] is A:
+            return cached[1]
+        P = (IC0 if self.base == "ic0" else MIC0)(A, shift="auto")
+        self.__dict__["_base_cache"] = (A, P)
+        return P
+
+    def reusable_mic0(self, A: SparseMatrix):
+        return self._base_preconditioner(A) if self.base == "mic0" else None
 
     def factor(self, batch) -> tuple[SparseMatrix, SparseMatrix, Tensor]:
         """(A, L, w_diag): A block-diagonal (detached), L on tril(A)'s pattern with values differentiable
@@ -158,10 +257,26 @@ class NeuralIF(LearnedModel):
                              "A = A^T; use an SPD family (not convdiff2d)")
         red = A.reducer()
         B = self.base_factor(A)
+        if self.arch == "light" and not torch.is_grad_enabled() and A.values.device.type == "cpu" and A.values.ndim == 1:
+            return (A, *self._compiled_factor(A, node_coefficient(batch, A.values), red, B))
         _, _, vals, w_diag = self.factor_entries(A.pattern.row.long(), A.pattern.col.long(), A.values,
                                                  node_coefficient(batch, A.values), red.segment, red.G,
                                                  None if B is None else B.values)
         return A, A.tril().with_values(vals), w_diag
+
+    def _compiled_factor(self, A: SparseMatrix, coeff: Tensor, red, B: SparseMatrix | None) -> tuple[SparseMatrix, Tensor]:
+        """(L, w_diag) by the compiled kernel: the light network's inference path (CPU, no autograd)."""
+        import numpy as np
+
+        Lpat = A.tril()
+        out = np.empty(Lpat.nnz)
+        w_diag = np.empty(A.shape[0])
+        graph = (torch.zeros(A.shape[0], dtype=torch.long) if red.segment is None else red.segment).numpy()
+        self.net.compiled_factor(A.pattern.crow.numpy().astype(np.int64), A.pattern.col.numpy().astype(np.int64),
+                                 A.values.detach().to(torch.float64).numpy(),
+                                 coeff.detach().to(torch.float64).numpy(), graph, int(red.G),
+                                 np.zeros(0) if B is None else B.values.detach().to(torch.float64).numpy(), out, w_diag)
+        return Lpat.with_values(torch.from_numpy(out).to(A.dtype)), torch.from_numpy(w_diag).to(A.dtype)
 
     def preconditioner_for(self, batch) -> LLT:
         """M^{-1} = L^{-T} L^{-1} on canonical (1, N, 1) blocks of the batch's block-diagonal A (linear, SPD)."""
