@@ -32,7 +32,6 @@ import torch
 from torch import Tensor, nn
 
 from learnsolve.linalg import (
-    IC0,
     LLT,
     Jacobi,
     LowRankDiagonal,

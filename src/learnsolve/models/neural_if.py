@@ -113,8 +113,6 @@ class LightIFNet(nn.Module):
     def compiled_factor(self, crow, col, val, coeff, graph, num_graphs: int, base, out, w_diag) -> None:
         """The factor's values on tril(A) into ``out`` and w_ii into ``w_diag`` by :func:`._if_kernel.light_factor`
         (numpy arrays; ``base`` empty for the Gauss-Seidel base), the network in the parameters' dtype."""
-        import numpy as np
-
         from ._if_kernel import light_factor, pack_weights
 
         def arr(t: Tensor):
