@@ -9,7 +9,8 @@ import torch
 from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
-from learnsolve.linalg import IC0, MIC0, SparseMatrix, cg
+from learnsolve.linalg import IC0, MIC0, SparseMatrix, cg, fastest_factor
+from learnsolve.models.base import system_matrix
 from learnsolve.models.neural_if import NeuralIF
 
 from .conftest import adam_losses
@@ -55,15 +56,22 @@ def test_compiled_inference_equals_the_training_path(base, dtype, tol):
         assert torch.equal(model.factor(batch)[1].values, L.values)
 
 
-@pytest.mark.parametrize("base, cls", [("ic0", IC0), ("mic0", MIC0)])
+@pytest.mark.parametrize("base, cls", [("ic0", IC0), ("mic0", MIC0), ("auto", fastest_factor)])
 def test_untrained_light_model_is_exactly_its_base(base, cls):
+    """Untrained, the factor IS its base on both paths; base="auto" is the faster of MIC(0) and IC(0) per system
+    (here a smooth system, MIC(0), and a high-contrast channels system, IC(0)) and is its own fallback."""
     model = NeuralIF(hidden=8, layers=2, base=base, arch="light").double()
-    batch = _batch([1, 2, 3], m=[6, 9, 7])
-    A = SparseMatrix.from_pyg(batch)
+    batch = Batch.from_data_list([GENERATORS["channels2d"](24, seed=1, contrast=1e2),
+                                  GENERATORS["channels2d"](64, seed=2, contrast=1e6)])
+    A = SparseMatrix.from_pyg(batch).detach()
+    ref = cls(A).L.values
     with torch.no_grad():
-        assert torch.equal(model.factor(batch)[1].values, cls(A).L.values)
+        assert torch.equal(model.factor(batch)[1].values, ref)
     with torch.enable_grad():
-        assert torch.equal(model.factor(batch)[1].values.detach(), cls(A).L.values)
+        assert torch.equal(model.factor(batch)[1].values.detach(), ref)
+    if base == "auto":
+        assert model.fallback_for(batch) is model._base_preconditioner(system_matrix(batch))
+        assert cls(A).name == "MIC(0) / IC(0) per system"
 
 
 @pytest.mark.parametrize("loss", ["kappa", "data"])

@@ -146,10 +146,11 @@ def pack_weights(enc_w, enc_b, msg_w, msg_b, upd_w, upd_b, head_w, head_b, head_
                      dt(head_v0), diag_v, dt(diag_v0))}
 
 
-def light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, work=None):
+def light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, work=None, lptr=None):
     """See the module docstring. ``base``: the base factor's values on tril(A) (float64), or an empty array for the
-    Gauss-Seidel base; ``weights``: :func:`pack_weights`; ``work``: a dict of buffers reused between calls."""
-    lptr = _lower_pointers(crow, col)
+    Gauss-Seidel base; ``weights``: :func:`pack_weights`; ``work``: a dict of buffers reused between calls; ``lptr``:
+    the row pointers of tril(A) (computed when None)."""
+    lptr = _lower_pointers(crow, col) if lptr is None else lptr
     if lptr[-1] != out.shape[0]:
         raise ValueError(f"light_factor: out holds {out.shape[0]} values, tril(A) has {lptr[-1]}")
     encT, enc_b = weights["enc"]

@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from learnsolve.linalg import IC0, LLT, MIC0, SparseMatrix, condition_estimate
+from learnsolve.linalg import IC0, LLT, MIC0, SparseMatrix, condition_estimate, fastest_factor
 from learnsolve.nn.features import node_coefficient, require_positive_diagonal, system_features
 from learnsolve.nn.layers import SystemConv, edge_workspace, mlp, pair_hidden
 
@@ -58,7 +58,7 @@ from .base import (
 )
 
 LOSSES = ("data", "probe", "inverse", "kappa")
-BASES = ("none", "ic0", "mic0")
+BASES = ("none", "ic0", "mic0", "auto")
 ARCHS = ("gnn", "light")
 
 
@@ -110,7 +110,7 @@ class LightIFNet(nn.Module):
         w_off = self.head_out(self._pair(self.head, h, lrow, lcol, ledge)).view(-1)
         return self.diag_out(h).view(-1), w_off
 
-    def compiled_factor(self, crow, col, val, coeff, graph, num_graphs: int, base, out, w_diag) -> None:
+    def compiled_factor(self, crow, col, val, coeff, graph, num_graphs: int, base, out, w_diag, lptr=None) -> None:
         """The factor's values on tril(A) into ``out`` and w_ii into ``w_diag`` by :func:`._if_kernel.light_factor`
         (numpy arrays; ``base`` empty for the Gauss-Seidel base), the network in the parameters' dtype."""
         from ._if_kernel import light_factor, pack_weights
@@ -128,7 +128,7 @@ class LightIFNet(nn.Module):
                                arr(upd_b), arr(self.head.weight), arr(self.head.bias),
                                arr(self.head_out.weight).reshape(-1), float(self.head_out.bias),
                                arr(self.diag_out.weight).reshape(-1), float(self.diag_out.bias))
-        light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, self._work)
+        light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, self._work, lptr)
 
 
 class NeuralIF(LearnedModel):
@@ -136,7 +136,8 @@ class NeuralIF(LearnedModel):
 
     Args: ``hidden`` channels, ``layers`` message-passing layers (>= 0), ``loss`` ("data" | "probe" |
     "inverse"), ``num_probes`` Gaussian probes per graph for the probe losses, ``diag_reg`` >= 0 weight of the
-    log-diagonal penalty, ``base`` ("none" | "ic0" | "mic0") the classical factor the network corrects, ``arch``
+    log-diagonal penalty, ``base`` ("none" | "ic0" | "mic0" | "auto": the faster of MIC(0) and IC(0) per system,
+    :func:`learnsolve.linalg.fastest_factor`) the classical factor the network corrects, ``arch``
     ("gnn": :class:`learnsolve.nn.SystemConv` layers; "light": :class:`LightIFNet`, compiled on the CPU at inference).
 
     The safeguard falls back to the faster of MIC(0) and IC(0) (:meth:`LearnedModel.fallback_for`,
@@ -235,12 +236,22 @@ class NeuralIF(LearnedModel):
         cached = self.__dict__.get("_base_cache")
         if cached is not None and cached[0] is A:
             return cached[1]
-        P = (IC0 if self.base == "ic0" else MIC0)(A, shift="auto")
+        if self.base == "auto":
+            P = fastest_factor(A)
+        else:
+            P = (IC0 if self.base == "ic0" else MIC0)(A, shift="auto")
         self.__dict__["_base_cache"] = (A, P)
         return P
 
     def reusable_mic0(self, A: SparseMatrix):
         return self._base_preconditioner(A) if self.base == "mic0" else None
+
+    def fallback_for(self, batch):
+        """base="auto": the base itself (already the faster of MIC(0) and IC(0) per system); else
+        :meth:`LearnedModel.fallback_for` (reusing a MIC(0) base)."""
+        if self.base == "auto":
+            return self._base_preconditioner(system_matrix(batch))
+        return super().fallback_for(batch)
 
     def factor(self, batch) -> tuple[SparseMatrix, SparseMatrix, Tensor]:
         """(A, L, w_diag): A block-diagonal (detached), L on tril(A)'s pattern with values differentiable
@@ -270,10 +281,14 @@ class NeuralIF(LearnedModel):
         out = np.empty(Lpat.nnz)
         w_diag = np.empty(A.shape[0])
         graph = (torch.zeros(A.shape[0], dtype=torch.long) if red.segment is None else red.segment).numpy()
-        self.net.compiled_factor(A.pattern.crow.numpy().astype(np.int64), A.pattern.col.numpy().astype(np.int64),
-                                 A.values.detach().to(torch.float64).numpy(),
+
+        def idx(t: Tensor):
+            return np.asarray(t.numpy(), dtype=np.int64)  # no copy where the pattern is int64 already
+
+        self.net.compiled_factor(idx(A.pattern.crow), idx(A.pattern.col), A.values.detach().to(torch.float64).numpy(),
                                  coeff.detach().to(torch.float64).numpy(), graph, int(red.G),
-                                 np.zeros(0) if B is None else B.values.detach().to(torch.float64).numpy(), out, w_diag)
+                                 np.zeros(0) if B is None else B.values.detach().to(torch.float64).numpy(), out, w_diag,
+                                 idx(Lpat.pattern.crow))
         return Lpat.with_values(torch.from_numpy(out).to(A.dtype)), torch.from_numpy(w_diag).to(A.dtype)
 
     def preconditioner_for(self, batch) -> LLT:
@@ -297,13 +312,17 @@ class NeuralIF(LearnedModel):
             full[edge_index[0] >= edge_index[1]] = self.base_factor(A).values.to(values.dtype)
             return edge_index, values, feat, full
 
+        title = BASE_TITLES.get(self.base, self.base)
+        how = ("learnsolve.linalg.fastest_factor(A).L, the faster of MIC(0) and IC(0)" if self.base == "auto" else
+               f"learnsolve.linalg.{title}(A, shift='auto').L")
         return ProgramSpec(_CorrectionProgram(self), reference=reference, outputs=outputs, inputs=inputs,
-                           extra_inputs=[(f"base (E,) float64: the {BASE_TITLES.get(self.base, self.base)} factor of A (e.g. "
-                                         f"learnsolve.linalg.{BASE_TITLES.get(self.base, self.base)}(A, shift='auto').L) on A's lower "
-                                         "entries, in the input's order, 0 on the upper ones")])
+                           extra_inputs=[(f"base (E,) float64: the base factor of A ({how}) on A's lower entries, in "
+                                          "the input's order, 0 on the upper ones")])
 
     # -- training ------------------------------------------------------------------------------------
     def classical_start(self) -> str | None:
+        if self.base == "auto":
+            return "MIC(0) or IC(0) factor (the faster, per system)"
         return "symmetric Gauss-Seidel factor" if self.base == "none" else f"{BASE_TITLES.get(self.base, self.base)} factor"
 
     def training_loss(self, batch) -> tuple[Tensor, dict]:
