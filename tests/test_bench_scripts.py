@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_baselines
 import bench_learned_strength
 import bench_multigrid
+import bench_neural_if
 import bench_safeguard
 import neural_ode_memory
 import study_prolongator_weights
@@ -164,3 +165,45 @@ def test_study_prolongator_weights_starts_classical(tmp_path):
     b = torch.from_numpy(np.random.default_rng(0).standard_normal(A.shape[0])).view(1, -1, 1)
     ref = int(cg(A, b, M=build_multigrid(A, coarse_size=16), rtol=1e-6, maxiter=3000)[1].iterations.max())
     assert row["iterations"][0] == ref and len(row["iterations"]) == 2
+
+
+def test_bench_neural_if_parts_add_up_and_match_the_models_solve(tmp_path):
+    """A light neural_if checkpoint with random output layers: the table's parts add up to its total, the learned
+    iterations are model.solve's, the untrained rows are its base's, and the JSON summary is written."""
+    import numba
+
+    from learnsolve.linalg import MIC0, SparseMatrix, cg
+    from learnsolve.models import NeuralIF
+
+    torch.manual_seed(0)
+    model = NeuralIF(hidden=4, layers=1, arch="light", base="mic0", loss="kappa")
+    with torch.no_grad():
+        model.net.head_out.weight.normal_(0.0, 0.05)
+    ckpt = tmp_path / "nif.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "learnsolve_config": {"model": {"name": "neural_if", "net": {
+                    "_target_": "learnsolve.models.NeuralIF", "hidden": 4, "layers": 1, "arch": "light",
+                    "base": "mic0", "loss": "kappa"}}, "data": {"family": "diffusion2d"}}}, ckpt)
+    threads, nthreads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        out = bench_neural_if.main(["--ckpt", f"m={ckpt}", "--families", "diffusion2d", "--sizes", "16",
+                                    "--num-test", "1", "--repeats", "1", "--inference-sizes", "16",
+                                    "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+        numba.set_num_threads(nthreads)
+    rec = out["records"][0]
+    for key in ("untrained", "learned"):
+        r = rec[key]
+        parts = r["base_ms"] + r["network_ms"] + r["safeguard_ms"] + r["solve_ms"]
+        assert r["total_ms"] == pytest.approx(parts) and r["network_ms"] > 0 and r["safeguard_ms"] > 0
+    batch = bench_neural_if.system("diffusion2d", 16, bench_neural_if.SEED0)
+    loaded, _ = load_model(ckpt)
+    with torch.no_grad():
+        _, info = loaded.solve(batch, rtol=bench_neural_if.RTOL)
+    assert rec["learned"]["iters"] == int(info.iterations)
+    A = SparseMatrix.from_pyg(batch).detach()
+    base_its = int(cg(A, batch.b.view(-1), MIC0(A), rtol=bench_neural_if.RTOL)[1].iterations)
+    assert rec["untrained"]["iters"] == base_its == rec["mic0"]["iters"]
+    saved = json.loads((tmp_path / "bench_neural_if.json").read_text())
+    assert saved["summary"][0]["systems"] == 1 and (tmp_path / "bench_neural_if.md").is_file()

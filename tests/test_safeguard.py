@@ -196,6 +196,9 @@ def test_evaluation_row_notes_the_fallback(tmp_path):
     assert learned["status"] == "ok" and learned["fallback"] is True and ic0["fallback"] is None
     assert learned["reason"].startswith("safeguard: fell back to MIC(0) (") and "NaN/Inf" in learned["reason"]
     assert learned["iters_1e-08"] == mic0["iters_1e-08"] < ic0["iters_1e-08"]
+    # the safeguard's cost is its own column, inside the setup; baselines have none
+    assert 0 < learned["safeguard_s"] <= learned["setup_s"] and 0 <= learned["inference_s"] <= learned["setup_s"]
+    assert mic0["safeguard_s"] == 0.0 == mic0["inference_s"]
     off = evaluate_matrix(_BadFactor("nan"), name, data, safeguard=False, **kw)[2]
     assert off["status"] == "failed" and "NaN/Inf" in off["reason"] and off["fallback"] is None
     meta = {"rtols": [1e-6, 1e-8], "repeats": 1, "gmres_restart": 50, "solver": "auto", "maxiter": 2000,

@@ -99,8 +99,8 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def markdown_table(rows: Sequence[Mapping], rtols: Sequence[float]) -> str:
     """The results as a Markdown table; reasons become numbered notes below it."""
     header = ["matrix", "n", "solver", "preconditioner", "status", *[f"iters {r:g}" for r in rtols],
-              *[f"vs IC(0) {r:g}" for r in rtols], "setup ms", "solve ms", "total ms", "rel. residual", "fallback",
-              "note"]
+              *[f"vs IC(0) {r:g}" for r in rtols], "setup ms", "network ms", "safeguard ms", "solve ms", "total ms",
+              "rel. residual", "fallback", "note"]
     notes: dict[str, int] = {}
     body = []
     for r in rows:
@@ -111,7 +111,8 @@ def markdown_table(rows: Sequence[Mapping], rtols: Sequence[float]) -> str:
                      _fmt(r.get("preconditioner")), str(r.get("status")),
                      *[_fmt(r.get(rtol_key("iters", t))) for t in rtols],
                      *[_fmt(r.get(rtol_key("ratio_ic0", t)), "ratio") for t in rtols],
-                     _fmt(r.get("setup_s"), "ms"), _fmt(r.get("solve_s"), "ms"), _fmt(r.get("total_s"), "ms"),
+                     _fmt(r.get("setup_s"), "ms"), _fmt(r.get("inference_s"), "ms"), _fmt(r.get("safeguard_s"), "ms"),
+                     _fmt(r.get("solve_s"), "ms"), _fmt(r.get("total_s"), "ms"),
                      _fmt(r.get("rel_residual"), "sci"), _fmt(r.get("fallback"), "yesno"), note])
     text = _md_table(header, body)
     if notes:

@@ -22,13 +22,15 @@ AMG -- and the learned model) :func:`evaluate_suite` returns one row:
   one application, the NaN/Inf check; 0 for a learned solver, whose network runs inside its solve) timed apart
   from the solve; ``total_s = setup_s + solve_s``. The history solve also serves as the warm-up.
   ``inference_s``: the part of ``setup_s`` that is the learned model's own work (network forward and assembly of
-  its preconditioner: ``setup_s`` less the safeguard's check); 0 for the classical baselines.
+  its preconditioner: ``setup_s`` less the safeguard's check and less the classical factor a model builds as its
+  base, which it reports as ``base_seconds``); ``safeguard_s``: the safeguard's check (its race and the fallback's
+  setup); both 0 for the classical baselines.
 - ``untrained`` rows (``evaluate_suite(..., untrained=model_at_init)``): the same model at its initial parameters,
   i.e. its classical start; learned / untrained is what training bought.
 - ``fallback``: for a learned linear preconditioner with ``safeguard=True`` (the default), whether the safeguard
   (:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`: a short PCG race against the model's
-  ``fallback_for``, IC(0) by default) rejected it, so that the row was solved with the fallback; the reason then
-  says "safeguard: fell back to IC(0) (<why>)". Empty for baselines, learned solvers and ``safeguard=False``.
+  ``fallback_for``: the faster of MIC(0) and IC(0) by default) rejected it, so that the row was solved with the
+  fallback; the reason then says e.g. "safeguard: fell back to MIC(0) (<why>)". Empty for baselines, learned solvers and ``safeguard=False``.
 - ``ratio_ic0_<rtol>``: iterations / IC(0) iterations (ILU(0) for nonsymmetric matrices) at that rtol,
   empty when that baseline did not reach it.
 - ``status``: ok | not_converged (iteration cap ``maxiter``, a breakdown, or a true residual above
@@ -129,7 +131,7 @@ def columns(rtols: Sequence[float]) -> list[str]:
     """The result columns, in order (``residual_history`` is kept out of the tables)."""
     return ["matrix", "n", "nnz", "symmetric", "spd", "singular", "solver", "preconditioner", "status", "reason",
             *[rtol_key("iters", r) for r in rtols], *[rtol_key("ratio_ic0", r) for r in rtols],
-            "setup_s", "inference_s", "solve_s", "total_s", "rel_residual", "converged", "fallback"]
+            "setup_s", "inference_s", "safeguard_s", "solve_s", "total_s", "rel_residual", "converged", "fallback"]
 
 
 def _row(info: MatrixInfo | None, name: str, rtols, **kw) -> dict:
@@ -167,13 +169,14 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def _measure(setup: Callable, solve: Callable, repeats: int):
-    """History solve (also the warm-up), then ``repeats`` timed (setup, solve) pairs; medians. The last item is the
-    median of the setup time minus the safeguard's check (``note.seconds``, when the note is a safeguard result):
-    the network forward and the assembly of a learned preconditioner (None when there is no check)."""
+def _measure(setup: Callable, solve: Callable, repeats: int, classical: Callable[[], float] = lambda: 0.0):
+    """History solve (also the warm-up), then ``repeats`` timed (setup, solve) pairs; medians of (setup, solve,
+    inference, safeguard). Safeguard: the check's seconds (``note.seconds``, when the note is a safeguard result);
+    inference: the setup less the check and less ``classical()`` (the seconds of the classical part the model built
+    in that setup, e.g. neural_if's base factor): the network forward and the assembly of its preconditioner."""
     state, note = setup()
     X, sinfo = solve(state)
-    setups, solves, inference = [], [], []
+    setups, solves, inference, guard = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         st, nt = setup()
@@ -182,8 +185,10 @@ def _measure(setup: Callable, solve: Callable, repeats: int):
         t2 = time.perf_counter()
         setups.append(t1 - t0)
         solves.append(t2 - t1)
-        inference.append(t1 - t0 - getattr(nt, "seconds", 0.0))
-    return X, sinfo, note, statistics.median(setups), statistics.median(solves), statistics.median(inference)
+        guard.append(getattr(nt, "seconds", 0.0))
+        inference.append(max(0.0, t1 - t0 - guard[-1] - classical()))
+    return (X, sinfo, note, statistics.median(setups), statistics.median(solves), statistics.median(inference),
+            statistics.median(guard))
 
 
 def _first(mask: torch.Tensor) -> int | None:
@@ -248,7 +253,7 @@ def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_opti
         return M, note
 
     try:
-        X, sinfo, note, ts, tv, _ = _measure(setup_noted, run, repeats)
+        X, sinfo, note, ts, tv, _, _ = _measure(setup_noted, run, repeats)
         row["reason"] = note
         _fill_from_solve(row, sysm, X, sinfo, rtols, maxiter, learned=False)
     except SetupFailed as e:
@@ -256,7 +261,7 @@ def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_opti
     except Exception as e:  # noqa: BLE001 -- one failing preconditioner must not stop the evaluation
         row.update(status="failed", reason="; ".join([*notes, f"{label} {stage[0]} failed: {type(e).__name__}: {e}"]))
     else:
-        row.update(setup_s=ts, inference_s=0.0, solve_s=tv, total_s=ts + tv)
+        row.update(setup_s=ts, inference_s=0.0, safeguard_s=0.0, solve_s=tv, total_s=ts + tv)
     rows_out.append(row)
 
 
@@ -312,7 +317,8 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
         else:
             raise _Skip(f"{mname} is a {kind!r} model, not a solver or preconditioner")
         try:
-            X, sinfo, check, ts, tv, ti = _measure(setup, run, repeats)
+            X, sinfo, check, ts, tv, ti, tg = _measure(
+                setup, run, repeats, lambda: float(getattr(model, "base_seconds", 0.0) or 0.0))
         except ValueError as e:  # the model does not apply here (e.g. fixed-size low-rank on another size)
             raise _Skip(f"{mname}: {e}") from e
         if kind == "solver":
@@ -320,7 +326,7 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
         if check is not None:
             row.update(fallback=not check.all_accepted, reason=_fallback_note(check))
         _fill_from_solve(row, sysm, X, sinfo, rtols, maxiter, learned=True)
-        row.update(setup_s=ts, inference_s=ti, solve_s=tv, total_s=ts + tv)
+        row.update(setup_s=ts, inference_s=ti, safeguard_s=tg, solve_s=tv, total_s=ts + tv)
     except _Skip as e:
         row.update(status="skipped", reason=str(e))
     except _Fail as e:
