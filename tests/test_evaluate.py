@@ -162,13 +162,14 @@ def test_generated_suite_with_checkpoint(ckpt, tmp_path):
                          for r in rows], names, precs)
     learned = by[(names[0], "learned")]
     assert learned["status"] == "ok" and learned["solver"] == "cg" and learned["ratio_ic0_1e-08"] > 0
-    # the untrained row is the model's classical start: neural_if's base factor, or the safeguard's IC(0) fallback
+    # the untrained row is the model's classical start: neural_if's base factor (base=auto: the faster of MIC(0) and
+    # IC(0), MIC(0) on this smooth system), or the safeguard's fallback (the same fastest factor: MIC(0) here)
     from learnsolve.models.checkpoint import load_checkpoint
 
     base = load_checkpoint(ckpt).model.base
     untrained = by[(names[0], "untrained")]
     assert untrained["status"] == "ok" and isinstance(untrained["fallback"], bool)
-    start = "ic0" if untrained["fallback"] else base
+    start = "mic0" if untrained["fallback"] or base == "auto" else base
     assert untrained["iters_1e-06"] == by[(names[0], start)]["iters_1e-06"], (untrained, by[(names[0], start)])
     assert by[(names[0], "ic0")]["ratio_ic0_1e-06"] == 1.0
     assert "| diffusion2d_12_s900001 | 144 | cg | learned | ok |" in res.stdout  # the table is printed
