@@ -198,8 +198,8 @@ def fastest_factor(A: SparseMatrix, *, b: Tensor | None = None, mic: LLT | None 
     overtakes it later; where its tiny pivots hurt, it falls behind by orders of magnitude. Measured after 6 steps on
     a random b (energy ratio MIC(0) / IC(0), final iterations MIC(0) vs IC(0)): i.i.d. lognormal 256^2 0.70 (131 vs
     362), diffusion 256^2 0.95 (74 vs 231), channels 64^2 0.57 (132 vs 152); channels 256^2 0.02 (883 vs 724), graph
-    Laplacian 256^2 0.04 (825 vs 200). A strict 6-step race picked IC(0) on all five; a graph Laplacian of 4,096
-    nodes (0.72; 68 vs 54) is the one miss of the ratio rule there.
+    Laplacian 256^2 0.04 (825 vs 200). A strict 6-step race picked IC(0) on all five, wrongly on the first three; a
+    graph Laplacian of 4,096 nodes (0.72; 68 vs 54) is the one miss of the ratio rule there.
 
     ``mic``: a MIC(0) factor of A already built (e.g. a learned factor's base; shifted ones are not reused).
     Cost: MIC(0)'s setup (none when given), and where the pivots are small IC(0)'s setup + 2 x ``steps`` PCG
@@ -213,12 +213,12 @@ def fastest_factor(A: SparseMatrix, *, b: Tensor | None = None, mic: LLT | None 
             mic = None
     if mic is None:
         return IC0(A, shift="auto")
+    n = A.shape[0]
     red = A.reducer()
-    ratio = (mic.L.diagonal().reshape(-1) ** 2 / A.diagonal().reshape(-1)).reshape(1, -1, 1)
-    seg = red.segment if red.segment is not None else torch.zeros(A.shape[0], dtype=torch.long, device=ratio.device)
-    G = red.G
-    low = torch.full((G,), math.inf, dtype=ratio.dtype, device=ratio.device).scatter_reduce(
-        0, seg, ratio.reshape(-1), reduce="amin")
+    ratio = mic.L.diagonal().reshape(-1, n) ** 2 / A.diagonal().reshape(-1, n)  # (B, n) pivot ratios
+    seg = red.segment if red.segment is not None else torch.zeros(n, dtype=torch.long, device=ratio.device)
+    low = torch.full((ratio.shape[0], red.G), math.inf, dtype=ratio.dtype, device=ratio.device).scatter_reduce(
+        1, seg.expand(ratio.shape[0], n), ratio, reduce="amin")  # (B, G): the smallest per system
     if bool((low >= MIC0_SAFE_PIVOT).all()):
         return mic
     ic = IC0(A, shift="auto")
@@ -229,7 +229,8 @@ def fastest_factor(A: SparseMatrix, *, b: Tensor | None = None, mic: LLT | None 
         return mic
     if not bool(keep.any()):
         return ic
-    return _Chosen(_combine(A, mic, ic, keep.reshape(1, -1, 1)).L, "MIC(0) / IC(0) per system", "mic0/ic0")
+    return _Chosen(_combine(A, mic, ic, keep.reshape(low.shape).unsqueeze(-1)).L, "MIC(0) / IC(0) per system",
+                   "mic0/ic0")
 
 
 # ------------------------------------------------------------------------------------------------
