@@ -45,6 +45,9 @@ from learnsolve.models.base import system_matrix
 from learnsolve.models.checkpoint import load_model
 from learnsolve.nn.features import node_coefficient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.harness import best_of
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED0 = 9_100_000
 RTOL = 1e-6
@@ -66,15 +69,6 @@ def untrained(model):
             if any(k in name for k in ("head_out", "diag_out", "edge_head.2", "diag_head.2")):
                 p.zero_()
     return m
-
-
-def best(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def classical(batch, cls, repeats: int) -> dict:
@@ -150,7 +144,7 @@ def inference(model, sizes, repeats: int) -> list[dict]:
                     def fn(batch=batch):
                         return model.factor(batch)  # the base is cached: the network and the assembly
                 fn()
-                row[f"network_ms_{threads}t"] = 1e3 * best(fn, repeats)[0]
+                row[f"network_ms_{threads}t"] = 1e3 * best_of(fn, repeats)[0]
         out.append(row)
     return out
 
