@@ -46,9 +46,8 @@ def test_compiled_inference_equals_the_training_path(base, dtype, tol):
     assert float((L.values - L_ref.values.detach()).abs().max()) <= tol * scale
     assert float((w - w_ref.detach()).abs().max()) <= tol * max(1.0, float(w_ref.detach().abs().max()))
     B = model.base_factor(A)
-    Lb = A.tril().values.new_zeros(0) if B is None else B.values
-    if B is not None:
-        assert float((L.values - Lb).abs().max()) > 1e-2 * scale
+    if B is not None:  # the random network moved the factor away from its base
+        assert float((L.values - B.values).abs().max()) > 1e-2 * scale
     # the kernel's buffers are reused on a second call of the same size, and the result does not change
     with torch.no_grad():
         assert torch.equal(model.factor(batch)[1].values, L.values)

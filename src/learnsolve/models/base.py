@@ -244,14 +244,16 @@ class LearnedModel(nn.Module, abc.ABC):
         return None
 
     @torch.no_grad()
-    def safe_preconditioner_for(self, batch, *, rhs: bool = True) -> tuple[Preconditioner, SafeguardResult | None]:
+    def safe_preconditioner_for(self, batch, *, rhs: bool = True,
+                                candidate: Preconditioner | None = None) -> tuple[Preconditioner, SafeguardResult | None]:
         """(M^{-1}, check): :meth:`preconditioner_for` where :func:`learnsolve.linalg.safeguard` accepts it against
         :meth:`fallback_for` (built lazily), graph by graph, the fallback elsewhere. ``rhs``: the race's first probe
         is the batch's right-hand side ``b`` (the systems about to be solved); False: random probes only (a matrix
         without its right-hand side, e.g. an exported preconditioner). The check is None, and M the raw map, for a
         nonlinear preconditioner (the PCG race needs a fixed linear M). Cost: the network plus
-        ``check.seconds`` (a few PCG iterations with both and the fallback's setup)."""
-        P = self.preconditioner_for(batch)
+        ``check.seconds`` (a few PCG iterations with both and the fallback's setup). ``candidate``: the batch's
+        :meth:`preconditioner_for`, already built (e.g. to time the network and the check apart)."""
+        P = self.preconditioner_for(batch) if candidate is None else candidate
         if not (self.is_linear and P.linear):
             return P, None
         A = system_matrix(batch)
