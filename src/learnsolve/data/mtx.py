@@ -251,6 +251,12 @@ def read_matrix_market(path: str | os.PathLike) -> sp.csr_matrix:
     return _read(path, square=True)
 
 
+def read_vectors(path: str | os.PathLike) -> np.ndarray:
+    """Read right-hand sides from ``path`` (``.mtx`` / ``.mtx.gz``, array or coordinate, n x k) as a dense float64
+    (n, k) array; :class:`MatrixMarketError` as :func:`read_matrix_market` (a non-square shape is allowed)."""
+    return _read(path, square=False).toarray()
+
+
 def _write_body(fh, A: sp.csr_matrix, comment: str, symmetry: str) -> None:
     """Write the Matrix Market text of ``A`` to the binary file object ``fh`` (separate for tests)."""
     sio.mmwrite(fh, A, comment=comment, field="real", symmetry=symmetry)

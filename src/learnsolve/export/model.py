@@ -73,7 +73,7 @@ def _skip_note(reason: str | None, has_program: bool) -> str | None:
 
 def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, matrices=None,
                  overwrite: bool = False, program: bool = True, log_dir: str | os.PathLike = "outputs",
-                 progress=None, safeguard: bool = True) -> ExportReport:
+                 progress=None, safeguard: bool = True, computed: dict | None = None) -> ExportReport:
     """Export a training checkpoint to ``out_dir`` (default ``<log_dir>/export/<model>_<time>``).
 
     Writes config.json, model.safetensors and the compiled program (``program=False``: none) and, when
@@ -83,7 +83,10 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
     malformed file) is recorded in ``report.failures`` and config.json, and the others are still written.
     A model without one (nonlinear, solver, surrogate) skips the matrices (``report.skipped`` says why).
     ``safeguard`` (default on): where the learned factor would be worse than its fallback on a matrix, the
-    fallback is written instead and its JSON says so.
+    fallback is written instead and its JSON says so. ``computed``: preconditioners already computed elsewhere
+    (e.g. tuned on their matrix by :func:`learnsolve.training.tune.tune_matrix`), ``{stem: (MatrixExport, meta)}``,
+    written as given under ``preconditioners/`` (``meta`` as :func:`learnsolve.export.preconditioners.write_matrix_files`
+    takes it) instead of ``matrices``.
 
     Everything is written to a temporary sibling folder renamed into place at the end: a failure leaves no
     partial output. Raises ExportError (nothing written) for a missing, corrupt or foreign checkpoint, a
@@ -91,7 +94,7 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
     """
     from learnsolve import __version__
 
-    from .preconditioners import export_preconditioners, resolve_matrices
+    from .preconditioners import export_preconditioners, resolve_matrices, write_matrix_files
 
     if out_dir is not None:
         check_output_folder(out_dir, overwrite)
@@ -118,11 +121,16 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
             written, report.failures = export_preconditioners(model, files, tmp / PRECONDITIONERS, name=name,
                                                               progress=progress, safeguard=safeguard)
             report.preconditioners = {s: out / PRECONDITIONERS / p.name for s, p in written.items()}
+        if computed:
+            (tmp / PRECONDITIONERS).mkdir(exist_ok=True)
+            for stem, (exported, meta) in computed.items():
+                p = write_matrix_files(exported, tmp / PRECONDITIONERS, stem, str(meta.get("factor", name)), meta)
+                report.preconditioners[stem] = out / PRECONDITIONERS / p.name
         config = {
             "format": FORMAT, "model": name, "kind": report.kind, "target": target, "kwargs": kwargs,
             "dtype": dtype, "weights": WEIGHTS,
             **prog, "preconditioner": model.matrix_type,
-            "matrices": (None if matrices is None else
+            "matrices": (None if matrices is None and not computed else
                          {"exported": sorted(report.preconditioners), "failed": report.failures,
                           "skipped": report.skipped}),
             "learnsolve_version": __version__, "torch_version": torch.__version__,

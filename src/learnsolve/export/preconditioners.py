@@ -169,15 +169,22 @@ def _export_one(model, name: str, path: Path, out: Path, stem: str, safeguard: b
 
     A, data = _system(path, model, name)
     exported, factor, record = _chosen_matrix(model, one_system_batch(data), name, safeguard)
+    label = name if factor == "learned" else f"{record['fallback']} (the safeguard's fallback for {name})"
+    return write_matrix_files(exported, out, stem, label, {
+        "source": str(path), "n": int(A.shape[0]), "nnz_A": int(A.nnz), "model": name,
+        "model_class": f"{type(model).__module__}.{type(model).__name__}", "factor": factor, "safeguard": record})
+
+
+def write_matrix_files(exported, out: Path, stem: str, label: str, meta: dict) -> Path:
+    """Write one matrix's preconditioner (a :class:`learnsolve.models.base.MatrixExport`) as ``<stem>`` files in
+    ``out`` with its ``<stem>.json`` (``meta``: source, n, nnz_A, model, factor, ... as in the module doc; ``label``
+    names the factor's maker in the files' comments). Returns the JSON's path; on failure no file is left."""
     if exported.type not in WRITERS:
-        raise ValueError(f"{name} exports a matrix of type {exported.type!r}, which export cannot write "
+        raise ValueError(f"{label} exports a matrix of type {exported.type!r}, which export cannot write "
                          f"(it writes {', '.join(WRITERS)})")
-    meta = {"format": 1, "matrix": stem, "source": str(path), "n": int(A.shape[0]), "nnz_A": int(A.nnz),
-            "model": name, "model_class": f"{type(model).__module__}.{type(model).__name__}", "type": exported.type,
-            "factor": factor, "safeguard": record}
+    meta = {"format": 1, "matrix": stem, **meta, "type": exported.type}
     written: list[Path] = []
     try:
-        label = name if factor == "learned" else f"{record['fallback']} (the safeguard's fallback for {name})"
         meta.update(WRITERS[exported.type](exported.arrays, out, stem, label, written))
         meta["load"] = (f"learnsolve.export.load_preconditioner('{stem}.json') (scipy LinearOperator applying "
                         "M^-1; backend='torch' for learnsolve.linalg)")
@@ -239,4 +246,5 @@ def export_preconditioners(model, matrices, out_dir: str | os.PathLike, *, name:
     return written, failed
 
 
-__all__ = ["APPLY", "WRITERS", "export_preconditioners", "resolve_matrices", "safeguard_record"]
+__all__ = ["APPLY", "WRITERS", "export_preconditioners", "resolve_matrices", "safeguard_record",
+           "write_matrix_files"]

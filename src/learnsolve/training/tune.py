@@ -1,0 +1,550 @@
+"""Tune a learned factor preconditioner on ONE matrix, for users who solve with that matrix many times.
+
+:func:`tune_matrix` takes a trained model whose per-matrix preconditioner is a factor ``M = L L^T`` (neural_if)
+and a symmetric positive definite matrix, and returns a :class:`TuneResult`: the tuned factor (or the reason it was
+not tuned), and iterations and milliseconds per solve of the tuned factor, the model before tuning, IC(0), MIC(0)
+and AMG-SA on the matrix, the tuning time and the number of solves after which the tuning has paid for itself.
+
+What is tuned. The start is the factor with the fewest PCG iterations on the matrix among the model's own
+(safeguarded) preconditioner, IC(0) and MIC(0). Its entries are then corrected in the model's own parameterisation
+(:class:`learnsolve.models.neural_if.NeuralIF`: ``L_ii = B_ii exp(w_ii)``, ``L_ij = B_ij + a_ij / sqrt(a_jj) w_ij``
+on the pattern of tril(A)), one free correction per stored entry, all starting at zero. Tuning the network's weights
+instead (a few hundred numbers shared by every entry) did not lower the iterations on real matrices: the matrix's
+own entries need their own corrections.
+
+The loss. For Gaussian probes x* (b = A x*), ``K`` PCG iterations from x0 = 0 with the current factor are unrolled
+and differentiated: ``mean log(||x* - x_K||_A^2 / ||x* - x_0||_A^2)``, the CG error energy after K steps. ``K`` is
+half of the current iteration count on the matrix (2 to 30): the loss sees the part of the convergence that decides
+the count. Adam (step size 1e-2); every 5 steps the factor's PCG iterations on three validation right-hand sides
+(the user's ``rhs`` columns, filled up with seeded Gaussian ones; the first is the table's b) are measured, the
+factor with the fewest in total is kept, and where a step made them more than 1.5x the best (or broke the solve) the
+best factor is restored and the step size halved.
+
+The end decision (the safeguard of tuning): the tuned factor is kept only if full PCG solves on three other seeded
+Gaussian right-hand sides, never used in tuning, take no more iterations than with the start factor on each, and
+fewer in total; otherwise the start factor is returned and the result says "not tuned: ...". (Selecting on one
+right-hand side overfitted it: unit_square 16 against 19 iterations on it, 20 against 19 on another.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from learnsolve.linalg import IC0, LLT, MIC0, FactorizationError, SparseMatrix, cg
+
+CLASSICAL = ("ic0", "mic0", "amg_sa")
+ROWS = ("tuned", "before", *CLASSICAL)
+TITLES = {"tuned": "tuned", "before": "before tuning", "ic0": "IC(0)", "mic0": "MIC(0)", "amg_sa": "AMG-SA"}
+MAX_K = 30  # unrolled PCG steps of the loss, at most
+NUM_PROBES = 4
+EVAL_EVERY = 5  # steps between measured solves
+VAL_EXTRA = 2  # seeded right-hand sides measured next to the validation one
+HOLDOUT_SEEDS = (1_000_003, 1_000_033, 1_000_037)  # the end decision's right-hand sides
+
+
+class TuneError(ValueError):
+    """A matrix, right-hand side, model or budget that tuning cannot work with; the message says which and why."""
+
+
+@dataclass
+class Row:
+    """One preconditioner on the tuned matrix: iterations to rtol on the validation right-hand side, its setup and
+    solve time (ms; the solve with the preconditioner built), or why it has none."""
+
+    iters: int | None = None
+    converged: bool = False
+    setup_ms: float | None = None
+    solve_ms: float | None = None
+    note: str | None = None
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune_matrix` did. ``status``: "tuned" or "not tuned: <why>"; ``exported``: the factor to use
+    (the tuned one, or the start where tuning did not help) as a :class:`learnsolve.models.base.MatrixExport`;
+    ``start``: which factor tuning started from ("before", "ic0" or "mic0"); ``rows``: :data:`ROWS` -> :class:`Row`;
+    ``tuning_s``: wall seconds of the tuning (the loop and the end decision; the table's baselines not included);
+    ``break_even_solves``: the number of solves after which tuning paid for itself against ``fastest`` (the
+    classical row with the least ms per solve), "never" when the tuned factor does not solve faster, None when
+    nothing was tuned; ``history``: (seconds, step, iterations) of each measured solve."""
+
+    matrix: str
+    n: int
+    nnz: int
+    status: str
+    start: str
+    rows: dict[str, Row]
+    tuning_s: float
+    break_even_solves: int | str | None
+    fastest: str | None
+    steps: int
+    budget_s: float
+    exported: object = None
+    history: list[tuple[float, int, int]] = field(default_factory=list)
+    holdout: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def tuned(self) -> bool:
+        return self.status == "tuned"
+
+    def to_json(self) -> dict:
+        """The ``tune.json`` record."""
+        return {
+            "matrix": self.matrix, "n": self.n, "nnz": self.nnz, "status": self.status, "start": self.start,
+            "iters": {k: self.rows[k].iters for k in ROWS},
+            "ms_per_solve": {k: self.rows[k].solve_ms for k in ROWS},
+            "setup_ms": {k: self.rows[k].setup_ms for k in ROWS},
+            "converged": {k: self.rows[k].converged for k in ROWS},
+            "notes": {k: self.rows[k].note for k in ROWS if self.rows[k].note},
+            "tuning_s": self.tuning_s, "budget_s": self.budget_s, "steps": self.steps,
+            "break_even_solves": self.break_even_solves, "break_even_against": self.fastest,
+            "holdout_iters": self.holdout,
+            "history": [{"seconds": t, "step": s, "iters": i} for t, s, i in self.history],
+        }
+
+    def table(self) -> str:
+        """The result as a Markdown table, with the tuning time and the break-even count under it."""
+        lines = ["| preconditioner | iterations | ms per solve | setup ms |", "|---|---|---|---|"]
+        for k in ROWS:
+            r = self.rows[k]
+            its = "-" if r.iters is None else f"{r.iters}" + ("" if r.converged else " (not converged)")
+            ms = "-" if r.solve_ms is None else f"{r.solve_ms:.2f}"
+            setup = "-" if r.setup_ms is None else f"{r.setup_ms:.2f}"
+            lines.append(f"| {TITLES[k]}{' (' + r.note + ')' if r.note else ''} | {its} | {ms} | {setup} |")
+        be = self.break_even_solves
+        lines += ["", (f"{self.matrix}: {self.status}; tuning {self.tuning_s:.1f} s ({self.steps} steps, budget "
+                       f"{self.budget_s:g} s, start {TITLES.get(self.start, self.start)})"),
+                  "break-even: " + ("-" if be is None else
+                                    f"never (the tuned factor does not solve faster than {TITLES[self.fastest]})"
+                                    if be == "never" else f"{be} solves against {TITLES[self.fastest]}")]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checks
+# ----------------------------------------------------------------------------------------------------------------
+
+def check_spd_like(A: sp.spmatrix, name: str) -> sp.csr_matrix:
+    """A as float64 CSR with sorted indices, refused (TuneError) unless square, finite, symmetric and with a positive
+    diagonal (indefiniteness shows up later, as a PCG breakdown)."""
+    A = sp.csr_matrix(A, dtype=np.float64)
+    A.sum_duplicates()
+    A.sort_indices()
+    n = A.shape[0]
+    if A.shape != (n, n) or n == 0:
+        raise TuneError(f"{name}: the matrix must be square and non-empty, got {A.shape[0]} x {A.shape[1]}")
+    if not np.all(np.isfinite(A.data)):
+        raise TuneError(f"{name}: the matrix has NaN or Inf entries")
+    scale = abs(A).max() if A.nnz else 0.0
+    asym = abs(A - A.T).max() if A.nnz else 0.0
+    if asym > 1e-10 * scale:
+        raise TuneError(f"{name}: the matrix is not symmetric (max |a_ij - a_ji| = {asym:.3g}, max |a_ij| = "
+                        f"{scale:.3g}); tuning builds an SPD factor preconditioner for PCG, which needs a symmetric "
+                        "positive definite matrix")
+    d = A.diagonal()
+    if not (d > 0).all():
+        i = int(np.flatnonzero(~(d > 0))[0])
+        raise TuneError(f"{name}: diagonal entry a_ii = {d[i]:g} in row {i} is not positive, so the matrix is not "
+                        "SPD; tuning builds an SPD factor preconditioner for PCG")
+    return A
+
+
+def check_rhs(B, n: int, name: str) -> np.ndarray:
+    """The user's right-hand sides as an (n, k) float64 array, refused (TuneError) when of the wrong size, non-finite
+    or zero."""
+    B = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=np.float64)
+    if B.ndim == 1 and B.size == n:
+        B = B.reshape(n, 1)
+    if B.ndim != 2 or B.shape[0] != n or B.shape[1] < 1:
+        raise TuneError(f"{name}: right-hand side must be {n} x k for the {n} x {n} matrix, got "
+                        f"{' x '.join(map(str, np.shape(B)))}")
+    if not np.all(np.isfinite(B)):
+        raise TuneError(f"{name}: the right-hand side has NaN or Inf entries")
+    if not np.any(B[:, 0]):
+        raise TuneError(f"{name}: the first right-hand side is zero (nothing to solve)")
+    return B
+
+
+def tunable_reason(model, name: str) -> str | None:
+    """Why ``model`` cannot be tuned on a matrix (None when it can): only factor preconditioners (``matrix_type``
+    "llt", e.g. neural_if) are tuned."""
+    reason = model.matrix_export_reason(name)
+    if reason is not None:
+        return f"{reason}; tuning adapts a per-matrix preconditioner factor"
+    if model.matrix_type != "llt":
+        return (f"{name}'s per-matrix preconditioner is of type {model.matrix_type!r} (D + U U^T: a Jacobi diagonal and "
+                "a low-rank correction); tuning adapts factor preconditioners M = L L^T (neural_if)")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# measuring
+# ----------------------------------------------------------------------------------------------------------------
+
+def _solve_iters(A: SparseMatrix, b: Tensor, M, rtol: float, maxiter: int) -> tuple[int, bool]:
+    with torch.no_grad():
+        x, info = cg(A, b, M, rtol=rtol, maxiter=maxiter)
+    ok = bool(info.all_converged) and info.breakdown is None and bool(torch.isfinite(x).all())
+    return int(info.iterations.max()), ok
+
+
+def _best_time(fn: Callable, repeats: int, min_total_s: float = 0.2, max_repeats: int = 50):
+    """(best seconds, last result) of ``fn()`` over at least ``repeats`` runs, more (up to ``max_repeats``) until
+    ``min_total_s`` was spent: millisecond timings on a shared machine need many runs."""
+    best, spent, runs, out = math.inf, 0.0, 0, None
+    while runs < max(1, repeats) or (spent < min_total_s and runs < max_repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        best, spent, runs = min(best, dt), spent + dt, runs + 1
+    return best, out
+
+
+def measure(A: SparseMatrix, b: Tensor, build: Callable, *, rtol: float, maxiter: int, repeats: int = 3) -> tuple[Row, object]:
+    """(Row, preconditioner): ``build()`` timed as the setup, then PCG iterations on b and the solve time with the
+    built preconditioner (each the best of at least ``repeats`` runs, more for fast ones: :func:`_best_time`)."""
+    setup, M = _best_time(build, repeats)
+    its, ok = _solve_iters(A, b, M, rtol, maxiter)
+
+    def run():
+        with torch.no_grad():
+            cg(A, b, M, rtol=rtol, maxiter=maxiter)
+
+    solve, _ = _best_time(run, repeats)
+    return Row(its, ok, 1e3 * setup, 1e3 * solve), M
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the tunable factor and its loss
+# ----------------------------------------------------------------------------------------------------------------
+
+class _Factor:
+    """L(w) on the pattern of tril(A): ``L_ii = B_ii exp(w_ii)``, ``L_ij = B_ij + |a_ij| / sqrt(a_jj) w_ij``."""
+
+    def __init__(self, A: SparseMatrix, B: SparseMatrix):
+        low = A.tril()
+        if low.nnz != B.nnz or not torch.equal(low.pattern.col, B.pattern.col):
+            B = _on_pattern(B, low)
+        self.pattern = low
+        self.base = B.values.detach().to(torch.float64).reshape(-1).clone()
+        row, col = low.pattern.row.long(), low.pattern.col.long()
+        self.off = row != col
+        sd = torch.sqrt(A.diagonal().detach().to(torch.float64).reshape(-1))
+        self.scale = torch.where(self.off, low.values.detach().reshape(-1).abs() / sd[col], torch.zeros(()))
+        self.w = torch.zeros_like(self.base, requires_grad=True)
+
+    def L(self, w: Tensor | None = None) -> SparseMatrix:
+        w = self.w if w is None else w
+        return self.pattern.with_values(torch.where(self.off, self.base + self.scale * w, self.base * torch.exp(w)))
+
+
+def _on_pattern(B: SparseMatrix, low: SparseMatrix) -> SparseMatrix:
+    """B's values on the pattern of ``low`` (zero where B has no entry); TuneError when B has entries outside it."""
+    Bs = B.detach().to_scipy().tocsr()
+    row, col = low.pattern.row.numpy().copy(), low.pattern.col.numpy().copy()
+    vals = np.asarray(Bs[row, col]).ravel()
+    if abs(abs(Bs).sum() - abs(vals).sum()) > 1e-12 * max(abs(Bs).sum(), 1.0):
+        raise TuneError("the start factor has entries outside tril(A); tuning keeps the pattern of tril(A)")
+    return low.with_values(torch.from_numpy(vals))
+
+
+def energy_loss(A: SparseMatrix, L: SparseMatrix, k: int, probes: int, generator: torch.Generator) -> Tensor:
+    """mean over Gaussian probes x* of log(||x* - x_k||_A^2 / ||x*||_A^2), x_k after k PCG steps on A x = A x* from 0
+    with M = L L^T; differentiable w.r.t. L's values."""
+    n = A.shape[0]
+    xs = torch.randn(1, n, probes, dtype=torch.float64, generator=generator)
+    b = A.mv(xs)
+    M = LLT(L)
+
+    def dot(u, v):
+        return (u * v).sum(1)
+
+    x = torch.zeros_like(xs)
+    r = b
+    z = M.apply(r)
+    p = z
+    rz = dot(r, z)
+    for _ in range(k):
+        Ap = A.mv(p)
+        alpha = rz / dot(p, Ap)
+        x = x + alpha.unsqueeze(1) * p
+        r = r - alpha.unsqueeze(1) * Ap
+        z = M.apply(r)
+        rz_new = dot(r, z)
+        p = z + (rz_new / rz).unsqueeze(1) * p
+        rz = rz_new
+    e = xs - x
+    return torch.log(dot(e, A.mv(e)).clamp_min(1e-300) / dot(xs, b)).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole tuning
+# ----------------------------------------------------------------------------------------------------------------
+
+def _random_rhs(A: sp.spmatrix, seed: int, name: str) -> np.ndarray:
+    """A seeded Gaussian b, or a consistent A r where A 1 = 0 (:func:`learnsolve.data.mtx.default_rhs`)."""
+    from learnsolve.data.mtx import default_rhs
+
+    return default_rhs(A, "random", seed, name)[0]
+
+
+def _classical(name: str, A: SparseMatrix):
+    if name == "ic0":
+        return lambda: IC0(A, shift="auto")
+    if name == "mic0":
+        return lambda: MIC0(A, shift="auto")
+    from learnsolve.evaluation.baselines import build_baseline
+
+    return lambda: build_baseline(name, A)
+
+
+def break_even(tuning_s: float, tuned: Row, other: Row) -> int | str:
+    """Solves N after which ``tuning_s`` + the tuned setup + N tuned solves cost no more than the other's setup + N
+    solves; "never" when the tuned solve is not faster."""
+    if tuned.solve_ms is None or other.solve_ms is None or tuned.solve_ms >= other.solve_ms:
+        return "never"
+    gap = 1e3 * tuning_s + (tuned.setup_ms or 0.0) - (other.setup_ms or 0.0)
+    return max(1, math.ceil(gap / (other.solve_ms - tuned.solve_ms)))
+
+
+def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None, budget_s: float = 60.0, rhs=None,
+                rtol: float = 1e-6, maxiter: int = 10_000, seed: int = 0, lr: float = 1e-2, repeats: int = 3,
+                progress: Callable[[dict], None] | None = None, baselines: tuple[str, ...] = CLASSICAL,
+                max_steps: int | None = None) -> TuneResult:
+    """Tune ``model``'s factor preconditioner on the SPD matrix ``A`` (scipy sparse) for at most ``budget_s`` seconds
+    (see the module doc). ``rhs``: the user's right-hand side(s), (n,) or (n, k): the first is the table's b (else a
+    seeded Gaussian b; A r where A 1 = 0), the next two join it in the validation. ``progress(state)`` is called after every measured solve
+    with ``{"seconds", "step", "iters", "best", "start"}``. ``baselines``: the classical rows measured (a subset of
+    :data:`CLASSICAL`; "ic0" and "mic0" are also tuning starts). ``max_steps``: stop after this many steps even
+    within the budget (a reproducible run; None: the budget alone). TuneError for a model that cannot be tuned, a matrix
+    that is not SPD, a bad right-hand side or budget."""
+    from learnsolve.data import make_system
+    from learnsolve.models.base import matrix_export_of, one_system_batch, system_matrix
+
+    model_name = model_name or type(model).__name__
+    reason = tunable_reason(model, model_name)
+    if reason is not None:
+        raise TuneError(f"{model_name} cannot be tuned: {reason}")
+    if not (isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0):
+        raise TuneError(f"budget_s must be a positive number of seconds, got {budget_s!r}")
+    if max_steps is not None and not (isinstance(max_steps, int) and max_steps >= 1):
+        raise TuneError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    if not 0 < rtol < 1:
+        raise TuneError(f"rtol must lie in (0, 1), got {rtol!r}")
+    A = check_spd_like(A, name)
+    n = A.shape[0]
+    B = None if rhs is None else check_rhs(rhs, n, name)
+    b = B[:, 0] if B is not None else _random_rhs(A, seed, name)
+    data = make_system(A, b, pos=np.zeros((n, 1)), coeff=np.ones(n), family="matrix_market", params={"name": name},
+                       seed=seed, reference=False, symmetric=True)
+    batch = one_system_batch(data)
+    At = system_matrix(batch)
+    bt = batch.b.view(-1).to(torch.float64)
+
+    def model_factor():
+        with torch.no_grad():
+            return model.safe_preconditioner_for(batch)[0]
+
+    rows: dict[str, Row] = {}
+    starts = {}
+    try:
+        rows["before"], P = measure(At, bt, model_factor, rtol=rtol, maxiter=maxiter, repeats=repeats)
+    except (FactorizationError, ValueError, RuntimeError) as e:
+        raise TuneError(f"{name}: {model_name} could not build its preconditioner: {e}") from e
+    if isinstance(P, LLT):
+        starts["before"] = P
+    else:
+        rows["before"].note = f"its {type(P).__name__} is not a factor L L^T: not a tuning start"
+    for key in CLASSICAL:
+        if key not in baselines:
+            rows[key] = Row(note="not measured")
+            continue
+        try:
+            rows[key], P = measure(At, bt, _classical(key, At), rtol=rtol, maxiter=maxiter, repeats=repeats)
+        except (FactorizationError, ValueError, RuntimeError) as e:
+            rows[key] = Row(note=f"failed: {e}")
+            continue
+        if key in ("ic0", "mic0") and P is not None:
+            starts[key] = P
+    if not any(rows[k].converged for k in starts):
+        bad = "; ".join(f"{TITLES[k]}: {rows[k].iters} iterations, not converged" for k in starts)
+        raise TuneError(f"{name}: PCG did not converge with any start factor ({bad}); the matrix may be indefinite "
+                        "or singular (PCG needs SPD), or maxiter is too small")
+    start = min((k for k in starts if rows[k].converged), key=lambda k: (rows[k].iters, k != "before"))
+    result = TuneResult(name, n, int(A.nnz), "tuned", start, rows, 0.0, None, None, 0, float(budget_s))
+
+    t0 = time.perf_counter()
+    factor = _Factor(At, starts[start].L)
+    user = [] if B is None else [torch.from_numpy(B[:, j].copy()) for j in range(1, min(B.shape[1], 1 + VAL_EXTRA))]
+    val = [bt, *user] + [torch.from_numpy(_random_rhs(A, seed + 1 + i, name)) for i in range(VAL_EXTRA - len(user))]
+
+    def counts(M) -> list[int]:
+        out = []
+        for r in val:
+            its, ok = _solve_iters(At, r, M, rtol, maxiter)
+            out.append(its if ok else maxiter + 1)
+        return out
+
+    start_counts = counts(starts[start])
+    best_w, best_total = factor.w.detach().clone(), sum(start_counts)
+    state = {"lr": lr, "cur": rows[start].iters}
+    opt = torch.optim.Adam([factor.w], lr=lr)
+    gen = torch.Generator().manual_seed(seed + 1)
+    step = 0
+    with torch.enable_grad():
+        while time.perf_counter() - t0 < budget_s and (max_steps is None or step < max_steps):
+            k = int(min(MAX_K, max(2, state["cur"] // 2)))
+            opt.zero_grad()
+            loss = energy_loss(At, factor.L(), k, NUM_PROBES, gen)
+            if not torch.isfinite(loss):
+                _restore(factor, best_w, opt, state)
+                continue
+            loss.backward()
+            opt.step()
+            step += 1
+            last = time.perf_counter() - t0 >= budget_s or step == max_steps
+            if step % EVAL_EVERY and not last:
+                continue
+            c = counts(LLT(factor.L(factor.w.detach())))
+            state["cur"] = min(c[0], maxiter)
+            result.history.append((time.perf_counter() - t0, step, c[0]))
+            if sum(c) < best_total:
+                best_w, best_total = factor.w.detach().clone(), sum(c)
+            elif sum(c) > 1.5 * best_total:
+                _restore(factor, best_w, opt, state)
+            if progress is not None:
+                progress({"seconds": time.perf_counter() - t0, "step": step, "iters": c[0],
+                          "best": best_total / len(val), "start": sum(start_counts) / len(val)})
+    result.steps = step
+    tuned_L = factor.L(best_w).detach()
+    if step == 0:
+        result.status = (f"not tuned: the budget of {budget_s:g} s ended before the first tuning step (one step "
+                         f"took {time.perf_counter() - t0:.2f} s on this matrix)")
+    elif best_total >= sum(start_counts):
+        result.status = (f"not tuned: {step} steps did not lower the iterations of the start factor "
+                         f"({TITLES.get(start, start)}, {start_counts} on {len(val)} right-hand sides)")
+    else:
+        result.status = _end_decision(result, At, starts[start], LLT(tuned_L), rtol, maxiter)
+    result.tuning_s = time.perf_counter() - t0
+
+    final = LLT(tuned_L) if result.tuned else starts[start]
+    rows["tuned"], _ = measure(At, bt, lambda: LLT(final.L.detach()), rtol=rtol, maxiter=maxiter,
+                               repeats=repeats)
+    if not result.tuned:
+        rows["tuned"].note = f"= {TITLES.get(start, start)}"
+    result.exported = matrix_export_of(final)
+    measured_rows = [k for k in CLASSICAL if rows[k].solve_ms is not None and rows[k].converged]
+    if measured_rows:
+        result.fastest = min(measured_rows, key=lambda k: rows[k].solve_ms)
+        result.break_even_solves = (break_even(result.tuning_s, rows["tuned"], rows[result.fastest])
+                                    if result.tuned else None)
+    return result
+
+
+def _restore(factor: _Factor, best_w: Tensor, opt, state: dict) -> None:
+    """Back to the best factor with half the step size (a step made the solve much slower or broke it)."""
+    with torch.no_grad():
+        factor.w.copy_(best_w)
+    state["lr"] *= 0.5
+    for g in opt.param_groups:
+        g["lr"] = state["lr"]
+    opt.state.clear()
+
+
+def _end_decision(result: TuneResult, A: SparseMatrix, start, tuned, rtol: float, maxiter: int) -> str:
+    """"tuned" when the tuned factor needs no more iterations than the start on each of the held-out right-hand
+    sides (:data:`HOLDOUT_SEEDS`, never seen in tuning) and fewer in total; else "not tuned: ..." (the start is
+    kept)."""
+    rhs = [torch.from_numpy(_random_rhs(A.to_scipy(), s, result.matrix)) for s in HOLDOUT_SEEDS]
+    counts = {"tuned": [], "start": []}
+    for r in rhs:
+        for key, M in (("tuned", tuned), ("start", start)):
+            its, ok = _solve_iters(A, r, M, rtol, maxiter)
+            counts[key].append(its if ok else maxiter + 1)
+    result.holdout = counts
+    if all(t <= s for t, s in zip(counts["tuned"], counts["start"])) and sum(counts["tuned"]) < sum(counts["start"]):
+        return "tuned"
+    return (f"not tuned: the tuned factor took {counts['tuned']} iterations against the start's {counts['start']} on "
+            f"{len(HOLDOUT_SEEDS)} right-hand sides not used in tuning")
+
+
+__all__ = ["CLASSICAL", "ROWS", "Row", "TuneError", "TuneResult", "break_even", "check_rhs", "check_spd_like",
+           "energy_loss", "measure", "tunable_reason", "tune_matrix"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the command: a matrix file and a checkpoint -> tune.json, tune.md and an export folder
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TuneRun:
+    """What :func:`run_tune` wrote: the result, the run folder, the export folder and the preconditioner's JSON."""
+
+    result: TuneResult
+    folder: object
+    export: object
+    preconditioner: object
+
+
+def run_tune(matrix, ckpt_path, out_dir, *, budget_s: float = 60.0, rhs=None, rtol: float = 1e-6,
+             maxiter: int = 10_000, seed: int = 0, lr: float = 1e-2, repeats: int = 3, program: bool = True,
+             progress: Callable[[dict], None] | None = None, max_steps: int | None = None) -> TuneRun:
+    """Tune the checkpoint's model on the Matrix Market file ``matrix`` (:func:`tune_matrix`) and write, in
+    ``out_dir``: ``export/`` (the model folder of :func:`learnsolve.export.export_model`, with
+    ``preconditioners/<matrix>.json`` holding the tuned factor, or the start factor where tuning did not help),
+    then ``tune.json`` and ``tune.md``. Each is written to a temporary name and renamed: a failure leaves no
+    partial file. TuneError for bad arguments (nothing written)."""
+    from pathlib import Path
+
+    from learnsolve.data.mtx import MatrixMarketError, matrix_stem, read_matrix_market, read_vectors
+    from learnsolve.export import ExportError, export_model
+    from learnsolve.files import write_json, write_text
+    from learnsolve.models.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(str(matrix))
+    if not path.is_file():
+        raise TuneError(f"matrix {str(path)!r} is not a file (give matrix=PATH.mtx, a Matrix Market file)")
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except CheckpointError as e:
+        raise TuneError(str(e)) from e
+    reason = tunable_reason(ckpt.model, ckpt.name)
+    if reason is not None:
+        raise TuneError(f"checkpoint {str(ckpt_path)!r}: {ckpt.name} cannot be tuned: {reason}")
+    try:
+        A = read_matrix_market(path)
+        B = None if rhs is None else read_vectors(rhs)
+    except MatrixMarketError as e:
+        raise TuneError(str(e)) from e
+    stem = matrix_stem(path)
+    folder = Path(out_dir)
+    export_dir = folder / "export"
+    if export_dir.exists() and any(export_dir.iterdir()):
+        raise TuneError(f"output folder {str(export_dir)!r} already exists and is not empty: choose another out_dir")
+    result = tune_matrix(ckpt.model, A, name=stem, model_name=ckpt.name, budget_s=budget_s, rhs=B, rtol=rtol,
+                         maxiter=maxiter, seed=seed, lr=lr, repeats=repeats, progress=progress, max_steps=max_steps)
+    summary = {k: v for k, v in result.to_json().items() if k != "history"}
+    meta = {"source": str(path), "n": result.n, "nnz_A": result.nnz, "model": ckpt.name,
+            "model_class": f"{type(ckpt.model).__module__}.{type(ckpt.model).__name__}",
+            "factor": "tuned" if result.tuned else f"start:{result.start}", "safeguard": None, "tuning": summary}
+    try:
+        report = export_model(ckpt_path, export_dir, program=program, computed={stem: (result.exported, meta)})
+    except ExportError as e:
+        raise TuneError(str(e)) from e
+    record = {**result.to_json(), "checkpoint": str(ckpt_path), "matrix_file": str(path),
+              "rhs_file": None if rhs is None else str(rhs), "rtol": rtol, "seed": seed,
+              "export": str(report.folder), "preconditioner": str(report.preconditioners[stem])}
+    write_json(folder / "tune.json", record)
+    write_text(folder / "tune.md", f"# {stem}: {ckpt.name} tuned for {budget_s:g} s\n\n{result.table()}\n")
+    return TuneRun(result, folder, report.folder, report.preconditioners[stem])
+
+
+__all__ += ["TuneRun", "run_tune"]
