@@ -90,6 +90,7 @@ def test_the_export_loads_in_scipy_and_torch_with_the_same_iterations(airfoil_ru
     assert int(cg(S, torch.from_numpy(b), P, rtol=1e-6)[1].iterations) == rec["iters"]["tuned"]
     assert isinstance(load_exported_model(run.export), NeuralIF)
     assert "tuned" in (run.folder / "tune.md").read_text()
+    assert (run.folder / "tune.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_energy_loss_is_the_cg_error_energy():
@@ -109,6 +110,15 @@ def test_the_energy_loss_is_the_cg_error_energy():
     spla.cg(A, A @ xs, M=Minv, rtol=1e-30, atol=0.0, maxiter=4, callback=iterates.append)
     e = xs - iterates[-1]
     assert float(loss) == pytest.approx(np.log(e @ A @ e / (xs @ A @ xs)), rel=1e-8)
+
+
+def test_the_unrolled_loss_is_capped_for_large_matrices():
+    from learnsolve.training.tune import MAX_UNROLLED, unrolled_size
+
+    assert unrolled_size(100, 260) == (30, 4) and unrolled_size(5, 260) == (2, 4)
+    for n in (65_536, 1_000_000, 10_000_000):
+        k, probes = unrolled_size(400, n)
+        assert k >= 2 and probes >= 1 and (k * probes * n <= MAX_UNROLLED or (k, probes) == (2, 1))
 
 
 def test_break_even_counts_solves():
