@@ -225,3 +225,28 @@ def test_the_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["learnsolve-tune", *base, f"hydra.run.dir={tmp_path / 'none'}"])
     assert main() == 2
     assert "give matrix=PATH" in capsys.readouterr().err
+
+
+def test_the_export_is_usable_from_jax(airfoil_run):
+    """JAX users pass the exported M^{-1} as a callable (a host callback of the scipy operator)."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    from jax.experimental import sparse as jsparse
+
+    import learnsolve.jax as lsj
+    from learnsolve.data.mtx import default_rhs
+    from learnsolve.export import load_preconditioner
+
+    _, run = airfoil_run
+    M = load_preconditioner(run.preconditioner)
+    A = _airfoil()
+    b = default_rhs(A, "random", 0, "airfoil")[0]
+
+    def precond(r):
+        return jax.pure_callback(lambda v: M @ np.asarray(v), jax.ShapeDtypeStruct(r.shape, r.dtype), r)
+
+    x, info = lsj.solve(jsparse.BCOO.from_scipy_sparse(A), jnp.asarray(b), method="cg", precond=precond, rtol=1e-6,
+                       return_info=True)
+    assert int(info.iterations) == run.result.rows["tuned"].iters
+    assert np.linalg.norm(A @ np.asarray(x) - b) <= 1e-6 * np.linalg.norm(b) * 1.0001

@@ -46,6 +46,7 @@ ROWS = ("tuned", "before", *CLASSICAL)
 TITLES = {"tuned": "tuned", "before": "before tuning", "ic0": "IC(0)", "mic0": "MIC(0)", "amg_sa": "AMG-SA"}
 MAX_K = 30  # unrolled PCG steps of the loss, at most
 NUM_PROBES = 4
+SLOW_S = 1.0  # a setup or solve this long is timed once
 MAX_NONFINITE = 10  # NaN/Inf losses in a row (each restores the best factor, half the step) before giving up
 MAX_UNROLLED = 20_000_000  # steps x probes x n of one loss evaluation, at most
 EVAL_EVERY = 5  # steps between measured solves
@@ -203,13 +204,16 @@ def _solve_iters(A: SparseMatrix, b: Tensor, M, rtol: float, maxiter: int) -> tu
 
 def _best_time(fn: Callable, repeats: int, min_total_s: float = 0.2, max_repeats: int = 50):
     """(best seconds, last result) of ``fn()`` over at least ``repeats`` runs, more (up to ``max_repeats``) until
-    ``min_total_s`` was spent: millisecond timings on a shared machine need many runs."""
+    ``min_total_s`` was spent: millisecond timings on a shared machine need many runs; a run longer than
+    :data:`SLOW_S` is not repeated."""
     best, spent, runs, out = math.inf, 0.0, 0, None
     while runs < max(1, repeats) or (spent < min_total_s and runs < max_repeats):
         t0 = time.perf_counter()
         out = fn()
         dt = time.perf_counter() - t0
         best, spent, runs = min(best, dt), spent + dt, runs + 1
+        if dt > SLOW_S:  # seconds-long runs vary little; repeating them would only multiply the wait
+            break
     return best, out
 
 
@@ -231,7 +235,8 @@ def retime_solves(A: SparseMatrix, b: Tensor, built: dict, rows: dict[str, Row],
                   rounds: int = 5) -> None:
     """Each row's solve time again, the rows taking turns for ``rounds`` rounds (at least, and until 0.5 s was spent),
     the best run of each kept: rows measured minutes apart on a shared machine differed by up to 40% for the same
-    factor; in turns they see the same load."""
+    factor; in turns they see the same load. Rows whose solve takes longer than :data:`SLOW_S` keep their time."""
+    built = {k: M for k, M in built.items() if rows[k].solve_ms is not None and rows[k].solve_ms < 1e3 * SLOW_S}
     best = {k: math.inf for k in built}
     spent, r = 0.0, 0
     while r < rounds or (spent < 0.5 and r < 20 * rounds):
