@@ -115,7 +115,8 @@ def test_the_energy_loss_is_the_cg_error_energy():
 def test_the_unrolled_loss_is_capped_for_large_matrices():
     from learnsolve.training.tune import MAX_UNROLLED, unrolled_size
 
-    assert unrolled_size(100, 260) == (30, 4) and unrolled_size(5, 260) == (2, 4)
+    assert unrolled_size(100, 260) == (50, 8) and unrolled_size(100, 260, 1.0) == (60, 8)
+    assert unrolled_size(5, 260) == (2, 8)
     for n in (65_536, 1_000_000, 10_000_000):
         k, probes = unrolled_size(400, n)
         assert k >= 2 and probes >= 1 and (k * probes * n <= MAX_UNROLLED or (k, probes) == (2, 1))
