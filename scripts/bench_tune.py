@@ -57,6 +57,30 @@ def matrices(names, matrix_dir, families, size):
         yield f"{family}_{size}", to_scipy(data)
 
 
+def cell(iters, ms, converged) -> str:
+    """"iterations (ms per solve)"; "-" where not measured, "iterations (not converged)" where PCG did not converge."""
+    if iters is None:
+        return "-"
+    return f"{iters} (not converged)" if not converged else f"{iters} ({ms:.1f})"
+
+
+def markdown(result: dict) -> str:
+    """The run's table in Markdown, with its command, date, threads and budget, and the summary."""
+    md = [f"`{result['command']}` ({result['date']}, {result['threads']} thread(s), budget {result['budget_s']:g} s)",
+          "", "| matrix | n | " + " | ".join(f"{TITLES[k]} it (ms)" for k in ROWS)
+          + " | tuning s | break-even | status |", "|---|---|" + "---|" * len(ROWS) + "---|---|---|"]
+    for m in result["matrices"]:
+        md.append(f"| {m['matrix']} | {m['n']} | " + " | ".join(
+            cell(m["iters"][k], m["ms_per_solve"][k], m["converged"][k]) for k in ROWS)
+            + f" | {m['tuning_s']:.1f} | {'-' if m['break_even_solves'] is None else m['break_even_solves']}"
+            f" | {m['status']} |")
+    s = result.get("summary")
+    if s:
+        md += ["", (f"Tuned iterations below IC(0)'s on {s['tuned_below_ic0']} of {s['matrices']} matrices; tuned on "
+                   f"{s['tuned_status']}; worst tuned / IC(0) iterations {s['worst_tuned_over_ic0']:.2f}.")]
+    return "\n".join(md) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True, help="a neural_if training checkpoint")
@@ -84,8 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             rec = r.to_json()
             rec.pop("history")
             result["matrices"].append(rec)
-            cells = " ".join(f"{str(r.rows[k].iters) + ' (' + format(r.rows[k].solve_ms or 0, '.1f') + ')':>13s}"
-                             for k in ROWS)
+            cells = " ".join(f"{cell(r.rows[k].iters, r.rows[k].solve_ms, r.rows[k].converged):>13s}" for k in ROWS)
             be = "-" if r.break_even_solves is None else str(r.break_even_solves)
             print(f"{name:34s} {r.n:7d} {cells} {r.tuning_s:8.1f} {be:>10s}  {r.status[:60]}", flush=True)
             write_json(out / "bench_tune.partial.json", result)
@@ -98,15 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     s = result["summary"]
     print(f"\ntuned iterations below IC(0)'s on {s['tuned_below_ic0']} of {s['matrices']} matrices "
           f"({', '.join(below)}); tuned on {s['tuned_status']}; worst tuned / IC(0) {s['worst_tuned_over_ic0']:.2f}")
-    md = [f"`{result['command']}` ({result['date']}, {args.threads} thread(s), budget {args.budget:g} s)", "",
-          "| matrix | n | " + " | ".join(f"{TITLES[k]} it (ms)" for k in ROWS) + " | tuning s | break-even | status |",
-          "|---|---|" + "---|" * len(ROWS) + "---|---|---|"]
-    for m in rows:
-        md.append(f"| {m['matrix']} | {m['n']} | " + " | ".join(
-            f"{m['iters'][k]} ({m['ms_per_solve'][k]:.1f})" if m["ms_per_solve"][k] is not None else "-"
-            for k in ROWS) + f" | {m['tuning_s']:.1f} | {m['break_even_solves'] if m['break_even_solves'] is not None else '-'}"
-            f" | {m['status']} |")
-    write_text(out / "bench_tune.md", "\n".join(md) + "\n")
+    write_text(out / "bench_tune.md", markdown(result))
     write_json(out / "bench_tune.json", result)
     (out / "bench_tune.partial.json").unlink(missing_ok=True)
     return result

@@ -251,3 +251,27 @@ def test_the_export_is_usable_from_jax(airfoil_run):
                        return_info=True)
     assert int(info.iterations) == run.result.rows["tuned"].iters
     assert np.linalg.norm(A @ np.asarray(x) - b) <= 1e-6 * np.linalg.norm(b) * 1.0001
+
+
+def test_the_benchmark_script(tmp_path):
+    """scripts/bench_tune.py on one small generated system: the JSON's rows and summary agree with its table."""
+    import importlib.util
+
+    from .test_bench_scripts import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_tune", ROOT / "scripts" / "bench_tune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    ckpt = _checkpoint(tmp_path / "nif.ckpt")
+    try:
+        out = bench.main(["--ckpt", str(ckpt), "--budget", "0.5", "--pyamg", "--matrix-dir", "", "--families",
+                          "lognormal2d", "--size", "8", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    (m,) = out["matrices"]
+    assert m["matrix"] == "lognormal2d_8" and m["n"] == 64 and set(m["iters"]) == {"tuned", "before", "ic0", "mic0",
+                                                                                   "amg_sa"}
+    assert out["summary"]["tuned_below_ic0"] == int(m["iters"]["tuned"] < m["iters"]["ic0"])
+    md = (tmp_path / "bench_tune.md").read_text()
+    assert "lognormal2d_8" in md and json.loads((tmp_path / "bench_tune.json").read_text())["budget_s"] == 0.5

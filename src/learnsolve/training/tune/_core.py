@@ -1,34 +1,4 @@
-"""Tune a learned factor preconditioner on ONE matrix, for users who solve with that matrix many times.
-
-:func:`tune_matrix` takes a trained model whose per-matrix preconditioner is a factor ``M = L L^T`` (neural_if)
-and a symmetric positive definite matrix, and returns a :class:`TuneResult`: the tuned factor (or the reason it was
-not tuned), and iterations and milliseconds per solve of the tuned factor, the model before tuning, IC(0), MIC(0)
-and AMG-SA on the matrix, the tuning time and the number of solves after which the tuning has paid for itself.
-
-What is tuned. The start is the factor with the fewest PCG iterations on the matrix among the model's own
-(safeguarded) preconditioner, IC(0) and MIC(0). Its entries are then corrected in the model's own parameterisation
-(:class:`learnsolve.models.neural_if.NeuralIF`: ``L_ii = B_ii exp(w_ii)``, ``L_ij = B_ij + a_ij / sqrt(a_jj) w_ij``
-on the pattern of tril(A)), one free correction per stored entry, all starting at zero. Tuning the network's weights
-instead (a few hundred numbers shared by every entry) did not lower the iterations on real matrices: the matrix's
-own entries need their own corrections.
-
-The loss. For 8 Gaussian probes x* (b = A x*), ``K`` PCG iterations from x0 = 0 with the current factor are unrolled
-and differentiated: ``mean log(||x* - x_K||_A^2 / ||x* - x_0||_A^2)``, the CG error energy after K steps. In the
-first half of the budget ``K`` is half of the current iteration count on the matrix, in the second half (which starts
-again from the best factor) the whole count (2 to 60 either way): which of the two lowers the count differs from
-matrix to matrix (bcsstk03: 38 iterations with half, none lower with the whole; unit_square: the other way round).
-Adam (step size 1e-2); every 5 steps the factor's PCG iterations on three validation right-hand sides
-(the user's ``rhs`` columns, filled up with seeded Gaussian ones; the first is the table's b) are measured, the
-factor with the fewest in total is kept, and where a step made them more than 1.5x the best (or broke the solve), or
-20 measurements and a quarter of the budget passed without a new best, the best factor is restored and the step
-size halved (bar: 48 iterations at a fixed 1e-2, 44 with the halving).
-
-The end decision (the safeguard of tuning): the tuned factor is kept only if full PCG solves on three other seeded
-Gaussian right-hand sides, never used in tuning, take fewer iterations in total than with the start factor and at
-most 1.1x the start's on each; otherwise the start factor is returned and the result says "not tuned: ...".
-(Selecting on one right-hand side overfitted it: unit_square 16 against 19 iterations on it, 20 against 19 on
-another.)
-"""
+"""The tuning itself: the tunable factor, its loss, the loop and the end decision (see :mod:`learnsolve.training.tune`)."""
 
 from __future__ import annotations
 
@@ -42,7 +12,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from learnsolve.linalg import IC0, LLT, MIC0, FactorizationError, SparseMatrix, cg
+from learnsolve.linalg import LLT, FactorizationError, SparseMatrix
+
+from ._measure import Row, break_even, classical_builder, measure, random_rhs, retime_solves, solve_iters
 
 CLASSICAL = ("ic0", "mic0", "amg_sa")
 ROWS = ("tuned", "before", *CLASSICAL)
@@ -51,7 +23,6 @@ MAX_K = 60  # unrolled PCG steps of the loss, at most
 PHASES = (0.0, 0.5)  # the tuning's phases start at these shares of the budget (or of max_steps) ...
 PHASES_K = (0.5, 1.0)  # ... and unroll these shares of the current iteration count
 NUM_PROBES = 8
-SLOW_S = 1.0  # a setup or solve this long is timed once
 MAX_NONFINITE = 10  # NaN/Inf losses in a row (each restores the best factor, half the step) before giving up
 MAX_UNROLLED = 20_000_000  # steps x probes x n of one loss evaluation, at most
 EVAL_EVERY = 5  # steps between measured solves
@@ -64,18 +35,6 @@ HOLDOUT_SEEDS = (1_000_003, 1_000_033, 1_000_037)  # the end decision's right-ha
 
 class TuneError(ValueError):
     """A matrix, right-hand side, model or budget that tuning cannot work with; the message says which and why."""
-
-
-@dataclass
-class Row:
-    """One preconditioner on the tuned matrix: iterations to rtol on the validation right-hand side, its setup and
-    solve time (ms; the solve with the preconditioner built), or why it has none."""
-
-    iters: int | None = None
-    converged: bool = False
-    setup_ms: float | None = None
-    solve_ms: float | None = None
-    note: str | None = None
 
 
 @dataclass
@@ -145,6 +104,7 @@ class TuneResult:
         return "\n".join(lines)
 
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # checks
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,70 +160,6 @@ def tunable_reason(model, name: str) -> str | None:
         return (f"{name}'s per-matrix preconditioner is of type {model.matrix_type!r} (D + U U^T: a Jacobi diagonal and "
                 "a low-rank correction); tuning adapts factor preconditioners M = L L^T (neural_if)")
     return None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# measuring
-# ----------------------------------------------------------------------------------------------------------------
-
-def _solve_iters(A: SparseMatrix, b: Tensor, M, rtol: float, maxiter: int) -> tuple[int, bool]:
-    with torch.no_grad():
-        x, info = cg(A, b, M, rtol=rtol, maxiter=maxiter)
-    ok = bool(info.all_converged) and info.breakdown is None and bool(torch.isfinite(x).all())
-    return int(info.iterations.max()), ok
-
-
-def _best_time(fn: Callable, repeats: int, min_total_s: float = 0.2, max_repeats: int = 50):
-    """(best seconds, last result) of ``fn()`` over at least ``repeats`` runs, more (up to ``max_repeats``) until
-    ``min_total_s`` was spent: millisecond timings on a shared machine need many runs; a run longer than
-    :data:`SLOW_S` is not repeated."""
-    best, spent, runs, out = math.inf, 0.0, 0, None
-    while runs < max(1, repeats) or (spent < min_total_s and runs < max_repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        best, spent, runs = min(best, dt), spent + dt, runs + 1
-        if dt > SLOW_S:  # seconds-long runs vary little; repeating them would only multiply the wait
-            break
-    return best, out
-
-
-def measure(A: SparseMatrix, b: Tensor, build: Callable, *, rtol: float, maxiter: int, repeats: int = 3) -> tuple[Row, object]:
-    """(Row, preconditioner): ``build()`` timed as the setup, then PCG iterations on b and the solve time with the
-    built preconditioner (each the best of at least ``repeats`` runs, more for fast ones: :func:`_best_time`)."""
-    setup, M = _best_time(build, repeats)
-    its, ok = _solve_iters(A, b, M, rtol, maxiter)
-    if not ok:  # no time for a solve that does not converge
-        return Row(its, False, 1e3 * setup, None), M
-
-    def run():
-        with torch.no_grad():
-            cg(A, b, M, rtol=rtol, maxiter=maxiter)
-
-    solve, _ = _best_time(run, repeats)
-    return Row(its, ok, 1e3 * setup, 1e3 * solve), M
-
-
-def retime_solves(A: SparseMatrix, b: Tensor, built: dict, rows: dict[str, Row], *, rtol: float, maxiter: int,
-                  rounds: int = 5) -> None:
-    """Each row's solve time again, the rows taking turns for ``rounds`` rounds (at least, and until 0.5 s was spent),
-    two runs back to back per turn, the best run of each kept: rows measured minutes apart on a shared machine
-    differed by up to 40% for the same factor; in turns they see the same load, and the second run of a turn finds
-    the preconditioner's arrays in cache (after a turn of AMG-SA the first run of a small factor was slower). Rows whose solve takes longer than :data:`SLOW_S` keep their time."""
-    built = {k: M for k, M in built.items() if rows[k].solve_ms is not None and rows[k].solve_ms < 1e3 * SLOW_S}
-    best = {k: math.inf for k in built}
-    spent, r = 0.0, 0
-    while r < rounds or (spent < 0.5 and r < 20 * rounds):
-        for key, M in built.items():
-            for _ in range(2):  # back to back: the second runs with M's arrays in cache, as repeated solves do
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    cg(A, b, M, rtol=rtol, maxiter=maxiter)
-                dt = time.perf_counter() - t0
-                best[key], spent = min(best[key], dt), spent + dt
-        r += 1
-    for key, t in best.items():
-        rows[key].solve_ms = 1e3 * t
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,14 +239,6 @@ def energy_loss(A: SparseMatrix, L: SparseMatrix, k: int, probes: int, generator
 # the whole tuning
 # ----------------------------------------------------------------------------------------------------------------
 
-def _random_rhs(A: sp.spmatrix, seed: int, name: str, singular: bool = False) -> np.ndarray:
-    """A seeded Gaussian b, or a consistent A r where A 1 = 0 (:func:`learnsolve.data.mtx.default_rhs`) or where A
-    is known to be ``singular``."""
-    from learnsolve.data.mtx import default_rhs, random_image
-
-    return random_image(A, seed, "A singular")[0] if singular else default_rhs(A, "random", seed, name)[0]
-
-
 def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name: str, seed: int, rtol: float,
                   maxiter: int, repeats: int, baselines) -> tuple[dict, dict, dict, object]:
     """(rows, tuning starts, built preconditioners, the system's PyG batch) of the model before tuning and the
@@ -385,7 +273,7 @@ def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name:
             rows[key] = Row(note="not measured")
             continue
         try:
-            rows[key], P = measure(At, bt, _classical(key, At), rtol=rtol, maxiter=maxiter, repeats=repeats)
+            rows[key], P = measure(At, bt, classical_builder(key, At), rtol=rtol, maxiter=maxiter, repeats=repeats)
             built[key] = P
         except (FactorizationError, ValueError, RuntimeError) as e:
             rows[key] = Row(note=f"failed: {e}")
@@ -394,24 +282,6 @@ def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name:
             starts[key] = P
     return rows, starts, built, batch
 
-
-def _classical(name: str, A: SparseMatrix):
-    if name == "ic0":
-        return lambda: IC0(A, shift="auto")
-    if name == "mic0":
-        return lambda: MIC0(A, shift="auto")
-    from learnsolve.evaluation.baselines import build_baseline
-
-    return lambda: build_baseline(name, A)
-
-
-def break_even(tuning_s: float, tuned: Row, other: Row) -> int | str:
-    """Solves N after which ``tuning_s`` + the tuned setup + N tuned solves cost no more than the other's setup + N
-    solves; "never" when the tuned solve is not faster."""
-    if tuned.solve_ms is None or other.solve_ms is None or tuned.solve_ms >= other.solve_ms:
-        return "never"
-    gap = 1e3 * tuning_s + (tuned.setup_ms or 0.0) - (other.setup_ms or 0.0)
-    return max(1, math.ceil(gap / (other.solve_ms - tuned.solve_ms)))
 
 
 def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None, budget_s: float = 60.0, rhs=None,
@@ -440,7 +310,7 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
     A = check_spd_like(A, name)
     n = A.shape[0]
     B = None if rhs is None else check_rhs(rhs, n, name)
-    b = B[:, 0] if B is not None else _random_rhs(A, seed, name)
+    b = B[:, 0] if B is not None else random_rhs(A, seed, name)
     rows, starts, built, batch = _measure_rows(model, model_name, A, b, name, seed, rtol, maxiter, repeats, baselines)
     singular = False
     if B is None and not any(rows[k].converged for k in starts):
@@ -468,13 +338,13 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
     t0 = time.perf_counter()
     factor = _Factor(At, starts[start].L)
     user = [] if B is None else [torch.from_numpy(B[:, j].copy()) for j in range(1, min(B.shape[1], 1 + VAL_EXTRA))]
-    val = [bt, *user] + [torch.from_numpy(_random_rhs(A, seed + 1 + i, name, singular))
+    val = [bt, *user] + [torch.from_numpy(random_rhs(A, seed + 1 + i, name, singular))
                          for i in range(VAL_EXTRA - len(user))]
 
     def counts(M) -> list[int]:
         out = []
         for r in val:
-            its, ok = _solve_iters(At, r, M, rtol, maxiter)
+            its, ok = solve_iters(At, r, M, rtol, maxiter)
             out.append(its if ok else maxiter + 1)
         return out
 
@@ -568,11 +438,11 @@ def _end_decision(result: TuneResult, A: SparseMatrix, start, tuned, rtol: float
     """"tuned" when the tuned factor needs fewer iterations than the start in total on the held-out right-hand sides
     (:data:`HOLDOUT_SEEDS`, never seen in tuning) and at most :data:`HOLDOUT_SLACK` times the start's on each; else
     "not tuned: ..." (the start is kept)."""
-    rhs = [torch.from_numpy(_random_rhs(A.to_scipy(), s, result.matrix, singular)) for s in HOLDOUT_SEEDS]
+    rhs = [torch.from_numpy(random_rhs(A.to_scipy(), s, result.matrix, singular)) for s in HOLDOUT_SEEDS]
     counts = {"tuned": [], "start": []}
     for r in rhs:
         for key, M in (("tuned", tuned), ("start", start)):
-            its, ok = _solve_iters(A, r, M, rtol, maxiter)
+            its, ok = solve_iters(A, r, M, rtol, maxiter)
             counts[key].append(its if ok else maxiter + 1)
     result.holdout = counts
     if (all(t <= HOLDOUT_SLACK * s for t, s in zip(counts["tuned"], counts["start"]))
@@ -582,103 +452,6 @@ def _end_decision(result: TuneResult, A: SparseMatrix, start, tuned, rtol: float
             f"{len(HOLDOUT_SEEDS)} right-hand sides not used in tuning")
 
 
-__all__ = ["CLASSICAL", "ROWS", "Row", "TuneError", "TuneResult", "break_even", "check_rhs", "check_spd_like",
-           "energy_loss", "measure", "retime_solves", "tunable_reason", "tune_matrix", "unrolled_size"]
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# the command: a matrix file and a checkpoint -> tune.json, tune.md and an export folder
-# ----------------------------------------------------------------------------------------------------------------
-
-def plot_tuning(result: TuneResult, path) -> None:
-    """``tune.png``: the PCG iterations on the table's b over the tuning time (each measured solve), with the model
-    before tuning, IC(0), MIC(0) and AMG-SA as horizontal lines and the final factor as a marker."""
-    from learnsolve.evaluation.report import _pyplot, save_figure
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    if result.history:
-        t, _, its = zip(*result.history)
-        ax.plot(t, its, color="C3", lw=1.2, label="during tuning")
-    styles = {"before": "C0", "ic0": "C1", "mic0": "C2", "amg_sa": "C4"}
-    for key, color in styles.items():
-        r = result.rows[key]
-        if r.iters is not None and r.converged:
-            ax.axhline(r.iters, color=color, ls="--", lw=1.0, label=f"{TITLES[key]} ({r.iters})")
-    final = result.rows["tuned"]
-    if final.iters is not None:
-        ax.plot([result.tuning_s], [final.iters], "o", color="C3", label=f"tuned ({final.iters}; {result.status[:9]})")
-    ax.set_xlabel("tuning time [s]")
-    ax.set_ylabel(f"PCG iterations to rtol (n = {result.n})")
-    ax.set_title(f"{result.matrix}: {result.status[:70]}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-@dataclass
-class TuneRun:
-    """What :func:`run_tune` wrote: the result, the run folder, the export folder and the preconditioner's JSON."""
-
-    result: TuneResult
-    folder: object
-    export: object
-    preconditioner: object
-
-
-def run_tune(matrix, ckpt_path, out_dir, *, budget_s: float = 60.0, rhs=None, rtol: float = 1e-6,
-             maxiter: int = 10_000, seed: int = 0, lr: float = 1e-2, repeats: int = 3, program: bool = True,
-             progress: Callable[[dict], None] | None = None, max_steps: int | None = None) -> TuneRun:
-    """Tune the checkpoint's model on the Matrix Market file ``matrix`` (:func:`tune_matrix`) and write, in
-    ``out_dir``: ``export/`` (the model folder of :func:`learnsolve.export.export_model`, with
-    ``preconditioners/<matrix>.json`` holding the tuned factor, or the start factor where tuning did not help),
-    then ``tune.json``, ``tune.md`` and ``tune.png`` (:func:`plot_tuning`). Each is written to a temporary name and renamed: a failure leaves no
-    partial file. TuneError for bad arguments (nothing written)."""
-    from pathlib import Path
-
-    from learnsolve.data.mtx import MatrixMarketError, matrix_stem, read_matrix_market, read_vectors
-    from learnsolve.export import ExportError, export_model
-    from learnsolve.files import write_json, write_text
-    from learnsolve.models.checkpoint import CheckpointError, load_checkpoint
-
-    path = Path(str(matrix))
-    if not path.is_file():
-        raise TuneError(f"matrix {str(path)!r} is not a file (give matrix=PATH.mtx, a Matrix Market file)")
-    try:
-        ckpt = load_checkpoint(ckpt_path)
-    except CheckpointError as e:
-        raise TuneError(str(e)) from e
-    reason = tunable_reason(ckpt.model, ckpt.name)
-    if reason is not None:
-        raise TuneError(f"checkpoint {str(ckpt_path)!r}: {ckpt.name} cannot be tuned: {reason}")
-    try:
-        A = read_matrix_market(path)
-        B = None if rhs is None else read_vectors(rhs)
-    except MatrixMarketError as e:
-        raise TuneError(str(e)) from e
-    stem = matrix_stem(path)
-    folder = Path(out_dir)
-    export_dir = folder / "export"
-    if export_dir.exists() and any(export_dir.iterdir()):
-        raise TuneError(f"output folder {str(export_dir)!r} already exists and is not empty: choose another out_dir")
-    result = tune_matrix(ckpt.model, A, name=stem, model_name=ckpt.name, budget_s=budget_s, rhs=B, rtol=rtol,
-                         maxiter=maxiter, seed=seed, lr=lr, repeats=repeats, progress=progress, max_steps=max_steps)
-    summary = {k: v for k, v in result.to_json().items() if k != "history"}
-    meta = {"source": str(path), "n": result.n, "nnz_A": result.nnz, "model": ckpt.name,
-            "model_class": f"{type(ckpt.model).__module__}.{type(ckpt.model).__name__}",
-            "factor": "tuned" if result.tuned else f"start:{result.start}", "safeguard": None, "tuning": summary}
-    try:
-        report = export_model(ckpt_path, export_dir, program=program, computed={stem: (result.exported, meta)})
-    except ExportError as e:
-        raise TuneError(str(e)) from e
-    record = {**result.to_json(), "checkpoint": str(ckpt_path), "matrix_file": str(path),
-              "rhs_file": None if rhs is None else str(rhs), "rtol": rtol, "seed": seed,
-              "export": str(report.folder), "preconditioner": str(report.preconditioners[stem])}
-    write_json(folder / "tune.json", record)
-    write_text(folder / "tune.md", f"# {stem}: {ckpt.name} tuned for {budget_s:g} s\n\n{result.table()}\n\n"
-                                   "![iterations during tuning](tune.png)\n")
-    plot_tuning(result, folder / "tune.png")
-    return TuneRun(result, folder, report.folder, report.preconditioners[stem])
-
-
-__all__ += ["TuneRun", "plot_tuning", "run_tune"]
+__all__ = ["CLASSICAL", "MAX_UNROLLED", "ROWS", "TITLES", "TuneError", "TuneResult", "check_rhs", "check_spd_like",
+           "energy_loss", "tunable_reason", "tune_matrix", "unrolled_size"]
