@@ -205,7 +205,22 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*"))
 
 
-def test_the_command(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def logging_restored():
+    """The logging configuration as it was before the test (an in-process Hydra run reconfigures it)."""
+    import logging
+
+    root = logging.getLogger()
+    loggers = {k: v.disabled for k, v in logging.Logger.manager.loggerDict.items() if isinstance(v, logging.Logger)}
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, disabled in loggers.items():
+        logging.getLogger(name).disabled = disabled
+
+
+def test_the_command(tmp_path, monkeypatch, capsys, logging_restored):
     """learnsolve-tune in-process: exit 1 and the reason when not tuned, 2 for a nonsymmetric matrix (nothing
     written), the table and file paths printed."""
     from learnsolve.cli.tune import main
@@ -214,7 +229,9 @@ def test_the_command(tmp_path, monkeypatch, capsys):
     scipy.io.mmwrite(str(mtx), diffusion2d(5))
     scipy.io.mmwrite(str(bad), convdiff2d(5))
     ckpt = _checkpoint(tmp_path / "nif.ckpt")
-    base = [f"ckpt_path={ckpt}", "budget_s=1e-9", "program=false", "progress=false", "repeats=1"]
+    # Hydra's logging handlers would outlive capsys's streams (in-process runs): none
+    base = [f"ckpt_path={ckpt}", "budget_s=1e-9", "program=false", "progress=false", "repeats=1",
+            "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     monkeypatch.setattr(sys, "argv", ["learnsolve-tune", f"matrix={mtx}", *base, f"hydra.run.dir={tmp_path / 'ok'}"])
     assert main() == 1
     out = capsys.readouterr()

@@ -452,6 +452,5 @@ def _end_decision(result: TuneResult, A: SparseMatrix, start, tuned, rtol: float
             f"{len(HOLDOUT_SEEDS)} right-hand sides not used in tuning")
 
 
-
 __all__ = ["CLASSICAL", "MAX_UNROLLED", "ROWS", "TITLES", "TuneError", "TuneResult", "check_rhs", "check_spd_like",
            "energy_loss", "tunable_reason", "tune_matrix", "unrolled_size"]
