@@ -17,9 +17,9 @@ and differentiated: ``mean log(||x* - x_K||_A^2 / ||x* - x_0||_A^2)``, the CG er
 first half of the budget ``K`` is half of the current iteration count on the matrix, in the second half (which starts
 again from the best factor) the whole count (2 to 60 either way): which of the two lowers the count differs from
 matrix to matrix (bcsstk03: 38 iterations with half, none lower with the whole; unit_square: the other way round).
-Adam (step size 1e-2); every 5 steps the factor's PCG iterations on three validation right-hand sides
-(the user's ``rhs`` columns, filled up with seeded Gaussian ones; the first is the table's b) are measured, the
-factor with the fewest in total is kept, and where a step made them more than 1.5x the best (or broke the solve), or
+Adam (step size 1e-2); every 5 steps (less often where these solves would take more than about half of the time)
+the factor's PCG iterations on three validation right-hand sides (the user's ``rhs`` columns, filled up with seeded
+Gaussian ones; the first is the table's b) are measured, the factor with the fewest in total is kept, and where a step made them more than 1.5x the best (or broke the solve), or
 20 measurements and a quarter of the budget passed without a new best, the best factor is restored and the step
 size halved (bar: 48 iterations at a fixed 1e-2, 44 with the halving).
 
