@@ -205,44 +205,46 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*"))
 
 
-@pytest.fixture
-def logging_restored():
-    """The logging configuration as it was before the test (an in-process Hydra run reconfigures it)."""
-    import logging
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
 
-    root = logging.getLogger()
-    loggers = {k: v.disabled for k, v in logging.Logger.manager.loggerDict.items() if isinstance(v, logging.Logger)}
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, disabled in loggers.items():
-        logging.getLogger(name).disabled = disabled
+    from learnsolve.cli._hydra import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="tune", overrides=list(overrides))
 
 
-def test_the_command(tmp_path, monkeypatch, capsys, logging_restored):
-    """learnsolve-tune in-process: exit 1 and the reason when not tuned, 2 for a nonsymmetric matrix (nothing
-    written), the table and file paths printed."""
-    from learnsolve.cli.tune import main
+def test_the_command(tmp_path, capsys):
+    """learnsolve-tune's work on the composed conf/tune.yaml: exit 1 and the reason when not tuned, 2 for missing
+    arguments, the table and the file paths printed."""
+    from learnsolve.cli.tune import tune_command
 
-    mtx, bad = tmp_path / "a.mtx", tmp_path / "ns.mtx"
+    mtx = tmp_path / "a.mtx"
     scipy.io.mmwrite(str(mtx), diffusion2d(5))
-    scipy.io.mmwrite(str(bad), convdiff2d(5))
     ckpt = _checkpoint(tmp_path / "nif.ckpt")
-    # Hydra's logging handlers would outlive capsys's streams (in-process runs): none
-    base = [f"ckpt_path={ckpt}", "budget_s=1e-9", "program=false", "progress=false", "repeats=1",
-            "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-    monkeypatch.setattr(sys, "argv", ["learnsolve-tune", f"matrix={mtx}", *base, f"hydra.run.dir={tmp_path / 'ok'}"])
-    assert main() == 1
+    base = [f"ckpt_path={ckpt}", "budget_s=1e-9", "program=false", "progress=false", "repeats=1"]
+    assert tune_command(_compose(f"matrix={mtx}", *base), tmp_path / "ok") == 1
     out = capsys.readouterr()
     assert "| IC(0) |" in out.out and "not tuned: the budget" in out.err and (tmp_path / "ok" / "tune.json").is_file()
-    monkeypatch.setattr(sys, "argv", ["learnsolve-tune", f"matrix={bad}", *base, f"hydra.run.dir={tmp_path / 'ns'}"])
-    assert main() == 2
-    assert "not symmetric" in capsys.readouterr().err
-    assert not (tmp_path / "ns" / "export").exists() and not (tmp_path / "ns" / "tune.json").exists()
-    monkeypatch.setattr(sys, "argv", ["learnsolve-tune", *base, f"hydra.run.dir={tmp_path / 'none'}"])
-    assert main() == 2
-    assert "give matrix=PATH" in capsys.readouterr().err
+    assert tune_command(_compose(*base), tmp_path / "none") == 2
+    assert "give matrix=PATH" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_the_command_line(tmp_path):
+    """The real entry point: a nonsymmetric matrix exits 2 with the reason, and no export or tune.json is written."""
+    import subprocess
+
+    from .test_bench_scripts import ROOT
+
+    bad = tmp_path / "ns.mtx"
+    scipy.io.mmwrite(str(bad), convdiff2d(5))
+    ckpt = _checkpoint(tmp_path / "nif.ckpt")
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "tune.py"), f"matrix={bad}", f"ckpt_path={ckpt}",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+                         check=False, cwd=ROOT)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "learnsolve-tune: ns: the matrix is not symmetric" in res.stderr
+    assert not (tmp_path / "run" / "export").exists() and not (tmp_path / "run" / "tune.json").exists()
 
 
 def test_the_export_is_usable_from_jax(airfoil_run):

@@ -40,9 +40,9 @@ def _progress_bar(enabled: bool, budget_s: float):
     return update, bar
 
 
-def tune_command(cfg) -> int:
-    from hydra.core.hydra_config import HydraConfig
-
+def tune_command(cfg, out_dir: Path | None = None) -> int:
+    """The whole command on a composed config; the run folder is Hydra's (``out_dir`` for a config composed without
+    Hydra's run, e.g. with ``hydra.compose``). Returns the exit status; TuneError for bad arguments."""
     from learnsolve.training.tune import run_tune
 
     for key in ("matrix", "ckpt_path"):
@@ -56,7 +56,11 @@ def tune_command(cfg) -> int:
         return 2
     update, bar = _progress_bar(bool(cfg.progress), float(budget))
     with bar:
-        run = run_tune(cfg.matrix, cfg.ckpt_path, Path(HydraConfig.get().runtime.output_dir), budget_s=float(budget),
+        if out_dir is None:
+            from hydra.core.hydra_config import HydraConfig
+
+            out_dir = Path(HydraConfig.get().runtime.output_dir)
+        run = run_tune(cfg.matrix, cfg.ckpt_path, out_dir, budget_s=float(budget),
                        rhs=cfg.rhs, rtol=float(cfg.rtol), maxiter=int(cfg.maxiter), seed=int(cfg.seed),
                        lr=float(cfg.lr), repeats=int(cfg.repeats), program=bool(cfg.program), progress=update,
                        max_steps=None if cfg.get("max_steps") is None else int(cfg.max_steps))
