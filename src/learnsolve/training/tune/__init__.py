@@ -19,9 +19,9 @@ again from the best factor) the whole count (2 to 60 either way): which of the t
 matrix to matrix (bcsstk03: 38 iterations with half, none lower with the whole; unit_square: the other way round).
 Adam (step size 1e-2); every 5 steps (less often where these solves would take more than about half of the time)
 the factor's PCG iterations on three validation right-hand sides (the user's ``rhs`` columns, filled up with seeded
-Gaussian ones; the first is the table's b) are measured, the factor with the fewest in total is kept, and where a step made them more than 1.5x the best (or broke the solve), or
-20 measurements and a quarter of the budget passed without a new best, the best factor is restored and the step
-size halved (bar: 48 iterations at a fixed 1e-2, 44 with the halving).
+Gaussian ones; the first is the table's b) are measured, the factor with the fewest in total is kept, and where a
+step made them more than 1.5x the best (or broke the solve), or 20 measurements and a quarter of the budget passed
+without a new best, the best factor is restored and the step size halved (bar: 48 iterations at a fixed 1e-2, 44 with the halving).
 
 The end decision (the safeguard of tuning): the tuned factor is kept only if full PCG solves on three other seeded
 Gaussian right-hand sides, never used in tuning, take fewer iterations in total than with the start factor and at

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ._core import TITLES, TuneError, TuneResult, tunable_reason, tune_matrix
 
@@ -39,9 +40,9 @@ class TuneRun:
     """What :func:`run_tune` wrote: the result, the run folder, the export folder and the preconditioner's JSON."""
 
     result: TuneResult
-    folder: object
-    export: object
-    preconditioner: object
+    folder: Path
+    export: Path
+    preconditioner: Path
 
 
 def run_tune(matrix, ckpt_path, out_dir, *, budget_s: float = 60.0, rhs=None, rtol: float = 1e-6,
@@ -50,10 +51,9 @@ def run_tune(matrix, ckpt_path, out_dir, *, budget_s: float = 60.0, rhs=None, rt
     """Tune the checkpoint's model on the Matrix Market file ``matrix`` (:func:`tune_matrix`) and write, in
     ``out_dir``: ``export/`` (the model folder of :func:`learnsolve.export.export_model`, with
     ``preconditioners/<matrix>.json`` holding the tuned factor, or the start factor where tuning did not help),
-    then ``tune.json``, ``tune.md`` and ``tune.png`` (:func:`plot_tuning`). Each is written to a temporary name and renamed: a failure leaves no
-    partial file. TuneError for bad arguments (nothing written)."""
-    from pathlib import Path
-
+    then ``tune.json``, ``tune.md`` and ``tune.png`` (:func:`plot_tuning`). Each is written to a temporary name and
+    renamed: a failure leaves no partial file. TuneError for bad arguments (nothing written; an existing non-empty
+    ``export/`` is refused before tuning, not after it)."""
     from learnsolve.data.mtx import MatrixMarketError, matrix_stem, read_matrix_market, read_vectors
     from learnsolve.export import ExportError, export_model
     from learnsolve.files import write_json, write_text
@@ -97,7 +97,6 @@ def run_tune(matrix, ckpt_path, out_dir, *, budget_s: float = 60.0, rhs=None, rt
                                    "![iterations during tuning](tune.png)\n")
     plot_tuning(result, folder / "tune.png")
     return TuneRun(result, folder, report.folder, report.preconditioners[stem])
-
 
 
 __all__ = ["TuneRun", "plot_tuning", "run_tune"]

@@ -1,4 +1,4 @@
-"""The tuning itself: the tunable factor, its loss, the loop and the end decision (see :mod:`learnsolve.training.tune`)."""
+"""The tuning itself: the tunable factor, its loss, the loop and the end decision (:mod:`learnsolve.training.tune`)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,6 @@ class TuneResult:
     budget_s: float
     exported: object = None
     rhs: str = "Gaussian"  # the table's b: "Gaussian", "user", or A r where A is singular
-    singular: bool = False
     history: list[tuple[float, int, int]] = field(default_factory=list)
     holdout: dict[str, list[int]] = field(default_factory=dict)
 
@@ -102,7 +101,6 @@ class TuneResult:
                                     f"never (the tuned factor does not solve faster than {TITLES[self.fastest]})"
                                     if be == "never" else f"{be} solves against {TITLES[self.fastest]}")]
         return "\n".join(lines)
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,8 +155,8 @@ def tunable_reason(model, name: str) -> str | None:
     if reason is not None:
         return f"{reason}; tuning adapts a per-matrix preconditioner factor"
     if model.matrix_type != "llt":
-        return (f"{name}'s per-matrix preconditioner is of type {model.matrix_type!r} (D + U U^T: a Jacobi diagonal and "
-                "a low-rank correction); tuning adapts factor preconditioners M = L L^T (neural_if)")
+        return (f"{name}'s per-matrix preconditioner is of type {model.matrix_type!r} (D + U U^T: a Jacobi diagonal "
+                "and a low-rank correction); tuning adapts factor preconditioners M = L L^T (neural_if)")
     return None
 
 
@@ -283,15 +281,14 @@ def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name:
     return rows, starts, built, batch
 
 
-
 def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None, budget_s: float = 60.0, rhs=None,
                 rtol: float = 1e-6, maxiter: int = 10_000, seed: int = 0, lr: float = 1e-2, repeats: int = 3,
                 progress: Callable[[dict], None] | None = None, baselines: tuple[str, ...] = CLASSICAL,
                 max_steps: int | None = None) -> TuneResult:
     """Tune ``model``'s factor preconditioner on the SPD matrix ``A`` (scipy sparse) for at most ``budget_s`` seconds
     (see the module doc). ``rhs``: the user's right-hand side(s), (n,) or (n, k): the first is the table's b (else a
-    seeded Gaussian b; A r where A 1 = 0), the next two join it in the validation. ``progress(state)`` is called after every measured solve
-    with ``{"seconds", "step", "iters", "best", "start"}``. ``baselines``: the classical rows measured (a subset of
+    seeded Gaussian b; A r where A 1 = 0), the next two join it in the validation. ``progress(state)`` is called
+    after every measured solve with ``{"seconds", "step", "iters", "best", "start"}``. ``baselines``: the classical rows measured (a subset of
     :data:`CLASSICAL`; "ic0" and "mic0" are also tuning starts). ``max_steps``: stop after this many steps even
     within the budget (a reproducible run; None: the budget alone). TuneError for a model that cannot be tuned, a matrix
     that is not SPD, a bad right-hand side or budget."""
@@ -316,10 +313,8 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
     if B is None and not any(rows[k].converged for k in starts):
         # a Gaussian b outside the range of a singular A (a null vector other than the constants): PCG cannot
         # converge; with the consistent b = A r it can (the table says so)
-        from learnsolve.data.mtx import random_image
-
         singular = True
-        b = random_image(A, seed, "A singular")[0]
+        b = random_rhs(A, seed, name, singular)
         rows, starts, built, batch = _measure_rows(model, model_name, A, b, name, seed, rtol, maxiter, repeats,
                                                    baselines)
     if not any(rows[k].converged for k in starts):
@@ -333,7 +328,6 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
     result = TuneResult(name, n, int(A.nnz), "tuned", start, rows, 0.0, None, None, 0, float(budget_s))
     result.rhs = ("user" if B is not None else "A r, r ~ U(0.5, 1.5) (A is singular: a Gaussian b is not in its range)"
                   if singular else "Gaussian")
-    result.singular = singular
 
     t0 = time.perf_counter()
     factor = _Factor(At, starts[start].L)
@@ -387,9 +381,10 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
             result.history.append((time.perf_counter() - t0, step, c[0]))
             state["stale"] += 1
             now = time.perf_counter() - t0
+            stale = state["stale"] >= PATIENCE and now - state["since"] >= STALE_SHARE * budget_s
             if sum(c) < best_total:
                 best_w, best_total, state["stale"], state["since"] = factor.w.detach().clone(), sum(c), 0, now
-            elif sum(c) > 1.5 * best_total or (state["stale"] >= PATIENCE and now - state["since"] >= STALE_SHARE * budget_s):
+            elif sum(c) > 1.5 * best_total or stale:
                 _restore(factor, best_w, opt, state)
             if progress is not None:
                 progress({"seconds": time.perf_counter() - t0, "step": step, "iters": c[0],

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from learnsolve.linalg import IC0, MIC0, SparseMatrix, cg
+from learnsolve.linalg import SparseMatrix, cg
 
 SLOW_S = 1.0  # a setup or solve this long is timed once
 
@@ -27,9 +27,6 @@ class Row:
     setup_ms: float | None = None
     solve_ms: float | None = None
     note: str | None = None
-
-
-
 
 
 def solve_iters(A: SparseMatrix, b: Tensor, M, rtol: float, maxiter: int) -> tuple[int, bool]:
@@ -54,7 +51,8 @@ def _best_time(fn: Callable, repeats: int, min_total_s: float = 0.2, max_repeats
     return best, out
 
 
-def measure(A: SparseMatrix, b: Tensor, build: Callable, *, rtol: float, maxiter: int, repeats: int = 3) -> tuple[Row, object]:
+def measure(A: SparseMatrix, b: Tensor, build: Callable, *, rtol: float, maxiter: int,
+            repeats: int = 3) -> tuple[Row, object]:
     """(Row, preconditioner): ``build()`` timed as the setup, then PCG iterations on b and the solve time with the
     built preconditioner (each the best of at least ``repeats`` runs, more for fast ones: :func:`_best_time`)."""
     setup, M = _best_time(build, repeats)
@@ -75,7 +73,8 @@ def retime_solves(A: SparseMatrix, b: Tensor, built: dict, rows: dict[str, Row],
     """Each row's solve time again, the rows taking turns for ``rounds`` rounds (at least, and until 0.5 s was spent),
     two runs back to back per turn, the best run of each kept: rows measured minutes apart on a shared machine
     differed by up to 40% for the same factor; in turns they see the same load, and the second run of a turn finds
-    the preconditioner's arrays in cache (after a turn of AMG-SA the first run of a small factor was slower). Rows whose solve takes longer than :data:`SLOW_S` keep their time."""
+    the preconditioner's arrays in cache (after a turn of AMG-SA the first run of a small factor was slower). Rows
+    whose solve takes longer than :data:`SLOW_S` keep their time."""
     built = {k: M for k, M in built.items() if rows[k].solve_ms is not None and rows[k].solve_ms < 1e3 * SLOW_S}
     best = {k: math.inf for k in built}
     spent, r = 0.0, 0
@@ -100,12 +99,9 @@ def random_rhs(A: sp.spmatrix, seed: int, name: str, singular: bool = False) -> 
     return random_image(A, seed, "A singular")[0] if singular else default_rhs(A, "random", seed, name)[0]
 
 
-
 def classical_builder(name: str, A: SparseMatrix):
-    if name == "ic0":
-        return lambda: IC0(A, shift="auto")
-    if name == "mic0":
-        return lambda: MIC0(A, shift="auto")
+    """``build()`` of the registered classical baseline ``name`` on A (:mod:`learnsolve.evaluation.baselines`: IC(0)
+    and MIC(0) retried with a diagonal shift where they break down, pyamg's AMG-SA)."""
     from learnsolve.evaluation.baselines import build_baseline
 
     return lambda: build_baseline(name, A)
@@ -118,7 +114,6 @@ def break_even(tuning_s: float, tuned: Row, other: Row) -> int | str:
         return "never"
     gap = 1e3 * tuning_s + (tuned.setup_ms or 0.0) - (other.setup_ms or 0.0)
     return max(1, math.ceil(gap / (other.solve_ms - tuned.solve_ms)))
-
 
 
 __all__ = ["SLOW_S", "Row", "break_even", "classical_builder", "measure", "random_rhs", "retime_solves", "solve_iters"]
