@@ -22,10 +22,17 @@ import torch
 from torch import Tensor
 
 from . import _kernels_cg as K
+from . import _kernels_par as KP
 from .precond import LLT, Jacobi
 from .sparse import SparseMatrix, values_version
 
 FUSED_CG = True
+# one system of at least PAR_MIN_ROWS rows, none/Jacobi preconditioned, exactly symmetric A: the threads of
+# :mod:`._kernels_par` share it (PAR_THREADS of them, default torch's thread count, at most one per
+# PAR_ROWS_PER_THREAD rows)
+PAR_MIN_ROWS = 40000
+PAR_ROWS_PER_THREAD = 20000
+PAR_THREADS: int | None = None
 
 _REASONS = {
     K.NOT_PD: "p^T A p <= 0: A is not positive definite (use minres, bicgstab or gmres)",
@@ -99,6 +106,101 @@ def _precond_arrays(M, dtype: torch.dtype):
         c = (lip.astype(_I64), lix.astype(_I64), uip.astype(_I64), uix.astype(_I64))
         return (2, e_v, c[0], c[1], lval, c[2], c[3], uval, dinv2), lval.shape[0]
     return None
+
+
+def _threads_for(n: int) -> int:
+    T = PAR_THREADS if PAR_THREADS is not None else torch.get_num_threads()
+    return max(1, min(int(T), n // max(PAR_ROWS_PER_THREAD, 1), 64))
+
+
+def _cross_entries(A: SparseMatrix, lptr: np.ndarray, loff: np.ndarray, T: int):
+    """Row blocks of T threads and, per thread, the stored lower entries crossing into another thread's block
+    (:func:`._kernels_par.cg_block`'s ``bounds, xptr, xr, xc, xp``), cached on the pattern."""
+    key = ("fused_par", T)
+    pat = A.pattern
+    if key not in pat._cache:
+        n = A.shape[0]
+        bounds = np.linspace(0, n, T + 1).round().astype(_I64)
+        rows = np.repeat(np.arange(n, dtype=_I64), np.diff(lptr))
+        cols = rows - loff.astype(_I64)
+        own_r = np.searchsorted(bounds, rows, side="right") - 1
+        own_c = np.searchsorted(bounds, cols, side="right") - 1
+        cross = np.flatnonzero(own_r != own_c)
+        xr, xc, xp, xptr = [], [], [], [0]
+        for t in range(T):  # each cross entry twice: once for the block of its row, once for its column's
+            a, c = cross[own_r[cross] == t], cross[own_c[cross] == t]
+            r_, c_, p_ = (np.concatenate(v) for v in ((rows[a], cols[c]), (cols[a], rows[c]), (a, c)))
+            o = np.lexsort((c_, r_))
+            xr.append(r_[o])
+            xc.append(c_[o])
+            xp.append(p_[o])
+            xptr.append(xptr[-1] + o.size)
+        pat._cache[key] = (bounds, np.asarray(xptr, dtype=_I64),
+                           *(np.concatenate(v).astype(_I64) for v in (xr, xc, xp)), rows, cols)
+    return pat._cache[key]
+
+
+_POOL: list = []  # [(pid, ThreadPoolExecutor)]: threads do not survive a fork, so a child builds its own
+
+
+def _pool(workers: int):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL or _POOL[0][0] != os.getpid() or _POOL[0][1]._max_workers < workers:
+        _POOL[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnsolve-cg"))]
+    return _POOL[0][1]
+
+
+class _Parallel:
+    """One system on T threads (:mod:`._kernels_par`), called like ``_kernels_cg.pcg`` by :func:`fused_cg`."""
+
+    def __init__(self, A: SparseMatrix, arrays, parrays, T: int):
+        indptr, off, vals, diag, _ = arrays
+        self.T = T
+        *self.cross, rows, cols = _cross_entries(A, indptr, off, T)
+        self.pkind = int(parrays[0])
+        av = vals[0]
+        self.scale = None
+        if self.pkind == 1:  # Jacobi folded into the matrix: D^{-1/2} A D^{-1/2}, unit diagonal
+            dinv = parrays[1][0]
+            self.scale = np.sqrt(dinv)  # s = D^{-1/2}
+            av = av * self.scale[rows] * self.scale[cols]
+            self.dv = 1.0 / dinv
+        else:
+            self.dv = np.ones(1, dtype=av.dtype)
+        self.mat = (indptr, off, av, diag[0])
+        n = A.shape[0]
+        self.P, self.S, self.W = (np.zeros(n, dtype=av.dtype) for _ in range(3))
+        self.state = np.zeros(3)
+        self.part = np.zeros((2, T, 4))
+
+    @staticmethod
+    def applies(parrays) -> bool:
+        """Whether the preconditioner has a threaded form (none, or Jacobi with a positive diagonal)."""
+        return parrays[0] == 0 or (parrays[0] == 1 and bool((parrays[1] > 0).all()))
+
+    def __call__(self, X, R, status, iters, maxiter, tol2, hist, nhist, chunk):
+        bounds, xptr, xr, xc, xp = self.cross
+        bar = np.zeros(1, dtype=_I64)
+        x, r = X[0], R[0]
+        if self.scale is not None:  # to the scaled system and back: x^ = D^{1/2} x, r^ = D^{-1/2} r
+            x, r = x / self.scale, r * self.scale
+
+        def args(tid):
+            return (tid, self.T, bounds, *self.mat, self.pkind, self.dv, xptr, xr, xc, xp, x, r, self.P,
+                    self.S, self.W, self.state, status, iters, maxiter, float(tol2[0]), hist[0], nhist, chunk,
+                    self.part, bar)
+
+        futures = [_pool(self.T - 1).submit(KP.cg_block, *args(t)) for t in range(1, self.T)]
+        try:
+            KP.cg_block(*args(0))
+        finally:
+            for f in futures:
+                f.result()
+            if self.scale is not None:
+                np.multiply(x, self.scale, out=X[0])
+                np.divide(r, self.scale, out=R[0])
 
 
 def _as_preconditioner(M):
@@ -180,13 +282,19 @@ def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, max
     rz, beta = np.zeros(nsys), np.zeros(nsys)
     iters, nhist = np.zeros(nsys, dtype=_I64), np.zeros(nsys, dtype=_I64)
     chunk = int(max(16, min(maxiter, (1 << 22) // nsys)))
+    T = _threads_for(n) if nsys == 1 and sym and n >= PAR_MIN_ROWS and _Parallel.applies(parrays) else 1
+    par = _Parallel(op, (indptr, off, vals, diag, sym), parrays, T) if T > 1 else None
     hist = np.empty((nsys, chunk + 1))
     last = mon.hist[0].reshape(-1).double().numpy().copy()
     rows = [last.copy()]
     confirmed = status == K.CONVERGED
     while True:
         while bool(np.isin(status, (K.FRESH, K.ACTIVE)).any()):
-            K.pcg(indptr, off, vals, diag, sym, *parrays, *tasks, X, R, Pv, Q, Z, tol2, rz, beta, status, iters, maxiter, hist, nhist, chunk)
+            if par is not None:
+                par(X, R, status, iters, maxiter, tol2, hist, nhist, chunk)
+            else:
+                K.pcg(indptr, off, vals, diag, sym, *parrays, *tasks, X, R, Pv, Q, Z, tol2, rz, beta, status, iters,
+                      maxiter, hist, nhist, chunk)
             h = int(nhist.max())
             if h:
                 idx = np.minimum(np.arange(1, h + 1)[None, :], np.maximum(nhist, 1)[:, None])
