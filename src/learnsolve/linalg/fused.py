@@ -70,6 +70,11 @@ def _matrix_arrays(A: SparseMatrix):
     cached = A.pattern._cache.get("fused_values")
     if cached is not None and cached[0] == key:
         return cached[1]
+    src, src_key = getattr(A, "_transpose_of", (None, None))
+    if src is not None:  # A = S^T (an adjoint solve): S's arrays when S was exactly symmetric at the transpose
+        cached = src.pattern._cache.get("fused_values")
+        if cached is not None and cached[0] == src_key == values_version(src._values) and cached[1][4]:
+            return cached[1]
     pa = _pattern_arrays(A)
     v = A._vals2d.detach().numpy()
     dpos = pa["dpos"]

@@ -402,7 +402,10 @@ class SparseMatrix(LinearOperator):
     @property
     def T(self) -> SparseMatrix:
         patT, perm = self.pattern.transpose()
-        return SparseMatrix(patT, self._values.index_select(self._values.ndim - 1, perm), blocks=self._blocks)
+        out = SparseMatrix(patT, self._values.index_select(self._values.ndim - 1, perm), blocks=self._blocks)
+        # the source and its values' version: an exactly symmetric source lends its kernel arrays to its transpose
+        out._transpose_of = (self, values_version(self._values))
+        return out
 
     def diagonal(self) -> Tensor:
         pos = self.pattern.diag_positions()
