@@ -24,7 +24,7 @@ Sections (``--sections``, default all):
 5. ``rs_theta``: Ruge-Stueben's strength threshold theta in {0.1, 0.25, 0.5} per family: the measurement behind the
    registry's ``amg_rs`` setting.
 6. ``cycle``: one pyamg hierarchy (SA defaults; RS theta 0.25) per family applied by pyamg's own cycle
-   (``AMG(cycle="pyamg")``) and by the compiled symmetric V(1,1)-cycle (``learnsolve.linalg.multigrid.from_pyamg``,
+   (``AMG(cycle="pyamg")``) and by the compiled symmetric V(1,1)-cycle (``learnsolve.linalg.preconditioners.multigrid.from_pyamg``,
    what the registry's AMG rows use on symmetric matrices), in the same CG: iterations, solve ms (medians of the
    repeats, setup not timed) and ms per iteration.
 
@@ -128,7 +128,7 @@ def _native_one(fam: str, data, side: int, repeats: int) -> dict:
 def cycle(families, side: int, repeats: int, params: dict) -> list[dict]:
     """pyamg's cycle vs the compiled cycle on the same hierarchy (section 6)."""
     from learnsolve.evaluation.baselines import RS_TUNED
-    from learnsolve.linalg.multigrid import from_pyamg
+    from learnsolve.linalg.preconditioners.multigrid import from_pyamg
 
     rows = []
     for fi, fam in enumerate(families):

@@ -37,7 +37,7 @@ from learnsolve.data import GENERATORS
 from learnsolve.evaluation.baselines import build_baseline
 from learnsolve.files import write_json, write_text
 from learnsolve.linalg import SparseMatrix, cg
-from learnsolve.linalg.multigrid import build_multigrid, evolution_strong
+from learnsolve.linalg.preconditioners.multigrid import build_multigrid, evolution_strong
 from learnsolve.models import GNNSolver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

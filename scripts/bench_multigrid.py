@@ -12,7 +12,7 @@ PCG to rtol 1e-6 from x0 = 0 with:
 
 - ``ic0`` / ``mic0``: learnsolve's IC(0) / MIC(0) (compiled triangular solves), ``shift="auto"``;
 - ``amg_sa``: pyamg's smoothed-aggregation hierarchy (default options) as the preconditioner of the same CG;
-- ``multigrid``: :func:`learnsolve.linalg.multigrid.build_multigrid` with the checkpoint's settings and no network:
+- ``multigrid``: :func:`learnsolve.linalg.preconditioners.multigrid.build_multigrid` with the checkpoint's settings and no network:
   the untrained model (classical smoothed aggregation, symmetric Gauss-Seidel V(1,1), compiled cycle);
 - ``learned``: the checkpoint's hierarchy behind its safeguard (:meth:`safe_preconditioner_for`: the network on
   every level and the race against IC(0) are in its setup time); ``learned_raw``: the same without the safeguard.
@@ -40,7 +40,7 @@ from learnsolve.data import GENERATORS
 from learnsolve.data.system import to_scipy
 from learnsolve.files import write_json, write_text
 from learnsolve.linalg import IC0, MIC0, cg
-from learnsolve.linalg.multigrid import build_multigrid
+from learnsolve.linalg.preconditioners.multigrid import build_multigrid
 from learnsolve.models.base import system_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,4 +1,4 @@
-"""Cost of the safeguard (``learnsolve.linalg.safeguard``) against the solve it protects.
+"""Cost of the safeguard (``learnsolve.linalg.preconditioners.safeguard``) against the solve it protects.
 
 Run (from the repository root)::
 

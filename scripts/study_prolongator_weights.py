@@ -34,7 +34,7 @@ import yaml
 from learnsolve.data import GENERATORS
 from learnsolve.files import write_json
 from learnsolve.linalg import SparseMatrix, cg, condition_estimate
-from learnsolve.linalg.multigrid import build_multigrid
+from learnsolve.linalg.preconditioners.multigrid import build_multigrid
 
 ROOT = Path(__file__).resolve().parents[1]
 

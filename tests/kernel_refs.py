@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from learnsolve.linalg._kernels import ic0
+from learnsolve.linalg.kernels.csr import ic0
 
 
 def csr_parts(A, index_dtype=np.int64):

@@ -15,7 +15,7 @@ from learnsolve.evaluation import BASELINES, evaluate_suite
 from learnsolve.evaluation.baselines import baseline_setup
 from learnsolve.evaluation.runner import rounding_level_rhs
 from learnsolve.linalg import AMG, IC0, CoarseCorrected, FunctionPreconditioner, SparseMatrix, cg, solve
-from learnsolve.linalg.threads import host_blas_single_threaded, uses_host_blas
+from learnsolve.linalg.solvers.threads import host_blas_single_threaded, uses_host_blas
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 

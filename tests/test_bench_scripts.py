@@ -151,7 +151,7 @@ def test_study_prolongator_weights_starts_classical(tmp_path):
     import yaml
 
     from learnsolve.linalg import SparseMatrix, cg
-    from learnsolve.linalg.multigrid import build_multigrid
+    from learnsolve.linalg.preconditioners.multigrid import build_multigrid
 
     threads = torch.get_num_threads()
     try:

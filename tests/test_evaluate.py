@@ -20,7 +20,7 @@ import torch
 
 from learnsolve.data import GENERATORS, load_system, make_system
 from learnsolve.evaluation import BASELINES, PRECONDITIONERS, evaluate_matrix, evaluate_suite, exit_code
-from learnsolve.linalg.multigrid import from_pyamg
+from learnsolve.linalg.preconditioners.multigrid import from_pyamg
 from learnsolve.models import LowRankPreconditioner
 
 from .conftest import SHARED_MATRICES, convdiff2d, diffusion2d

@@ -1,4 +1,4 @@
-"""The compiled CG path (``learnsolve.linalg.fused``): solutions against scipy's direct solve, iterations and
+"""The compiled CG path (``learnsolve.linalg.solvers.fused``): solutions against scipy's direct solve, iterations and
 residual histories against the torch iteration, batches, PyG blocks, several right-hand sides, breakdowns and
 the true-residual confirmation (issue 16, parts 2 and 3)."""
 
@@ -10,8 +10,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from learnsolve.linalg import LLT, SparseMatrix, cg, fused, solve
-from learnsolve.linalg.precond import make_preconditioner
+from learnsolve.linalg import LLT, SparseMatrix, cg, solve
+from learnsolve.linalg.preconditioners.classical import make_preconditioner
+from learnsolve.linalg.solvers import fused
 
 from .conftest import diffusion2d, ill_conditioned_spd, poisson2d, t64
 

@@ -1,4 +1,4 @@
-"""One large system on several threads (``learnsolve.linalg._kernels_par`` through ``learnsolve.linalg.fused``):
+"""One large system on several threads (``learnsolve.linalg.kernels.cg_threads`` through ``learnsolve.linalg.solvers.fused``):
 solutions against scipy's direct solve, iteration counts against the one-thread kernel and the torch iteration,
 cross-block entries anywhere in the matrix, bitwise repeatability, breakdowns and the true-residual guard."""
 
@@ -10,7 +10,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from learnsolve.linalg import SparseMatrix, cg, fused, solve
+from learnsolve.linalg import SparseMatrix, cg, solve
+from learnsolve.linalg.solvers import fused
 
 from .conftest import diffusion2d, ill_conditioned_spd, poisson2d, t64
 

@@ -14,7 +14,7 @@ from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
 from learnsolve.linalg import cg, condition_estimate
-from learnsolve.linalg.multigrid import build_multigrid
+from learnsolve.linalg.preconditioners.multigrid import build_multigrid
 from learnsolve.models import GNNSolver
 from learnsolve.models.base import system_matrix
 
@@ -222,7 +222,7 @@ def test_evolution_strong_flags_pyamgs_evolution_pattern():
     import numpy as np
     import pyamg
 
-    from learnsolve.linalg.multigrid import evolution_strong
+    from learnsolve.linalg.preconditioners.multigrid import evolution_strong
 
     A = system_matrix(_hard_batch("anisotropic2d", 10, [2], **ROTATED)).detach()
     flags = evolution_strong(A).numpy()
@@ -243,7 +243,7 @@ def test_strength_network_learns_the_evolution_measure_and_is_used_at_every_size
     held = _hard_batch("anisotropic2d", 24, [900, 901], **ROTATED)
 
     def agreement(batch):
-        from learnsolve.linalg.multigrid import evolution_strong
+        from learnsolve.linalg.preconditioners.multigrid import evolution_strong
 
         A = system_matrix(batch).detach()
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""learnsolve.jax.solve against jnp.linalg.solve and its autodiff (float64): SPD and nonsymmetric systems, BCOO /
+"""learnsolve.jax.solve against jnp.linalg.differentiable.solve and its autodiff (float64): SPD and nonsymmetric systems, BCOO /
 dense / matvec operators, both backends, jit, vmap, double backward, errors."""
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def test_errors_name_the_argument():
 @pytest.mark.parametrize("sym,method,backend,precond", [(True, "cg", "jax", "jacobi"), (False, "gmres", "jax", None),
                                                         (False, "bicgstab", "torch", "ilu0")])
 def test_forward_mode_with_linear_solve(sym, method, backend, precond):
-    """diff="linear_solve": jax.jvp, reverse mode and forward-over-reverse against jnp.linalg.solve."""
+    """diff="linear_solve": jax.jvp, reverse mode and forward-over-reverse against jnp.linalg.differentiable.solve."""
     A, b = _system(sym, seed=6)
     data, bj = jnp.asarray(A.data), jnp.asarray(b)
     idx = jnp.asarray(np.stack([A.row, A.col], 1))

@@ -8,7 +8,7 @@ import scipy.io
 import scipy.linalg
 import scipy.sparse as sp
 
-from learnsolve.linalg._kernels import (
+from learnsolve.linalg.kernels.csr import (
     csr_diag_positions,
     csr_trsv,
     csr_trsv_unit,

@@ -1,4 +1,4 @@
-"""linalg.multigrid: sparse products, aggregation, prolongators and the V-cycle against dense references."""
+"""linalg.preconditioners.multigrid: sparse products, aggregation, prolongators and the V-cycle against dense references."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
 from learnsolve.linalg import IC0, SparseMatrix, cg
-from learnsolve.linalg.multigrid import (
+from learnsolve.linalg.preconditioners.multigrid import (
     Multigrid,
     aggregate,
     build_multigrid,
@@ -190,7 +190,7 @@ def test_pyamg_hierarchies_in_the_compiled_cycle_are_spd_and_converge():
     import scipy.sparse.linalg as spla
 
     from learnsolve.linalg import AMG
-    from learnsolve.linalg.multigrid import from_pyamg
+    from learnsolve.linalg.preconditioners.multigrid import from_pyamg
 
     data = GENERATORS["channels2d"](16, seed=3, reference=False)
     S = SparseMatrix.from_pyg(data).detach()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from learnsolve.linalg._layout import Reducer
+from learnsolve.linalg.operators.layout import Reducer
 from learnsolve.nn.layers import SystemConv, edge_workspace, mlp, pair_hidden
 
 
@@ -78,7 +78,7 @@ def test_reducer_dot_and_expand_against_plain_sums(sizes):
 
 def test_block_sum_with_unsorted_blocks_and_the_single_block_lowrank_path():
     from learnsolve.linalg import LowRankDiagonal
-    from learnsolve.linalg._layout import block_sum
+    from learnsolve.linalg.operators.layout import block_sum
 
     torch.manual_seed(3)
     seg = torch.tensor([2, 0, 1, 0, 2, 2, 1])  # not contiguous: the index_add path

@@ -1,4 +1,4 @@
-"""The safeguard of learned preconditioners (learnsolve.linalg.safeguard and its callers): constructed bad factors are
+"""The safeguard of learned preconditioners (learnsolve.linalg.preconditioners.safeguard and its callers): constructed bad factors are
 rejected and the fallback's iterations result, good ones are kept, decisions are per graph of a batch, and the
 evaluation row, the exported JSON, load_preconditioner(A=...) and the training metrics say when it fell back."""
 
@@ -71,7 +71,7 @@ def diff():
 
 
 # ------------------------------------------------------------------------------------------------
-# linalg.safeguard
+# linalg.preconditioners.safeguard
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["tiny", "nan", "indefinite"])

@@ -1,4 +1,4 @@
-"""linalg.spectral: the Lanczos matrix of (P)CG and the condition-number estimate.
+"""linalg.solvers.spectral: the Lanczos matrix of (P)CG and the condition-number estimate.
 
 References are independent of learnsolve: numpy.linalg.eigvalsh of the dense matrices and the
 analytic eigenvalue derivative d lambda / d s_i = v_i^2 for A + diag(s) (v the unit eigenvector)."""
@@ -14,7 +14,7 @@ from torch_geometric.data import Batch
 
 from learnsolve.data import GENERATORS
 from learnsolve.linalg import SparseMatrix
-from learnsolve.linalg.spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
+from learnsolve.linalg.solvers.spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
 
 from .conftest import diffusion2d, random_spd, t64
 

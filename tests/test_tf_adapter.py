@@ -1,4 +1,4 @@
-"""learnsolve.tensorflow.solve against tf.linalg.solve and its autodiff (float64): SPD and nonsymmetric systems,
+"""learnsolve.tensorflow.solve against tf.linalg.differentiable.solve and its autodiff (float64): SPD and nonsymmetric systems,
 SparseTensor and dense A, one or several right-hand sides, eager and tf.function, errors."""
 
 from __future__ import annotations

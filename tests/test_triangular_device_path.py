@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from learnsolve.linalg import IC0, ILU0, SparseMatrix, cg, gmres, triangular_solve
-from learnsolve.linalg import triangular as tri
+from learnsolve.linalg.preconditioners import triangular as tri
 
 from .conftest import convdiff2d, diffusion2d
 
@@ -104,7 +104,7 @@ def test_device_path_at_one_million_unknowns_needs_memory_of_order_nnz():
         import resource, torch
         from learnsolve.data.generators import poisson_matrix
         from learnsolve.linalg import IC0, SparseMatrix
-        from learnsolve.linalg import triangular as tri
+        from learnsolve.linalg.preconditioners import triangular as tri
         S = SparseMatrix.from_scipy(poisson_matrix(1000))
         M = IC0(S)
         r = torch.ones(1, S.shape[0], 1, dtype=torch.float64)

@@ -48,7 +48,7 @@ def run(cfg: Config, P: Problems, sec: Section) -> None:
             unit="",
             ratio=e,
             target=("<=", 1e-8),
-            note="vs dense torch.linalg.solve float64",
+            note="vs dense torch.linalg.differentiable.solve float64",
         )
     sec.details.update(
         grid=m,

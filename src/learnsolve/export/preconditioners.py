@@ -145,7 +145,7 @@ def safeguard_record(check) -> dict:
             "kappa_fallback": _number(check.kappa_fallback.reshape(-1)[0]), "steps": check.steps,
             "seconds": check.seconds, "notes": list(check.notes),
             "rule": "a short PCG race from random right-hand sides: the learned factor is kept only where its A-norm "
-                    "error after the race is no larger than the fallback's (learnsolve.linalg.safeguard)"}
+                    "error after the race is no larger than the fallback's (learnsolve.linalg.preconditioners.safeguard)"}
 
 
 def _chosen_matrix(model, batch, name: str, safeguard: bool):

@@ -222,7 +222,7 @@ def _matrix_for_check(path: Path, A, n: int):
 
 def _checked(path: Path, P, A, n: int):
     """P, or the faster of MIC(0) and IC(0) of A (:func:`learnsolve.linalg.fastest_factor`, with a warning) where
-    :func:`learnsolve.linalg.safeguard` rejects P on A."""
+    :func:`learnsolve.linalg.preconditioners.safeguard` rejects P on A."""
     from learnsolve.linalg import FactorizationError, fastest_factor, safeguard
 
     try:
@@ -247,7 +247,7 @@ def load_preconditioner(path: str | os.PathLike, backend: str = "scipy", A=None)
     :class:`learnsolve.linalg.Preconditioner` (``LLT`` / ``LowRankDiagonal``, float64) for
     ``learnsolve.linalg.solve(..., precond=...)``.
     ``A`` (optional; scipy sparse, dense or a ``SparseMatrix``): the matrix the preconditioner will be used with.
-    Then the loaded factor is checked against IC(0) of A by :func:`learnsolve.linalg.safeguard` (a few PCG steps
+    Then the loaded factor is checked against IC(0) of A by :func:`learnsolve.linalg.preconditioners.safeguard` (a few PCG steps
     with both; IC(0) with a diagonal shift where plain IC(0) breaks down) and, where it would be slower, IC(0) of A
     is returned instead, with a ``UserWarning`` saying why.
     ExportError (naming the file) for a missing or malformed JSON, an unknown type or missing / bad data files, an

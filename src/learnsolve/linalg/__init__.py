@@ -14,7 +14,7 @@ Public API:
 - smoothed-aggregation multigrid with differentiable prolongators and Galerkin products (the learned coarse
   spaces of gnn_solver): :func:`build_multigrid` -> :class:`Multigrid` (an SPD V-cycle), :func:`aggregate`,
   :func:`node_blocks`, :func:`evolution_strong`, :func:`from_pyamg` (a pyamg hierarchy in the compiled cycle); the
-  parts are in :mod:`learnsolve.linalg.multigrid`
+  parts are in :mod:`learnsolve.linalg.preconditioners.multigrid`
 - a coarse-corrected (balancing) preconditioner on subdomains: :class:`CoarseCorrected`, :func:`subdomains`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
 - diagnostics: :func:`record_solves` (every solve's SolveInfo in a block), :func:`override_backward` (every solve
@@ -26,22 +26,30 @@ Public API:
   system of a block-diagonal batch): :func:`safeguard` -> :class:`SafeguardResult`
 """
 
-from .amg import AMG
-from .deflation import CoarseCorrected, subdomains
-from .derivatives import hvp
-from .direct import DenseLU, SingularMatrixError, SparseLU, factorize
-from .krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
-from .local import LocalInfo, local_solve
-from .monitor import SolveRecorder, override_backward, record_solves
-from .multigrid import Multigrid, aggregate, build_multigrid, evolution_strong, from_pyamg, node_blocks
-from .operator import DenseOperator, LinearOperator, MatrixFreeOperator, as_operator
-from .precond import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
-from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner
-from .safeguard import SafeguardResult, fastest_factor, safeguard
-from .solve import AdjointOptions, ConvergenceError, ConvergenceWarning, solve
-from .sparse import CSRPattern, SparseMatrix
-from .spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
-from .triangular import triangular_solve
+from .differentiable.derivatives import hvp
+from .differentiable.local import LocalInfo, local_solve
+from .differentiable.monitor import SolveRecorder, override_backward, record_solves
+from .differentiable.solve import AdjointOptions, ConvergenceError, ConvergenceWarning, solve
+from .operators.base import DenseOperator, LinearOperator, MatrixFreeOperator
+from .operators.convert import as_operator
+from .operators.sparse import CSRPattern, SparseMatrix
+from .preconditioners.amg import AMG
+from .preconditioners.base import FactorizationError, FunctionPreconditioner, Preconditioner
+from .preconditioners.classical import IC0, ILU0, LLT, MIC0, Jacobi, LowRankDiagonal, make_preconditioner
+from .preconditioners.deflation import CoarseCorrected, subdomains
+from .preconditioners.multigrid import (
+    Multigrid,
+    aggregate,
+    build_multigrid,
+    evolution_strong,
+    from_pyamg,
+    node_blocks,
+)
+from .preconditioners.safeguard import SafeguardResult, fastest_factor, safeguard
+from .preconditioners.triangular import triangular_solve
+from .solvers.direct import DenseLU, SingularMatrixError, SparseLU, factorize
+from .solvers.krylov import SolveInfo, bicgstab, cg, default_rtol, fcg, gmres, minres
+from .solvers.spectral import condition_estimate, extreme_eigenvalues, lanczos_tridiagonal
 
 __all__ = [
     "AMG",

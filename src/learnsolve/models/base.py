@@ -11,7 +11,7 @@ instead of testing its class:
   ``metrics(batch)`` (surrogates); :meth:`LearnedModel.implements` says which of the
   optional ones a class provides;
 - the safeguard of a learned preconditioner: ``fallback_for(batch)`` (the classical preconditioner it falls back
-  to) and ``safe_preconditioner_for(batch)`` (the learned one where :func:`learnsolve.linalg.safeguard` accepts it,
+  to) and ``safe_preconditioner_for(batch)`` (the learned one where :func:`learnsolve.linalg.preconditioners.safeguard` accepts it,
   per graph, the fallback elsewhere); the default ``solve`` uses it unless ``safeguard=False``;
 - export: ``matrix_export_reason(name)`` / ``export_matrix(batch)`` (the preconditioner of one matrix as
   arrays) and ``export_program()`` (a :class:`ProgramSpec`, or the reason why there is none).
@@ -188,7 +188,7 @@ class LearnedModel(nn.Module, abc.ABC):
     is_linear: ClassVar[bool] = False  # preconditioner_for is a fixed linear map (PCG); else flexible CG
     matrix_type: ClassVar[str | None] = None  # form of export_matrix's arrays (a key of MATRIX_TYPES)
     num_nodes: int | None = None  # the one system size the model serves (None: any size)
-    safeguard_options: ClassVar[dict] = {}  # steps / probes of its safeguard race (linalg.safeguard's defaults)
+    safeguard_options: ClassVar[dict] = {}  # steps / probes of its safeguard race (linalg.preconditioners.safeguard's defaults)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -246,7 +246,7 @@ class LearnedModel(nn.Module, abc.ABC):
     @torch.no_grad()
     def safe_preconditioner_for(self, batch, *, rhs: bool = True,
                                 candidate: Preconditioner | None = None) -> tuple[Preconditioner, SafeguardResult | None]:
-        """(M^{-1}, check): :meth:`preconditioner_for` where :func:`learnsolve.linalg.safeguard` accepts it against
+        """(M^{-1}, check): :meth:`preconditioner_for` where :func:`learnsolve.linalg.preconditioners.safeguard` accepts it against
         :meth:`fallback_for` (built lazily), graph by graph, the fallback elsewhere. ``rhs``: the race's first probe
         is the batch's right-hand side ``b`` (the systems about to be solved); False: random probes only (a matrix
         without its right-hand side, e.g. an exported preconditioner). The check is None, and M the raw map, for a

@@ -1,7 +1,7 @@
 """``gnn_solver``: a GNN that builds a multigrid hierarchy once per system, used as the preconditioner of CG.
 
 ``mode="multigrid"`` (default). At setup, for every level l of a smoothed-aggregation hierarchy
-(:mod:`learnsolve.linalg.multigrid`: pyamg's standard aggregation, Galerkin coarse matrices, symmetric
+(:mod:`learnsolve.linalg.preconditioners.multigrid`: pyamg's standard aggregation, Galerkin coarse matrices, symmetric
 Gauss-Seidel V(1,1)-cycle, dense Cholesky on the coarsest level), the network reads the level's matrix A_l and its
 aggregates and returns one weight per stored entry; the prolongator is
 
@@ -338,9 +338,9 @@ class GNNSolver(LearnedModel):
             return (self.entry_weights(ei[0], ei[1], values, inputs[3] > 0.5, int(data.num_nodes)),)
 
         extra = [("same (E,) float64: 1 where the entry's row and column are in the same aggregate of "
-                  "learnsolve.linalg.multigrid.aggregate(A, theta) (pyamg standard aggregation), else 0")]
+                  "learnsolve.linalg.preconditioners.multigrid.aggregate(A, theta) (pyamg standard aggregation), else 0")]
         w = ("w (E,) float64: the finest level's prolongator weights; P = (I - omega D^-1 (A o W)) T with T the "
-             "tentative prolongator and omega = 4 / (3 rho) (learnsolve.linalg.multigrid.smoothed_prolongator)")
+             "tentative prolongator and omega = 4 / (3 rho) (learnsolve.linalg.preconditioners.multigrid.smoothed_prolongator)")
         return ProgramSpec(_WeightsProgram(self), inputs=inputs, reference=reference, extra_inputs=extra, outputs=[w])
 
 

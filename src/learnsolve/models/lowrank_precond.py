@@ -40,7 +40,7 @@ Variants:
 Loss: the probe residual mean_{g, probes} ||A M^{-1} z - z||^2 / ||z||^2 over ``probes`` fresh standard
 normal vectors z per graph (an unbiased estimate of ||A M^{-1} - I||_F^2 / n_g), plus
 ``cond_weight`` * mean_g log kappa(M^{-1} A) from ``cond_steps`` Lanczos (PCG) steps
-(:func:`learnsolve.linalg.spectral.condition_estimate`).
+(:func:`learnsolve.linalg.solvers.spectral.condition_estimate`).
 
 Note: M >= D in the Loewner order, so for a fixed D the forward low-rank term can only lower eigenvalues of
 M^{-1} A (Courant-Fischer on x^T A x / x^T M x); it cannot lift the smallest ones (measured: it ended at Jacobi's

@@ -14,12 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _kernels, _kernels_mic, triangular
-from ._layout import block_sum
+from ..kernels import csr as _kernels
+from ..kernels import mic as _kernels_mic
+from ..operators.base import DenseOperator, LinearOperator
+from ..operators.convert import as_operator
+from ..operators.layout import block_sum
+from ..operators.sparse import SparseMatrix, values_version
+from . import triangular
 from .amg import AMG
-from .operator import DenseOperator, LinearOperator, as_operator
-from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner, _as_sparse
-from .sparse import SparseMatrix, values_version
+from .base import FactorizationError, FunctionPreconditioner, Preconditioner, _as_sparse
 from .triangular import _ldlt_solve, _np_pattern, _tri_solve, triangular_sweeps
 
 # ------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import abc
 
 from torch import Tensor
 
-from .operator import DenseOperator, LinearOperator
-from .sparse import SparseMatrix
+from ..operators.base import DenseOperator, LinearOperator
+from ..operators.sparse import SparseMatrix
 
 
 class FactorizationError(RuntimeError):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .operator import LinearOperator
+from .base import LinearOperator
 
 _INT32_MAX = 2**31 - 1
 

@@ -39,14 +39,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._layout import canonicalize
-from ._validate import validate_system, validate_tolerances
-from .direct import factorize
-from .krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_maxiter, default_rtol
+from ..operators.base import DenseOperator, LinearOperator
+from ..operators.convert import as_operator
+from ..operators.layout import canonicalize
+from ..operators.sparse import SparseMatrix
+from ..operators.validate import validate_system, validate_tolerances
+from ..preconditioners.classical import resolve_preconditioner
+from ..solvers.direct import factorize
+from ..solvers.krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_maxiter, default_rtol
 from .monitor import _OVERRIDES, BACKWARD_MODES, _overridden, _record
-from .operator import DenseOperator, LinearOperator, as_operator
-from .precond import resolve_preconditioner
-from .sparse import SparseMatrix
 from .stochastic import roulette_adjoint
 from .stochastic import validate as validate_roulette
 

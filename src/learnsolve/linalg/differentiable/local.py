@@ -25,7 +25,7 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import Tensor
 
-from .sparse import CSRPattern, SparseMatrix
+from ..operators.sparse import CSRPattern, SparseMatrix
 
 
 @dataclass

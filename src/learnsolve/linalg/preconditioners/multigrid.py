@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._layout import block_sum
-from .preconditioner import FactorizationError, Preconditioner
-from .sparse import CSRPattern, SparseMatrix
+from ..operators.layout import block_sum
+from ..operators.sparse import CSRPattern, SparseMatrix
+from .base import FactorizationError, Preconditioner
 from .triangular import _tri_solve
 
 
@@ -315,7 +315,7 @@ class Multigrid(Preconditioner):
         return self._flat
 
     def _apply_compiled(self, R: Tensor) -> Tensor:
-        from . import _kernels_mg
+        from ..kernels import multigrid as _kernels_mg
 
         off, aptr, aidx, aval, adiag, dinv, pptr, pidx, pval, lc, total = self._stacked()
         Rn = R.detach().to(self.Lc.dtype).numpy()

@@ -12,7 +12,7 @@ torch's pool to one thread as well removes that: the vector work of such an iter
 
 :func:`host_blas_single_threaded` holds numpy's BLAS pools and torch's intra-op pool to one thread for the duration
 of a block (about 60 us to enter and leave), and is a no-op when torch itself runs on one thread (nothing to
-contend). The Krylov driver (``learnsolve.linalg.krylov._run_method``) enters it for every solve whose preconditioner
+contend). The Krylov driver (``learnsolve.linalg.solvers.krylov._run_method``) enters it for every solve whose preconditioner
 declares ``host_blas`` (every solve path: ``solve``, the Krylov functions, training and evaluation go through it).
 """
 

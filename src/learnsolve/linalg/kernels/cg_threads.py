@@ -38,7 +38,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels_cg import ACTIVE, CONVERGED, FRESH, MAXITER, NONFINITE, NOT_PD, PREC_NOT_PD
+from .cg import ACTIVE, CONVERGED, FRESH, MAXITER, NONFINITE, NOT_PD, PREC_NOT_PD
 
 __all__ = ["cg_block"]
 

@@ -1,7 +1,7 @@
 """A coarse-corrected (balancing / deflated) preconditioner on subdomains: lifts the small eigenvalues of B^{-1} A.
 
 :func:`subdomains` groups the unknowns of every system into subdomains of about ``9^levels`` unknowns (repeated
-aggregation of A's graph, :func:`learnsolve.linalg.multigrid.aggregate`; subdomains never cross the systems of a
+aggregation of A's graph, :func:`learnsolve.linalg.preconditioners.multigrid.aggregate`; subdomains never cross the systems of a
 block-diagonal PyG batch). With Z = diag(w) S (S the 0/1 subdomain indicator, w > 0 per unknown: w = 1 is
 Nicolaides' piecewise-constant coarse space) and Q = Z (Z^T A Z)^{-1} Z^T,
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..operators.sparse import SparseMatrix
+from .base import FactorizationError, Preconditioner
 from .multigrid import aggregate, galerkin, tentative
-from .preconditioner import FactorizationError, Preconditioner
-from .sparse import SparseMatrix
 
 
 def subdomains(A: SparseMatrix, levels: int = 2, theta: float = 0.0) -> tuple[Tensor, int]:

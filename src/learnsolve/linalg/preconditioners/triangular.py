@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _kernels
-from .preconditioner import FactorizationError
-from .sparse import CSRPattern, SparseMatrix, edge_products
+from ..kernels import csr as _kernels
+from ..operators.sparse import CSRPattern, SparseMatrix, edge_products
+from .base import FactorizationError
 
 
 def _np_pattern(pattern: CSRPattern):
@@ -192,7 +192,7 @@ def triangular_solve(T: SparseMatrix, b: Tensor, lower: bool = True, unit_diagon
     b: (n,), (n, k) or batched like :meth:`SparseMatrix.matvec`. Differentiable w.r.t. T's values and b.
     Cost: O(nnz) per right-hand side (compiled, sequential in the row dimension).
     """
-    from ._layout import canonicalize
+    from ..operators.layout import canonicalize
 
     X, layout = canonicalize(b, T.shape[0], T.batch_size, None)
     return layout.unpack(_tri_solve(T, T._vals2d, X, lower, unit_diagonal))

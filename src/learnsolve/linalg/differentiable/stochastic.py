@@ -34,7 +34,7 @@ def roulette_adjoint(tspec, opT, G: Tensor, truncate: float | None, survive: flo
                      generator: torch.Generator | None) -> tuple[Tensor, dict]:
     """(unbiased estimate of A^{-T} G, {"iterations": adjoint iterations spent, "continued": bool}).
 
-    ``tspec``: the adjoint problem's spec (``learnsolve.linalg.solve._Spec``); G: one right-hand side (1, n, 1)."""
+    ``tspec``: the adjoint problem's spec (``learnsolve.linalg.differentiable.solve._Spec``); G: one right-hand side (1, n, 1)."""
     t = TRUNCATE if truncate is None else float(truncate)
     c = SURVIVE if survive is None else float(survive)
     m = max(1, math.ceil(t * max(forward_iters, 1)))

@@ -40,13 +40,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._layout import canonicalize
+from ..operators.base import LinearOperator
+from ..operators.convert import as_operator
+from ..operators.layout import canonicalize
+from ..operators.sparse import SparseMatrix
+from ..solvers.spectral import lanczos_tridiagonal
 from .amg import AMG
-from .operator import LinearOperator, as_operator
-from .precond import IC0, ILU0, LLT, MIC0, Jacobi, make_preconditioner
-from .preconditioner import FactorizationError, FunctionPreconditioner, Preconditioner
-from .sparse import SparseMatrix
-from .spectral import lanczos_tridiagonal
+from .base import FactorizationError, FunctionPreconditioner, Preconditioner
+from .classical import IC0, ILU0, LLT, MIC0, Jacobi, make_preconditioner
 
 __all__ = ["SafeguardResult", "fastest_factor", "safeguard"]
 

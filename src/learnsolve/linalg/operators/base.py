@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._layout import Reducer, canonicalize
+from .layout import Reducer, canonicalize
 
 
 class LinearOperator(abc.ABC):
@@ -66,7 +66,7 @@ class LinearOperator(abc.ABC):
         """The transposed operator (same parameters, so gradients flow through it)."""
 
     def matvec(self, x: Tensor) -> Tensor:
-        """``A @ x`` for x of shape (m,), (m, k), or batched (B, m) / (B, m, k) like torch.linalg.solve."""
+        """``A @ x`` for x of shape (m,), (m, k), or batched (B, m) / (B, m, k) like torch.linalg.differentiable.solve."""
         X, layout = canonicalize(x, self.shape[1], self.batch_size, None, name="x")
         Y = self.mv(X)
         out = list(layout.shape)
@@ -243,27 +243,3 @@ class MatrixFreeOperator(LinearOperator):
             raise NotImplementedError(
                 "this MatrixFreeOperator has no diagonal: pass diagonal=callable(*params) to use Jacobi")
         return self._diag(*self._params)
-
-
-def as_operator(A) -> LinearOperator:
-    """Wrap A (LinearOperator, dense tensor, torch sparse tensor, scipy sparse matrix) as an operator."""
-    from .sparse import SparseMatrix
-
-    if isinstance(A, LinearOperator):
-        return A
-    if isinstance(A, Tensor):
-        if A.layout == torch.strided:
-            return DenseOperator(A)
-        return SparseMatrix.from_torch(A)
-    try:
-        import scipy.sparse as sp
-
-        if sp.issparse(A):
-            return SparseMatrix.from_scipy(A)
-    except ImportError:  # pragma: no cover
-        pass
-    if callable(A):
-        raise TypeError("a bare callable is not an operator: wrap it as MatrixFreeOperator(matvec, shape, params)")
-    raise TypeError(
-        f"A must be a torch.Tensor, a SparseMatrix, a LinearOperator or a scipy sparse matrix, "
-        f"got {type(A).__name__}")

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .operator import DenseOperator, LinearOperator
-from .sparse import SparseMatrix
+from ..operators.base import DenseOperator, LinearOperator
+from ..operators.sparse import SparseMatrix
 
 
 class SingularMatrixError(RuntimeError):

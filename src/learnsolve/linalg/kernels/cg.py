@@ -45,7 +45,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import _kernels  # noqa: F401  (sets numba's threading layer before the first parallel kernel)
+from . import csr as _kernels  # noqa: F401  (sets numba's threading layer before the first parallel kernel)
 
 FRESH, ACTIVE, CONVERGED, NOT_PD, PREC_NOT_PD, NONFINITE, MAXITER, STAGNATED = 0, 1, 2, 3, 4, 5, 6, 7
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .operator import LinearOperator
-from .preconditioner import Preconditioner, _as_sparse
-from .sparse import SparseMatrix
+from ..operators.base import LinearOperator
+from ..operators.sparse import SparseMatrix
+from .base import Preconditioner, _as_sparse
 
 
 class AMG(Preconditioner):
@@ -21,13 +21,13 @@ class AMG(Preconditioner):
 
     ``cycle``: "pyamg" runs pyamg's own cycle (its smoothers, in Python and numpy); "compiled" (symmetric A only)
     runs pyamg's hierarchy -- its matrices and prolongators -- in learnsolve's compiled symmetric V(1,1)-cycle
-    (:func:`learnsolve.linalg.multigrid.from_pyamg`: one forward and one backward Gauss-Seidel sweep, dense Cholesky on
+    (:func:`learnsolve.linalg.preconditioners.multigrid.from_pyamg`: one forward and one backward Gauss-Seidel sweep, dense Cholesky on
     the coarsest level): measured 0.35-0.64x pyamg's time per iteration for 1.07-1.39x its iterations (pyamg's
     default smoothers sweep twice), 0.44-0.79x its solve time, on the hard families at 256^2 (docs/learned_amg.md). If the compiled cycle cannot be built (a
     coarsest matrix that is not numerically definite) pyamg's cycle is used and :attr:`cycle` says so.
 
     ``host_blas``: pyamg's cycle runs numpy code, so the Krylov loop holds numpy's BLAS pool to one thread while it
-    runs (:mod:`learnsolve.linalg.threads`): the cycle then runs at pyamg's own speed."""
+    runs (:mod:`learnsolve.linalg.solvers.threads`): the cycle then runs at pyamg's own speed."""
 
     host_blas = True
 
@@ -49,8 +49,8 @@ class AMG(Preconditioner):
         self._mlT = None
         self.cycle, self._compiled = "pyamg", None
         if cycle == "compiled":
+            from .base import FactorizationError
             from .multigrid import from_pyamg
-            from .preconditioner import FactorizationError
 
             try:
                 self._compiled = [from_pyamg(ml, self.S.dtype) for ml in self._hier]

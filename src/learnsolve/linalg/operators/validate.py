@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .operator import DenseOperator, LinearOperator
+from .base import DenseOperator, LinearOperator
 from .sparse import SparseMatrix
 
 

@@ -18,7 +18,7 @@ yet the extreme Ritz values stay inside the spectrum and converge to the same va
 measured: 5e-5 relative spread at the step where this happens, identical again a few steps on).
 
 Everything is written with plain differentiable torch operations (SpMV through the operator,
-per-system dot products through its :class:`~learnsolve.linalg._layout.Reducer`, ``eigvalsh`` on the
+per-system dot products through its :class:`~learnsolve.linalg.operators.layout.Reducer`, ``eigvalsh`` on the
 small k x k matrices), so the estimate can be a training loss for the operator's values or the
 preconditioner's parameters. Cost: ``steps`` SpMVs and preconditioner applications plus
 O(systems * steps^3) for the tridiagonal eigenvalues; never an n x n matrix.
@@ -29,9 +29,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._layout import Layout, canonicalize
-from .operator import LinearOperator, as_operator
-from .precond import Preconditioner, resolve_preconditioner
+from ..operators.base import LinearOperator
+from ..operators.convert import as_operator
+from ..operators.layout import Layout, canonicalize
+from ..preconditioners.classical import Preconditioner, resolve_preconditioner
 
 __all__ = ["condition_estimate", "extreme_eigenvalues", "lanczos_tridiagonal"]
 

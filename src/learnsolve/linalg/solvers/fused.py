@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _kernels_cg as K
-from . import _kernels_par as KP
-from .precond import LLT, Jacobi
-from .sparse import SparseMatrix, values_version
+from ..kernels import cg as K
+from ..kernels import cg_threads as KP
+from ..operators.sparse import SparseMatrix, values_version
+from ..preconditioners.classical import LLT, Jacobi
+from .info import SolveInfo, _Monitor
 
 FUSED_CG = True
 # one system of at least PAR_MIN_ROWS rows, none/Jacobi preconditioned, exactly symmetric A: the threads of
@@ -210,7 +211,7 @@ class _Parallel:
 
 def _as_preconditioner(M):
     """The Preconditioner behind M (a Preconditioner, its bound ``apply``, or anything else -> None)."""
-    from .preconditioner import Preconditioner
+    from ..preconditioners.base import Preconditioner
 
     if M is None or isinstance(M, Preconditioner):
         return M, True
@@ -241,8 +242,6 @@ class _Columns:
 
 def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, maxiter: int, callback=None):
     """Run CG through the compiled kernels; (X, SolveInfo) or None when the path does not apply."""
-    from .krylov import SolveInfo, _Monitor  # krylov imports this module
-
     if not FUSED_CG or callback is not None or not isinstance(op, SparseMatrix):
         return None
     P, known = _as_preconditioner(M)
