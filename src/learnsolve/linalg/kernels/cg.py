@@ -19,7 +19,7 @@ wait on the previous row's store (measured: 5 ns per row instead of 2 on a 5-poi
 ``sym = False``: plain CSR (``off`` = column index), the direction update in its own pass.
 
 Preconditioner ``pkind``: 0 none, 1 Jacobi (``dinv`` (V, n), applied on the fly), 2 ``L L^T`` in LDL^T form
-(``_kernels.ldlt_factor``: unit lower ``U^T`` (``lip, lix, lval``) and unit upper ``U`` (``uip, uix, uval``) in
+(``csr.ldlt_factor``: unit lower ``U^T`` (``lip, lix, lval``) and unit upper ``U`` (``uip, uix, uval``) in
 CSR with column indices, ``dinv2`` (V, n)): two unit triangular sweeps per iteration.
 
 Per iteration and task (n_t rows, m_t stored entries): one matrix sweep O(m_t + n_t) (which also applies the
@@ -45,7 +45,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import csr as _kernels  # noqa: F401  (sets numba's threading layer before the first parallel kernel)
+from . import csr  # noqa: F401  (sets numba's threading layer before the first parallel kernel)
 
 FRESH, ACTIVE, CONVERGED, NOT_PD, PREC_NOT_PD, NONFINITE, MAXITER, STAGNATED = 0, 1, 2, 3, 4, 5, 6, 7
 

@@ -1,4 +1,4 @@
-"""One large (P)CG system on several cores: one parallel region per call, one reduction point per iteration.
+"""One large (P)CG system on several cores: one start of the threads per call, one reduction point per iteration.
 
 The iteration is the Chronopoulos-Gear form of PCG (Chronopoulos and Gear 1989): with u = M r and w = A u,
 
@@ -13,20 +13,25 @@ its rounding drift is what the caller's true-residual confirmation guards).
 Jacobi preconditioning is folded into the matrix (``pkind = 1``): the caller passes D^{-1/2} A D^{-1/2} (unit
 diagonal, ``diag`` unused) and the scaled vectors r^ = D^{-1/2} r, x^ = D^{1/2} x; plain CG on the scaled system is
 Jacobi-PCG on the original, gamma = r^T D^{-1} r = ||r^||^2, and the stopping test uses ||r||^2 = sum d_i r^_i^2
-(``dv`` = d). This saves the diagonal and 1/d streams and the scaling in the gather (measured: ... ).
+(``dv`` = d). This saves the diagonal stream and the 1/d scaling of every gathered entry.
 
-Layout: A exactly symmetric, stored as its strictly lower triangle (``indptr`` int32, ``off`` = i - j, ``vals``)
-plus ``diag``, as in :mod:`._kernels_cg`; the sweep gathers the lower part of row i from u_j (j < i, already
+Layout: A exactly symmetric, stored as its strictly lower triangle (``indptr``, ``off`` = i - j, ``vals``) plus
+``diag``, as in :mod:`.cg`; the sweep gathers the lower part of row i from u_j (j < i, already
 updated in this sweep) and scatters a_ij u_i into w_j, and keeps w_{i-1} in a register. Threads own contiguous
 row blocks ``bounds[t]..bounds[t+1]``; an entry whose column lies in an earlier block ("cross" entry) is skipped
-by the sweep and applied after the first barrier by both owners, each to its own rows (``xrow`` lists, per
-thread, its rows' cross entries; ``xcol`` the entries whose column it owns), so no two threads write one
-place. Partial sums are written per thread and combined in thread order by every thread: results are
+by the sweep and applied after the first barrier by both owners, each to its own rows (``xr``, ``xc``, ``xp``
+list, per thread, the cross entries touching its rows), so no two threads write one place. Partial sums are written per thread and combined in thread order by every thread: results are
 bitwise identical from run to run for a given thread count.
 
 Threads: the caller starts ``T - 1`` Python threads on :func:`cg_block` (``nogil``) and runs ``tid = 0``
 itself; they synchronise through a spin barrier on an int64 counter (atomic add / load, LLVM intrinsics),
-yielding the core after a short spin, so an oversubscribed machine does not stall.
+yielding the core after a short spin (on an oversubscribed machine a waiting thread gives way to the one it
+waits for).
+
+Measured on 2 cores (float64, 5-point stencils, time per iteration against the one-thread kernel of :mod:`.cg`
+in the same process): 0.9-1.04x at 181^2 rows (hence ``fused.PAR_MIN_ROWS = 40000``), 1.8-2.2x at 256^2, 1.9-2.25x
+at 512^2, 1.5-2.2x at 1000^2. A single-thread sweep costs about 7 ns per row; signed indices cost 1.5x (a
+wrap-around test per access), int32 row pointers gave no measurable gain.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The fused CG path: (P)CG on a CPU :class:`SparseMatrix` run by one compiled loop per system
-(:mod:`._kernels_cg`), used by ``cg`` / ``solve(method="cg")`` whenever nothing is recorded by autograd.
+(:mod:`learnsolve.linalg.kernels.cg`), used by ``cg`` / ``solve(method="cg")`` whenever nothing is recorded by autograd.
 
 When it applies (:func:`fused_cg` returns None otherwise and the torch iteration runs): CPU, float32/float64,
 A a :class:`SparseMatrix` (batched, PyG block-diagonal, several right-hand sides), no callback, and the
@@ -29,7 +29,7 @@ from .info import SolveInfo, _Monitor
 
 FUSED_CG = True
 # one system of at least PAR_MIN_ROWS rows, none/Jacobi preconditioned, exactly symmetric A: the threads of
-# :mod:`._kernels_par` share it (PAR_THREADS of them, default torch's thread count, at most one per
+# :mod:`learnsolve.linalg.kernels.cg_threads` share it (PAR_THREADS of them, default torch's thread count, at most one per
 # PAR_ROWS_PER_THREAD rows)
 PAR_MIN_ROWS = 40000
 PAR_ROWS_PER_THREAD = 20000
@@ -121,7 +121,7 @@ def _threads_for(n: int) -> int:
 
 def _cross_entries(A: SparseMatrix, lptr: np.ndarray, loff: np.ndarray, T: int):
     """Row blocks of T threads and, per thread, the stored lower entries crossing into another thread's block
-    (:func:`._kernels_par.cg_block`'s ``bounds, xptr, xr, xc, xp``), cached on the pattern."""
+    (:func:`learnsolve.linalg.kernels.cg_threads.cg_block`'s ``bounds, xptr, xr, xc, xp``), cached on the pattern."""
     key = ("fused_par", T)
     pat = A.pattern
     if key not in pat._cache:
@@ -159,7 +159,7 @@ def _pool(workers: int):
 
 
 class _Parallel:
-    """One system on T threads (:mod:`._kernels_par`), called like ``_kernels_cg.pcg`` by :func:`fused_cg`."""
+    """One system on T threads (:mod:`learnsolve.linalg.kernels.cg_threads`), called like ``kernels.cg.pcg`` by :func:`fused_cg`."""
 
     def __init__(self, A: SparseMatrix, arrays, parrays, T: int):
         indptr, off, vals, diag, _ = arrays
@@ -222,7 +222,7 @@ def _as_preconditioner(M):
 
 
 class _Columns:
-    """One system per column of an (S, n) array (the per-task kernel :func:`_kernels_cg.pcg`)."""
+    """One system per column of an (S, n) array (the per-task kernel :func:`learnsolve.linalg.kernels.cg.pcg`)."""
 
     def __init__(self, B: int, n: int, k: int):
         self.B, self.n, self.k = B, n, k
