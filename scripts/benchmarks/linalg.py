@@ -33,6 +33,9 @@ peer (:mod:`benchmarks.peer`)
 jax (:mod:`benchmarks.jax_peer`)
     ``learnsolve.jax.solve`` (JAX-native and torch backends) vs lineax: jitted grad of a CG solve, diffusion2d
     128^2 and a vmap over 64 systems (optional; skipped without JAX / lineax). Goal: faster than lineax.
+threads (:mod:`benchmarks.threads`)
+    One large CG system on all threads vs the one-thread compiled kernel, by grid size (sets the threshold of
+    the threaded kernel; no goal).
 
 Output: a table on stdout (rich when available) and JSON at ``--out`` (default
 ``bench_results/bench_linalg.json``, written atomically by :mod:`learnsolve.files`).
@@ -48,14 +51,14 @@ import time
 
 import torch
 
-from . import backward, batched, cg, gradcheck, ic0, jax_peer, memory, peer, spmv
+from . import backward, batched, cg, gradcheck, ic0, jax_peer, memory, peer, spmv, threads
 from .harness import Section, cores, machine_meta, print_table, run_section, write_results
 from .problems import Config, Problems
 
-MODULES = (spmv, cg, backward, memory, batched, ic0, gradcheck, peer, jax_peer)
+MODULES = (spmv, cg, backward, memory, batched, ic0, gradcheck, peer, jax_peer, threads)
 SECTIONS = tuple(m.NAME for m in MODULES)
 TITLES = {m.NAME: m.TITLE for m in MODULES}
-USES_SHARED_MATRIX = ("spmv", "cg", "backward", "ic0")  # built before the measured window
+USES_SHARED_MATRIX = ("spmv", "cg", "backward", "ic0", "threads")  # built before the measured window
 
 
 def make_config(args) -> Config:
