@@ -1,5 +1,5 @@
-"""One large system on several threads (``learnsolve.linalg.kernels.cg_threads`` through ``learnsolve.linalg.solvers.fused``):
-solutions against scipy's direct solve, iteration counts against the one-thread kernel and the torch iteration,
+"""One large system on several threads (``learnsolve.linalg.kernels.cg_threads`` through
+``learnsolve.linalg.solvers.fused``): solutions against scipy's direct solve, iteration counts against the one-thread kernel and the torch iteration,
 cross-block entries anywhere in the matrix, bitwise repeatability, breakdowns and the true-residual guard."""
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Layout: A exactly symmetric, stored as its strictly lower triangle (``indptr``, 
 updated in this sweep) and scatters a_ij u_i into w_j, and keeps w_{i-1} in a register. Threads own contiguous
 row blocks ``bounds[t]..bounds[t+1]``; an entry whose column lies in an earlier block ("cross" entry) is skipped
 by the sweep and applied after the first barrier by both owners, each to its own rows (``xr``, ``xc``, ``xp``
-list, per thread, the cross entries touching its rows), so no two threads write one place. Partial sums are written per thread and combined in thread order by every thread: results are
+list, per thread, the cross entries touching its rows), so no two threads write one place. Partial sums are
+written per thread and combined in thread order by every thread: results are
 bitwise identical from run to run for a given thread count.
 
 Threads: the caller starts ``T - 1`` Python threads on :func:`cg_block` (``nogil``) and runs ``tid = 0``

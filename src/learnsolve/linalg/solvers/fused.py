@@ -29,8 +29,8 @@ from .info import SolveInfo, _Monitor
 
 FUSED_CG = True
 # one system of at least PAR_MIN_ROWS rows, none/Jacobi preconditioned, exactly symmetric A: the threads of
-# :mod:`learnsolve.linalg.kernels.cg_threads` share it (PAR_THREADS of them, default torch's thread count, at most one per
-# PAR_ROWS_PER_THREAD rows)
+# learnsolve.linalg.kernels.cg_threads share it (PAR_THREADS of them, default torch's thread count, at most one
+# per PAR_ROWS_PER_THREAD rows)
 PAR_MIN_ROWS = 40000
 PAR_ROWS_PER_THREAD = 20000
 PAR_THREADS: int | None = None
@@ -159,7 +159,8 @@ def _pool(workers: int):
 
 
 class _Parallel:
-    """One system on T threads (:mod:`learnsolve.linalg.kernels.cg_threads`), called like ``kernels.cg.pcg`` by :func:`fused_cg`."""
+    """One system on T threads (:mod:`learnsolve.linalg.kernels.cg_threads`), called like ``kernels.cg.pcg`` by
+    :func:`fused_cg`."""
 
     def __init__(self, A: SparseMatrix, arrays, parrays, T: int):
         indptr, off, vals, diag, _ = arrays
