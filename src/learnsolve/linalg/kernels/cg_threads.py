@@ -29,10 +29,12 @@ itself; they synchronise through a spin barrier on an int64 counter (atomic add 
 yielding the core after a short spin (on an oversubscribed machine a waiting thread gives way to the one it
 waits for).
 
-Measured on 2 cores (float64, 5-point stencils, time per iteration against the one-thread kernel of :mod:`.cg`
-in the same process): 0.9-1.04x at 181^2 rows (hence ``fused.PAR_MIN_ROWS = 40000``), 1.8-2.2x at 256^2, 1.9-2.25x
-at 512^2, 1.5-2.2x at 1000^2. A single-thread sweep costs about 7 ns per row; signed indices cost 1.5x (a
-wrap-around test per access), int32 row pointers gave no measurable gain.
+Measured on 2 cores (float64, 5-point Poisson, time per iteration against the one-thread kernel of :mod:`.cg`,
+interleaved, ``python scripts/bench_linalg.py --only threads``): 0.57-0.72x at 64^2 and 0.45-0.54x at 1000^2 on a
+quiet machine; 0.96-1.25x at 181^2 (diffusion2d) in an earlier interleaved run (hence ``fused.PAR_MIN_ROWS =
+40000``). A
+single-thread sweep costs about 5-7 ns per row; signed indices cost 1.5x (a wrap-around test per access), int32
+row pointers and a separate sub-diagonal array gave no measurable gain.
 """
 
 from __future__ import annotations
