@@ -5,7 +5,8 @@ Protocol: for each grid side m (64, 181, 256, 512 and the shared ``--n``; 64, 12
 under ``torch.no_grad()`` with rtol 1e-14 (not reached) and ``maxiter`` 100, no preconditioner and Jacobi; the
 threaded kernel (:mod:`learnsolve.linalg.kernels.cg_threads`, torch's thread count) forced on at every size vs
 the one-system-per-thread kernel (:mod:`learnsolve.linalg.kernels.cg`) forced on, timed interleaved
-(:func:`benchmarks.harness.bench`). Reported: time per iteration of both and their ratio; the threshold
+(:func:`benchmarks.harness.bench`). Reported: time per iteration of both (the whole ``solve`` call over its 100
+iterations, so each call's setup is included on both sides) and their ratio; the threshold
 ``learnsolve.linalg.solvers.fused.PAR_MIN_ROWS`` (the size from which ``solve`` takes the threaded kernel) is set
 from these. Also checked: both did 100 iterations. No goal (the goals are the ``cg`` and ``peer`` sections').
 """

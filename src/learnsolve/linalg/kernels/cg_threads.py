@@ -176,7 +176,7 @@ def cg_block(tid, T, bounds, indptr, off, av, dg, pkind, dv, xptr, xr, xc, xp,
     ``xptr`` (T + 1,) delimits thread t's cross entries ``xr`` (its rows), ``xc`` (the other end), ``xp`` (their
     positions in ``av``); every cross entry is listed twice, once for each owner. ``state`` = [gamma, alpha, beta]
     carried between calls, ``status`` / ``iters`` / ``nhist`` (1,) and ``hist`` (chunk + 1,) written by thread 0,
-    ``part`` (2, T, 4) the per-thread partial sums, ``bar`` (1,) the barrier counter (zero at the call).
+    ``part`` (2, T, 3) the per-thread partial sums, ``bar`` (1,) the barrier counter (zero at the call).
     """
     r0, r1 = bounds[tid], bounds[tid + 1]
     e0, e1 = xptr[tid], xptr[tid + 1]

@@ -146,16 +146,16 @@ def _cross_entries(A: SparseMatrix, lptr: np.ndarray, loff: np.ndarray, T: int):
     return pat._cache[key]
 
 
-_POOL: list = []  # [(pid, ThreadPoolExecutor)]: threads do not survive a fork, so a child builds its own
+_POOL: list = []  # [(pid, workers, ThreadPoolExecutor)]: threads do not survive a fork, so a child builds its own
 
 
 def _pool(workers: int):
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    if not _POOL or _POOL[0][0] != os.getpid() or _POOL[0][1]._max_workers < workers:
-        _POOL[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnsolve-cg"))]
-    return _POOL[0][1]
+    if not _POOL or _POOL[0][0] != os.getpid() or _POOL[0][1] < workers:
+        _POOL[:] = [(os.getpid(), workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnsolve-cg"))]
+    return _POOL[0][2]
 
 
 class _Parallel:
@@ -180,7 +180,7 @@ class _Parallel:
         n = A.shape[0]
         self.P, self.S, self.W = (np.zeros(n, dtype=av.dtype) for _ in range(3))
         self.state = np.zeros(3)
-        self.part = np.zeros((2, T, 4))
+        self.part = np.zeros((2, T, 3))
 
     @staticmethod
     def applies(parrays) -> bool:
@@ -282,13 +282,14 @@ def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, max
              (b_i if Vp > 1 else zero).astype(_I64))
     X = lay.pack(torch.zeros_like(Bm) if X0 is None else X0, npd).copy()
     R = lay.pack(Rt0, npd).copy()
-    Pv, Q = np.zeros_like(X), np.zeros_like(X)
+    T = _threads_for(n) if nsys == 1 and sym and n >= PAR_MIN_ROWS and _Parallel.applies(parrays) else 1
+    par = _Parallel(op, (indptr, off, vals, diag, sym), parrays, T) if T > 1 else None
+    # the one-system-per-thread kernel's work vectors (the threaded kernel keeps its own)
+    Pv, Q = (np.zeros_like(X), np.zeros_like(X)) if par is None else (X[:, :0], X[:, :0])
     Z = np.zeros_like(X) if parrays[0] == 2 else np.zeros((1, 1), dtype=npd)
     rz, beta = np.zeros(nsys), np.zeros(nsys)
     iters, nhist = np.zeros(nsys, dtype=_I64), np.zeros(nsys, dtype=_I64)
     chunk = int(max(16, min(maxiter, (1 << 22) // nsys)))
-    T = _threads_for(n) if nsys == 1 and sym and n >= PAR_MIN_ROWS and _Parallel.applies(parrays) else 1
-    par = _Parallel(op, (indptr, off, vals, diag, sym), parrays, T) if T > 1 else None
     hist = np.empty((nsys, chunk + 1))
     last = mon.hist[0].reshape(-1).double().numpy().copy()
     rows = [last.copy()]
