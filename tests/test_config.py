@@ -119,6 +119,33 @@ def test_export_names_its_task_and_keeps_no_run_folder():
     assert cfg.task_name == "export" and cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
 
 
+# --- composing from a notebook: no learnsolve import, every value resolves -------------------------------------
+
+@pytest.mark.parametrize("app", ["train", "evaluate", "generate", "export", "tune"])
+def test_configs_compose_and_resolve_with_hydra_alone(app):
+    """Plain Hydra + OmegaConf resolve every config (no custom resolver that only a learnsolve import registers)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = {"tune": ("ckpt_path=x", "matrix=x"), "evaluate": ("ckpt_path=x",), "export": ("ckpt_path=x",)}
+    cfg = _compose(app, *overrides.get(app, ()), hydra=True)
+    HydraConfig().set_config(cfg)  # what a notebook does to resolve ${hydra:...} paths (Hydra's own API)
+    resolved = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                for k, v in cfg.items() if k != "hydra"}  # hydra.job.num exists only inside a sweep
+    assert resolved["task_name"] == app and "${" not in str(resolved)
+
+
+@pytest.mark.parametrize(("trainer", "expected"), [
+    ({"max_epochs": None, "max_time": None}, {"max_epochs": 8}),
+    ({"max_epochs": None, "max_time": "00:00:01:00"}, {"max_epochs": -1}),
+    ({"max_epochs": 3, "max_time": "00:00:01:00"}, {}),
+])
+def test_epoch_limit_default_and_timed(trainer, expected):
+    from learnsolve.training.train import _epoch_limit
+
+    assert _epoch_limit(OmegaConf.create(trainer)) == expected
+    assert _compose("train").trainer.max_epochs is None  # resolved by _epoch_limit when the Trainer is built
+
+
 # --- debug/ ------------------------------------------------------------------------------------------------------
 
 def test_debug_configs_compose():

@@ -21,20 +21,6 @@ CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 BAD_ARGUMENTS = 2
 
 
-def _register_resolvers() -> None:
-    """Resolvers the configs use (registered once, on import: the CLIs and the tests' compose API need them).
-
-    ``${epochs_unless_timed:MAX_TIME,N}``: N epochs, or -1 (no epoch limit) when a wall-time budget is set, so
-    that ``trainer.max_time=...`` alone trains for that time."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("epochs_unless_timed"):
-        OmegaConf.register_new_resolver("epochs_unless_timed", lambda max_time, n: -1 if max_time else int(n))
-
-
-_register_resolvers()
-
-
 def run_command(prog: str, config_name: str, command: Callable[[Any], Any],
                 user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``command(cfg)`` on the composed ``conf/<config_name>.yaml``; returns the exit status."""

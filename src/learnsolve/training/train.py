@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> float | None:
     # a callback set to null (e.g. `callbacks.gradient_quality=null`, the debug configs) is switched off
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
-                                      **_multirun_strategy(cfg.trainer))
+                                      **_epoch_limit(cfg.trainer), **_multirun_strategy(cfg.trainer))
     if logger:
         n_params = sum(p.numel() for p in model.parameters())
         for lg in trainer.loggers:
@@ -92,6 +92,18 @@ def _log_report(trainer, rows: list[dict]) -> None:
 def _has_best(trainer) -> bool:
     cb = trainer.checkpoint_callback
     return cb is not None and bool(getattr(cb, "best_model_path", ""))
+
+
+DEFAULT_EPOCHS = 8
+
+
+def _epoch_limit(trainer_cfg: DictConfig) -> dict:
+    """``trainer.max_epochs: null`` means DEFAULT_EPOCHS, or no epoch limit (-1) when ``trainer.max_time`` is set,
+    so that ``trainer.max_time=...`` alone trains for that time. Resolved here rather than by a custom OmegaConf
+    resolver, so that ``hydra.compose`` of ``conf/`` works without importing learnsolve first."""
+    if trainer_cfg.get("max_epochs") is not None:
+        return {}
+    return {"max_epochs": -1 if trainer_cfg.get("max_time") else DEFAULT_EPOCHS}
 
 
 def _multirun_strategy(trainer_cfg: DictConfig) -> dict:
