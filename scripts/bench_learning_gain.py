@@ -1,6 +1,6 @@
 """What training buys, and whether it beats the best classical method: learned vs untrained vs classical baselines on
 the hard families (i.i.d. lognormal cells, rotated anisotropy, high-contrast channels, graph Laplacians), in
-iterations and total time, at several sizes. The columns are explained in ``docs/learning_gain.md``.
+iterations and total time, at several sizes. The columns are explained in ``docs/benchmarks/learning-gain.md``.
 
 Run (from the repository root; Hydra-style ``key=value`` arguments, no run folder)::
 

@@ -30,7 +30,7 @@ threshold ``theta``), "evolution" (pyamg's evolution measure, :func:`learnsolve.
 "learned": :class:`StrengthNet`, a small ReLU GNN, one logit per entry (> 0: strong), trained by binary cross-entropy
 to predict the evolution measure on every level of the training hierarchies (the labels aggregate them while it
 trains), compiled for CPU inference; untrained it calls every connection strong (classical SA). ``weights=False``
-trains the strength network alone (the prolongator keeps W = 1). Measured status: ``docs/learned_amg.md``.
+trains the strength network alone (the prolongator keeps W = 1). Measured status: ``docs/benchmarks/learned-amg.md``.
 
 ``mode="fcg"``: the earlier design, a GNN applied in every flexible-CG iteration (:mod:`.gnn_fcg`).
 """
@@ -352,7 +352,7 @@ class StrengthNet(nn.Module):
 
     Inference on the CPU runs compiled (:mod:`._strength_kernel`: features, layers and head fused over the CSR rows,
     float64): 586,756 entries (rotated anisotropy, 256^2), hidden 8, one layer, one thread: see
-    ``docs/learned_amg.md`` for the measured times; the torch path (training, other devices) computes the same logits."""
+    ``docs/benchmarks/learned-amg.md`` for the measured times; the torch path (training, other devices) computes the same logits."""
 
     def __init__(self, hidden: int, layers: int):
         super().__init__()

@@ -23,7 +23,7 @@ class AMG(Preconditioner):
     runs pyamg's hierarchy -- its matrices and prolongators -- in learnsolve's compiled symmetric V(1,1)-cycle
     (:func:`learnsolve.linalg.preconditioners.multigrid.from_pyamg`: one forward and one backward Gauss-Seidel sweep, dense Cholesky on
     the coarsest level): measured 0.35-0.64x pyamg's time per iteration for 1.07-1.39x its iterations (pyamg's
-    default smoothers sweep twice), 0.44-0.79x its solve time, on the hard families at 256^2 (docs/learned_amg.md). If the compiled cycle cannot be built (a
+    default smoothers sweep twice), 0.44-0.79x its solve time, on the hard families at 256^2 (docs/benchmarks/learned-amg.md). If the compiled cycle cannot be built (a
     coarsest matrix that is not numerically definite) pyamg's cycle is used and :attr:`cycle` says so.
 
     ``host_blas``: pyamg's cycle runs numpy code, so the Krylov loop holds numpy's BLAS pool to one thread while it
