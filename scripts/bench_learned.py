@@ -22,7 +22,7 @@ Run (from the repository root)::
    Baselines and learned models are timed in the same process, one after the other per system.
    Records so far are saved after every system (``bench_learned.partial.json``).
 3. Output: a table on stdout and ``OUT/bench_learned.json`` and ``OUT/bench_learned.md`` (written
-   atomically), with per-size means and the ratios to IC(0). Goal (issue 4) for neural_if and
+   atomically), with per-size means and the ratios to IC(0). Goal for neural_if and
    gnn_solver: iterations <= 0.8x IC(0) and time <= 1.0x IC(0) at every size.
 
 ``neural_if`` stores exactly tril(A)'s pattern, the same number of nonzeros as IC(0).

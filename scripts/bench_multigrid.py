@@ -1,5 +1,5 @@
-"""gnn_solver's learned multigrid against IC(0), MIC(0), pyamg AMG and its own untrained (classical) start: the goals
-of issue 14, in total time (setup incl. the network and the safeguard + solve) on held-out systems.
+"""gnn_solver's learned multigrid against IC(0), MIC(0), pyamg AMG and its own untrained (classical) start: its goals
+in total time (setup incl. the network and the safeguard + solve) on held-out systems.
 
 Run (from the repository root)::
 
@@ -18,7 +18,7 @@ PCG to rtol 1e-6 from x0 = 0 with:
   every level and the race against IC(0) are in its setup time); ``learned_raw``: the same without the safeguard.
 
 Setup and solve seconds are timed separately (minimum of ``--repeats``); ratios are to IC(0)'s total in the same run.
-Goals (issue 14, diffusion2d): learned total <= 0.7x IC(0) at 64^2 and <= 0.5x at 256^2; learned iterations at
+Goals (diffusion2d): learned total <= 0.7x IC(0) at 64^2 and <= 0.5x at 256^2; learned iterations at
 256^2 <= 1.5x those at 64^2; learned total <= 1.5x AMG-SA's at 256^2 and <= 1.0x at 1024^2; anisotropic2d: learned
 faster than AMG-SA. Output: a table on stdout, ``OUT/bench_multigrid.json`` and ``.md`` (written atomically).
 """
@@ -122,7 +122,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def goals(summary: list[dict]) -> list[dict]:
-    """Issue 14's goals that this run measured (learned rows), met or not."""
+    """The multigrid goals that this run measured (learned rows), met or not."""
     get = {(r["family"], r["size"], r["method"]): r for r in summary}
     out = []
 

@@ -7,7 +7,7 @@ Run::
 For each grid side m (n = m^2): A = 5-point Laplacian + 2 I (strictly diagonally dominant, rho = 2/3), b random,
 three requested entries (the centre, one near an edge, one near a corner). Reference: ``solve(method="cg",
 precond="ic0", rtol=1e-12)`` on the whole system. Timed: ``local_solve(A, b, index, tol)`` only (A is built
-before), median of ``--repeats`` after one warm-up. Goal (issue 18): relative error <= 1e-2 at both sizes and the
+before), median of ``--repeats`` after one warm-up. Goal: relative error <= 1e-2 at both sizes and the
 time at n = 1e6 <= 2x the time at n = 1e4 (same run). Writes a table and JSON (atomically).
 """
 

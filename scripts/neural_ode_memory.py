@@ -1,5 +1,5 @@
 """Memory of neural_ode's embedded solves against the number of ODE steps: backpropagation through the integrator
-vs the continuous adjoint (issue 15).
+vs the continuous adjoint.
 
 Run (from the repository root)::
 

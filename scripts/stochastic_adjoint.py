@@ -10,7 +10,7 @@ w.r.t. A's values and b. For each (truncate, survive) setting, ``--draws`` indep
 iterations and mean backward time as ratios to the implicit backward's (its mean over 30 runs in the same run, after
 a warm-up), the per-draw relative
 error of the gradient (root mean square over draws), and the error of the mean of all draws in units of its
-standard error (unbiased: a few units at most). Goal (issue 18): at the defaults, mean cost <= 0.5x the implicit
+standard error (unbiased: a few units at most). Goal: at the defaults, mean cost <= 0.5x the implicit
 backward and the mean within 4 standard errors.
 
 Optimiser: A(theta) = A_0 + diag(exp(theta)) with theta constant on 4 x 4 blocks of the grid (16 parameters), fitted

@@ -1,6 +1,6 @@
 """The compiled CG path (``learnsolve.linalg.solvers.fused``): solutions against scipy's direct solve, iterations and
 residual histories against the torch iteration, batches, PyG blocks, several right-hand sides, breakdowns and
-the true-residual confirmation (issue 16, parts 2 and 3)."""
+the true-residual confirmation."""
 
 from __future__ import annotations
 

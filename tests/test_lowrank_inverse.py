@@ -1,4 +1,4 @@
-"""lowrank_precond on the inverse side (issue 15): the coarse-corrected preconditioner against a dense formula, the
+"""lowrank_precond on the inverse side: the coarse-corrected preconditioner against a dense formula, the
 learned coarse space against IC(0) and against its untrained start, and the Lanczos kappa estimate against
 eigenvalues at the sizes the loss runs on."""
 

@@ -343,7 +343,7 @@ def test_suites_from_the_benchmark_configs(tmp_path):
 
 
 def test_a_singular_matrix_with_constant_null_space_gets_a_consistent_random_image(tmp_path):
-    """A 1 = 0 (a Neumann Laplacian): b = A 1 would be rounding noise, so b = A r for a seeded random r (issue 16)."""
+    """A 1 = 0 (a Neumann Laplacian): b = A 1 would be rounding noise, so b = A r for a seeded random r."""
     import scipy.io as sio
     import scipy.sparse as sp
 

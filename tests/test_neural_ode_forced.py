@@ -1,4 +1,4 @@
-"""neural_ode in the brief's form A_theta(y) dy/dt = -y + sin(t) (issue 15 part 4): the forced2d data satisfy the
+"""neural_ode in the brief's form A_theta(y) dy/dt = -y + sin(t): the forced2d data satisfy the
 ODE, the model reproduces them with the true A, its loss gradient matches central differences (backprop and the
 continuous adjoint), and training cuts the held-out trajectory error."""
 

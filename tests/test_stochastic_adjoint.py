@@ -26,7 +26,7 @@ def _grads(A, b, c, backward, **adjoint):
 
 
 def test_one_rhs_estimate_is_unbiased_and_costs_under_half_the_implicit_backward():
-    """The issue's goal: diffusion2d 48^2, Jacobi-PCG rtol 1e-10, one right-hand side, 100 draws."""
+    """The goal case: diffusion2d 48^2, Jacobi-PCG rtol 1e-10, one right-hand side, 100 draws."""
     A, b = _system()
     c = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     exact, info = _grads(A, b, c, "implicit")

@@ -1,4 +1,4 @@
-"""The device-independent triangular solves (issue 16, part 5): level scheduling (exact, O(nnz) memory) and Jacobi
+"""The device-independent triangular solves: level scheduling (exact, O(nnz) memory) and Jacobi
 sweeps (approximate), run here on the CPU through ``triangular.DEVICE_PATH_ON_CPU``."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ generator, solved in ONE ``learnsolve.linalg.cg`` call vs a Python loop over
 (the SpMV dominates the scipy loop) and 64 x 64 matrices (8 x 8 grids, n = 64: Python overhead
 dominates the loop); both are measured. Also timed: one batched SpMV vs a loop of scipy SpMVs (the
 SpMV-only bound on the speed-up, in the notes). Checks that all systems converge in both, reports
-iteration counts, true residuals and the relative difference of the solutions. Goals (issue 16): >= 5x faster
+iteration counts, true residuals and the relative difference of the solutions. Goals: >= 5x faster
 for 64 systems, >= 10x for 256 systems of 64 x 64 (16 / 64 systems of 32 x 32 with ``--quick``). Also reported:
 forward + implicit backward of the 64-system batch vs a scipy loop of forward and adjoint cg.
 """

@@ -7,7 +7,7 @@ tensors that do not require grad), ``cg`` under ``torch.no_grad()`` and ``solve(
 under ``torch.no_grad()``; all four callables are timed interleaved (:func:`benchmarks.harness.bench`,
 no extra warm-up: the counting runs before serve as warm-up). Also reported: the relative difference of
 the two iterates. Two sizes: the 512 x 512 Poisson matrix (100 x 100 with ``--quick``) and the shared ``--n``
-grid (n = 1e6). Goals (issue 16): <= 0.45x scipy per iteration at 512^2, <= 0.4x at 1e6. learnsolve runs the
+grid (n = 1e6). Goals: <= 0.45x scipy per iteration at 512^2, <= 0.4x at 1e6. learnsolve runs the
 compiled CG loop (:mod:`learnsolve.linalg.solvers.fused`) in all three forms.
 """
 

@@ -16,7 +16,7 @@ normal vectors, or correlated ``rhs_corr`` with a common one: similar load cases
 
 References, both independent of learnsolve's solver: (1) central finite differences of L evaluated with
 scipy's sparse LU in float64, along ``directions`` random directions (symmetric in A, so A stays SPD and
-CG applies; one Richardson step; the step is scaled with 1/kappa) -- the ground truth of the issue,
+CG applies; one Richardson step; the step is scaled with 1/kappa) -- the ground truth,
 cheap because it needs only directional derivatives; ``fd_err_est`` is its own error estimate
 (difference of two Richardson levels). (2) The exact gradient from scipy: lambda = A^{-T} dL/dX by LU,
 dL/dB = lambda, dL/dvalues = -lambda[row] x[col]; compared after symmetrising the values gradient

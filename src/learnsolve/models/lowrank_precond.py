@@ -13,7 +13,7 @@ zero: the untrained model is B with Nicolaides' piecewise-constant coarse space)
 w = exp(l), l a parameter per unknown for one size. Loss: the mean log Lanczos kappa(M^{-1} A) from
 ``cond_steps`` PCG steps (``loss="kappa"``), or the probe residual below (``loss="probe"``).
 
-``side="forward"`` (the issue-4 design, kept as an option): for each system (graph g of a PyG batch, n_g unknowns) the model builds
+``side="forward"`` (the original design, kept as an option): for each system (graph g of a PyG batch, n_g unknowns) the model builds
 
     M_g = D_g + U_g U_g^T,      D_g = diag(d) > 0 (n_g), U_g (n_g, r)
 

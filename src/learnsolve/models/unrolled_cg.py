@@ -23,7 +23,7 @@ A-norm error, so s = t = 0 is a global minimiser of the energy loss (its gradien
 "energy" can only pull a perturbed model back to CG. The residual loss is not minimised by CG
 (MINRES minimises it), so it has a descent direction at s = t = 0.
 ``solve``: the untrained model (s = t = 0) runs ONE uninterrupted (P)CG recurrence to the tolerance, so it is
-exactly (P)CG (the issue-4 version restarted at x_K: 101.75 vs 101.6 iterations, K = 8, Jacobi, 32x32); a trained
+exactly (P)CG (a version restarted at x_K: 101.75 vs 101.6 iterations, K = 8, Jacobi, 32x32); a trained
 model runs its K learned steps and then (P)CG restarted at x_K (continuing the recurrence after learned steps is
 not CG any more: 138.4 vs 100.4 iterations, see :meth:`UnrolledCG.solve`). Fixed-budget use (the brief's: K steps
 as a layer inside a network): :meth:`UnrolledCG.iterate`. Cost per step: 1 SpMV, 2 per-graph dots, 3 axpys.
