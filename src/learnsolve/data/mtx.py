@@ -244,9 +244,17 @@ def read_matrix_market(path: str | os.PathLike) -> sp.csr_matrix:
 
     Symmetric / skew-symmetric storage is expanded to the full matrix; indices are sorted and
     duplicates summed; explicit zeros of a coordinate file are kept (they are part of the pattern).
-    Raises :class:`MatrixMarketError` (``"<file>: <reason>"``) for a missing or malformed banner, a bad
-    size line, a non-square matrix, complex/hermitian or pattern-only entries, an index out of range,
-    a non-finite value, or a truncated file (fewer entries than declared).
+
+    Args:
+        path: the file.
+
+    Returns:
+        A as scipy CSR, float64.
+
+    Raises:
+        MatrixMarketError: (``"<file>: <reason>"``) a missing file, a missing or malformed banner, a bad size
+            line, a non-square matrix, complex/hermitian or pattern-only entries, an index out of range, a
+            non-finite value, or a truncated file (fewer entries than declared).
     """
     return _read(path, square=True)
 
@@ -274,6 +282,18 @@ def write_matrix_market(path: str | os.PathLike, A, comment: str = "", *,
     Atomic: the text goes to a temporary file in the same folder, which is flushed, fsynced and then
     renamed over ``path`` with ``os.replace``; on any failure the temporary file is removed and
     ``path`` is untouched (an existing file keeps its old content).
+
+    Args:
+        path: the file to write (``.mtx`` or ``.mtx.gz``).
+        A: the matrix, 2-D, real.
+        comment: a comment line for the header.
+        symmetric: storage, as above.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: a matrix that is not 2-D, complex, non-finite, or not symmetric with ``symmetric=True``.
     """
     path = Path(path)
     A = sp.csr_matrix(A)
@@ -390,6 +410,18 @@ def load_system(path: str | os.PathLike, rhs: str = "random", seed: int = 0) -> 
     - pos: Matrix Market has no coordinates: a 1-D index coordinate ``arange(n) / n`` of shape (n, 1).
     - coeff feature: ones (no coefficient is known).
     - family ``"matrix_market"``, params ``{"name": stem, "path": str(path), "rhs": ...}``, seed ``seed``.
+
+    Args:
+        path: the ``.mtx`` / ``.mtx.gz`` file.
+        rhs: ``"random"`` or ``"ones"`` (used when no sibling right-hand-side file exists).
+        seed: seed of the random right-hand side.
+
+    Returns:
+        The system as a PyG ``Data``.
+
+    Raises:
+        MatrixMarketError: an unreadable matrix or right-hand-side file (named).
+        ValueError: an unknown ``rhs``.
     """
     path = Path(path)
     A = read_matrix_market(path)

@@ -32,6 +32,18 @@ def make_rhs(kind: str, pos: np.ndarray, rng: np.random.Generator, *, num_source
 
     ``random``: i.i.d. standard normal; ``smooth``: a random combination of low-frequency sines of the
     coordinates; ``point``: ``num_sources`` unit point sources at random unknowns.
+
+    Args:
+        kind: one of ``RHS_KINDS``.
+        pos: (n, d) coordinates of the unknowns.
+        rng: numpy random generator (seeded by the caller).
+        num_sources: number of point sources for ``"point"``.
+
+    Returns:
+        b, shape (n,).
+
+    Raises:
+        ValueError: an unknown ``kind``.
     """
     n = pos.shape[0]
     if kind == "random":
@@ -61,8 +73,29 @@ def make_system(A: sp.spmatrix, b: np.ndarray, *, pos: np.ndarray, coeff: np.nda
     factorisation dominates generation at the largest sizes (fill grows like ``n log n`` in 2D, ``n^{4/3}``
     in 3D), and benchmarks only need A and b. ``spd=True`` (the caller guarantees A is SPD) factorises
     without pivoting in SuperLU's symmetric mode, which is stable for SPD matrices and keeps the
-    minimum-degree order: on a 65,536-node Delaunay graph Laplacian the default partial-pivoting path took
-    256 s against 0.6 s (same residual). ``symmetric=None`` measures the symmetry of A.
+    minimum-degree order (much faster than partial pivoting on large graph Laplacians, same residual).
+    ``symmetric=None`` measures the symmetry of A.
+
+    Args:
+        A: the (n, n) matrix (any scipy sparse format; summed and sorted into CSR).
+        b: right-hand side, n values.
+        pos: (n, d) coordinates of the unknowns.
+        coeff: the PDE coefficient per unknown (or a scalar), stored as a feature.
+        family: the generator's name.
+        params: the generator's parameters (stored as metadata).
+        seed: the seed the system was drawn with.
+        x: a known solution, or None.
+        symmetric: whether A is symmetric, or None to measure it.
+        reference: compute x by a sparse direct solve when it is not given.
+        spd: A is known to be SPD (a faster symmetric factorisation for x).
+
+    Returns:
+        PyG ``Data`` with ``edge_index`` (2, nnz), ``edge_attr`` (nnz,) (A's values), ``b`` (n,), ``x`` (n,) or
+        None, ``pos`` (n, d), ``feat`` (n, 3) (diagonal, coefficient, b), ``num_nodes``, ``family``, ``params``,
+        ``seed`` and ``symmetric``.
+
+    Raises:
+        ValueError: a non-square A.
     """
     A = sp.csr_matrix(A, dtype=np.float64)
     A.sum_duplicates()

@@ -142,7 +142,19 @@ def untrained_row(loaded, preconditioners) -> tuple[object | None, dict | None]:
 
 
 def evaluate(cfg: DictConfig) -> EvaluationResult:
-    """Run the evaluation a composed ``conf/evaluate.yaml`` describes (see the module docstring)."""
+    """Run the evaluation a composed ``conf/evaluate.yaml`` describes (see the module docstring).
+
+    Args:
+        cfg: the composed config (``ckpt_path``, ``benchmark``, ``rtols``, ``preconditioners``, ...).
+
+    Returns:
+        An ``EvaluationResult``: the rows, the Markdown table, the output folder and the files written there
+        (``results.csv``, ``results.json``, ``results.md``, plots).
+
+    Raises:
+        EvaluationConfigError: a missing ``ckpt_path`` or a bad option.
+        CheckpointError: an unreadable checkpoint.
+    """
     import torch
 
     from learnsolve.models.checkpoint import load_checkpoint

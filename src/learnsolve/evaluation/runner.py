@@ -410,6 +410,26 @@ def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e
     preconditioner without its safeguard. A suite
     member that cannot be read is one row with status ``error``; an exception raised by the suite itself
     ends the suite with such a row. ``progress`` shows a bar of matrices done (``total`` when known).
+
+    Args:
+        model: a learned model, or None for the classical baselines alone.
+        suite: ``(name, Data)`` items (a ``learnsolve.data`` suite or any iterable).
+        rtols: tolerances at which iterations are read from one solve's residual history.
+        repeats: timed solves per matrix and preconditioner (medians).
+        maxiter: iteration cap of every solve.
+        solver: ``"auto"`` (CG for SPD, GMRES otherwise) or a method name.
+        preconditioners: rows to run: baseline names of the registry (``BASELINES``), ``"untrained"``,
+            ``"learned"``.
+        gmres_restart: GMRES restart length.
+        amg_options: pyamg options per AMG baseline.
+        progress: show a progress bar.
+        total: number of matrices, for the progress bar.
+        safeguard: check the learned preconditioner against its fallback.
+        untrained: the model at its initial parameters, or None.
+
+    Returns:
+        One dict per (matrix, preconditioner): iterations per rtol, setup / solve / total seconds, true final
+        residual, converged flag, ratio to IC(0), status and reason.
     """
     preconditioners = list(preconditioners)
     bad = [p for p in preconditioners if p not in PRECONDITIONERS]

@@ -89,8 +89,26 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
     takes it) instead of ``matrices``.
 
     Everything is written to a temporary sibling folder renamed into place at the end: a failure leaves no
-    partial output. Raises ExportError (nothing written) for a missing, corrupt or foreign checkpoint, a
-    bad ``matrices`` argument, or an existing non-empty ``out_dir`` without ``overwrite``.
+    partial output.
+
+    Args:
+        ckpt_path: a training checkpoint.
+        out_dir: the folder to write, or None for ``<log_dir>/export/<model>_<time>``.
+        matrices: Matrix Market matrices to export per-matrix preconditioners for, or None.
+        overwrite: replace an existing non-empty ``out_dir``.
+        program: also write the compiled program.
+        log_dir: base folder of the default ``out_dir``.
+        progress: optional callable ``(stem, ok, detail)`` called after each matrix.
+        safeguard: check each learned factor against its fallback.
+        computed: preconditioners computed elsewhere, as above.
+
+    Returns:
+        An ``ExportReport``: the folder, the program written (or why none), the per-matrix JSON files and the
+        failures.
+
+    Raises:
+        ExportError: (nothing written) a missing, corrupt or foreign checkpoint, a bad ``matrices`` argument,
+            or an existing non-empty ``out_dir`` without ``overwrite``.
     """
     from learnsolve import __version__
 

@@ -211,11 +211,24 @@ def export_preconditioners(model, matrices, out_dir: str | os.PathLike, *, name:
     """Apply ``model`` (a learnsolve model, or an exported model folder) to each matrix and write its
     preconditioner files into ``out_dir`` (created when missing): the learned factor where the safeguard keeps it,
     its fallback where it rejects it (see the module doc; ``safeguard=False``: always the learned factor, and the
-    JSON's ``"safeguard"`` is null). Returns ``({stem: json path}, {stem: reason})``:
-    a matrix that fails (malformed file, wrong kind for the model, duplicate name) leaves no file and is
-    reported; the others are written. ExportError for a model without a per-matrix preconditioner (the model's
-    ``matrix_export_reason``) or bad ``matrices``. ``progress``: optional callable ``(stem, ok, detail)`` called
-    after each matrix."""
+    JSON's ``"safeguard"`` is null). A matrix that fails (malformed file, wrong kind for the model, duplicate
+    name) leaves no file and is reported; the others are written.
+
+    Args:
+        model: a learnsolve model, or an exported model folder.
+        matrices: a folder of ``.mtx`` files, a file, a comma-separated string or a list of them.
+        out_dir: the folder to write into.
+        name: the model's registry name (default: from the folder's config or the class).
+        progress: optional callable ``(stem, ok, detail)`` called after each matrix.
+        safeguard: check each learned factor against its fallback.
+
+    Returns:
+        ``({stem: json path}, {stem: reason})``: the files written and the matrices that failed.
+
+    Raises:
+        ExportError: a model without a per-matrix preconditioner (the model's ``matrix_export_reason``) or bad
+            ``matrices``.
+    """
     from learnsolve.data.mtx import matrix_stem
 
     model, name = _model_and_name(model, name)

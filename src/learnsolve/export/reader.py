@@ -58,8 +58,18 @@ def read_config(folder: str | os.PathLike) -> dict:
 def load_exported_model(folder: str | os.PathLike):
     """The model of an exported folder (eval mode, CPU): ``target(**kwargs)`` with the safetensors weights.
 
-    Raises ExportError for a missing or malformed config, a target outside ``learnsolve.models``, or missing /
-    unreadable / mismatched weights."""
+    Needs neither Lightning nor Hydra.
+
+    Args:
+        folder: a folder written by ``python scripts/export.py`` (``config.json``, ``model.safetensors``).
+
+    Returns:
+        The learned model (an ``nn.Module`` of ``learnsolve.models``).
+
+    Raises:
+        ExportError: a missing or malformed config, a target outside ``learnsolve.models``, or missing /
+            unreadable / mismatched weights.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -82,8 +92,17 @@ def load_exported_model(folder: str | os.PathLike):
 
 
 def load_program(folder: str | os.PathLike):
-    """The compiled program of an exported folder as a callable module (see config.json "program_inputs"),
-    or ExportError when none was written (config.json "program_note" says why)."""
+    """The compiled program of an exported folder as a callable module (see config.json "program_inputs").
+
+    Args:
+        folder: an exported model folder.
+
+    Returns:
+        The program (``torch.export`` or TorchScript) mapping one system's tensors to its preconditioner.
+
+    Raises:
+        ExportError: no program was written (config.json "program_note" says why) or the file is unreadable.
+    """
     folder = Path(folder)
     cfg = read_config(folder)
     if not cfg.get("program"):
@@ -250,8 +269,27 @@ def load_preconditioner(path: str | os.PathLike, backend: str = "scipy", A=None)
     Then the loaded factor is checked against IC(0) of A by :func:`learnsolve.linalg.preconditioners.safeguard` (a few PCG steps
     with both; IC(0) with a diagonal shift where plain IC(0) breaks down) and, where it would be slower, IC(0) of A
     is returned instead, with a ``UserWarning`` saying why.
-    ExportError (naming the file) for a missing or malformed JSON, an unknown type or missing / bad data files, an
-    A of the wrong size, or an A whose IC(0) breaks down even with a shift.
+
+    Args:
+        path: a ``preconditioners/<stem>.json`` file of an exported folder.
+        backend: ``"scipy"`` or ``"torch"``.
+        A: the matrix it will be used with, or None (no check).
+
+    Returns:
+        M^{-1} as a scipy ``LinearOperator`` or a learnsolve ``Preconditioner``.
+
+    Raises:
+        ExportError: (naming the file) a bad ``backend``, a missing or malformed JSON, an unknown type or
+            missing / bad data files, an A of the wrong size, or an A whose IC(0) breaks down even with a shift.
+
+    Example:
+        ```python
+        import scipy.sparse.linalg as spla
+        from learnsolve.export import load_preconditioner
+
+        M = load_preconditioner("exported/nif/preconditioners/bcsstk03.json", A=A)
+        x, info = spla.cg(A, b, M=M)
+        ```
     """
     if backend not in ("scipy", "torch"):
         raise ExportError(f"load_preconditioner: backend must be 'scipy' or 'torch', got {backend!r}")

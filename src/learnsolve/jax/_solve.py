@@ -204,8 +204,9 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
             "direct".
         precond: None; "jacobi" (BCOO or dense A); a function ``r -> M^{-1} r`` (taken as symmetric) or a pair
             ``(M_inv, M_inv_T)``; with ``backend="torch"`` any learnsolve name ("ic0", "mic0", "ilu0", "amg").
-        rtol, atol: stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual); rtol defaults to 1e-10 in
-            float64 and 1e-5 in float32. The adjoint solve uses the same tolerances.
+        rtol: relative tolerance: stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual); defaults to
+            1e-10 in float64 and 1e-5 in float32. The adjoint solve uses the same tolerances.
+        atol: absolute tolerance.
         maxiter: iteration budget (default 10 n; GMRES counts inner iterations).
         x0: initial guess (no gradient flows to it).
         params: the differentiable parameters of a matvec function ``A(params, x)`` (a pytree).
@@ -221,6 +222,29 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
             A^T; no ``x0``).
 
     Differentiable w.r.t. b, the BCOO data / dense entries / ``params``.
+
+    Returns:
+        x, shape (n,); ``(x, info)`` with ``return_info=True`` (``info`` a pytree: ``iterations``, ``converged``,
+        ``residual_norm``, ``b_norm``, ``status``; batched under ``vmap``).
+
+    Raises:
+        ValueError: an unknown method, backend, ``on_fail`` or preconditioner, or a b that is not (n,).
+        TypeError: a non-floating b.
+        learnsolve.linalg.ConvergenceError: with ``on_fail="raise"``, a forward or adjoint solve that did not
+            converge.
+
+    Shapes:
+        A: BCOO / dense (n, n); b, x: (n,); gradient w.r.t. a BCOO's data: (nnz,).
+
+    Example:
+        ```python
+        import jax, jax.numpy as jnp
+        import learnsolve.jax as lsj
+
+        jax.config.update("jax_enable_x64", True)
+        A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+        g = jax.grad(lambda b: lsj.solve(A, b).sum())(jnp.ones(2))  # A^-T 1
+        ```
     """
     if method not in (TORCH_METHODS if backend == "torch" else _krylov.METHODS):
         ok = TORCH_METHODS if backend == "torch" else tuple(_krylov.METHODS)

@@ -171,7 +171,23 @@ def model_entry(config: dict, where: str) -> tuple[str, type[LearnedModel], dict
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """The model of a training checkpoint and what it was built from; CheckpointError naming the file."""
+    """The model of a training checkpoint and what it was built from.
+
+    The model is rebuilt from the config stored in the checkpoint (no Hydra, no Lightning module); older configs
+    are upgraded first.
+
+    Args:
+        path: a ``.ckpt`` file written by ``python train.py``.
+        map_location: device of the returned model.
+
+    Returns:
+        A ``Checkpoint``: the model in eval mode, its registry name and class, its constructor arguments, the
+        run config and (when stored) its parameters before training (``Checkpoint.untrained()``).
+
+    Raises:
+        CheckpointError: a missing, corrupt or foreign file, an unknown model family, or weights that do not fit
+            the rebuilt model (the message names the file).
+    """
     where = f"checkpoint {str(path)!r}"
     ckpt = read_checkpoint(path)
     config = upgrade_config(ckpt["learnsolve_config"])
@@ -184,7 +200,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[LearnedModel, dict]:
-    """(model in eval mode, upgraded run config) from a training checkpoint."""
+    """Rebuild a trained model anywhere from its training checkpoint alone.
+
+    Args:
+        path: a ``.ckpt`` file written by ``python train.py``.
+        map_location: device of the returned model.
+
+    Returns:
+        ``(model, config)``: the model (an ``nn.Module``, eval mode) and the upgraded run config (a dict).
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`.
+
+    Example:
+        ```python
+        from learnsolve.models.checkpoint import load_model
+
+        model, config = load_model("outputs/train/runs/RUN/checkpoints/last.ckpt")
+        ```
+    """
     ckpt = load_checkpoint(path, map_location)
     return ckpt.model, ckpt.config
 

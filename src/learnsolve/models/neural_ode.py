@@ -100,7 +100,8 @@ class NeuralODE(LearnedModel):
         adjoint: use ``odeint_adjoint`` (continuous adjoint) instead of backpropagating through the steps.
         solver_rtol: relative tolerance of the inner CG solve with M_theta (per graph).
         eps: floor added to the diagonal of M_theta (strict diagonal dominance).
-        ode_rtol, ode_atol: tolerances of adaptive methods.
+        ode_rtol: relative tolerance of adaptive methods.
+        ode_atol: absolute tolerance of adaptive methods.
     """
 
     kind = "surrogate"

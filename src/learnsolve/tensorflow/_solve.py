@@ -124,12 +124,27 @@ def solve(A, b, *, method: str = "cg", precond: str | None = None, rtol: float |
         b: (n,) or (n, k) (k right-hand sides), the same float dtype as A.
         method: "cg" (SPD), "minres" (symmetric), "bicgstab" / "gmres" (nonsymmetric), "fcg", "direct".
         precond: None or "jacobi", "ic0", "mic0", "ilu0", "amg"; the adjoint uses its transpose.
-        rtol, atol, maxiter, options (``restart`` for gmres): as :func:`learnsolve.linalg.solve`.
+        rtol: relative tolerance, as :func:`learnsolve.linalg.solve`.
+        atol: absolute tolerance.
+        maxiter: iteration cap.
         on_fail: "raise" (``learnsolve.linalg.ConvergenceError``; inside ``tf.function`` the error surfaces from
             the graph call with the same message), "warn" or "ignore"; forward and adjoint.
         return_info: also return a :class:`SolveInfo`.
+        **options: method options (``restart`` for gmres), as :func:`learnsolve.linalg.solve`.
 
     The solves run on the host (CPU) in learnsolve's torch core; tensors on a GPU are copied.
+
+    Returns:
+        x, shaped like b; ``(x, info)`` with ``return_info=True``.
+
+    Raises:
+        ValueError: an unknown method, preconditioner or ``on_fail``, or a b of the wrong rank or size.
+        TypeError: a non-floating b.
+        learnsolve.linalg.ConvergenceError: with ``on_fail="raise"``, a forward or adjoint solve that did not
+            converge.
+
+    Shapes:
+        A: (n, n); b, x: (n,) or (n, k); gradient w.r.t. a SparseTensor's values: (nnz,).
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; choose one of {', '.join(METHODS)}")

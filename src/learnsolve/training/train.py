@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
+    """Train the model a composed ``conf/train.yaml`` describes: what ``python train.py`` runs.
+
+    Builds the DataModule (``cfg.data``), the model (``cfg.model.net``), the logger, callbacks and Lightning Trainer
+    from their ``_target_`` entries, fits (resuming from ``cfg.ckpt_path`` when set), tests the best checkpoint and,
+    for solvers and preconditioners, prints the final table against the classical baselines and writes
+    ``report.csv`` to the run folder. The W&B run is finished and the process group torn down even on failure.
+
+    Args:
+        cfg: the composed config (``hydra.compose(config_name="train", overrides=[...])`` or the CLI's).
+
+    Returns:
+        The value of ``cfg.optimized_metric`` after fitting (for sweeps), or None when it was not logged.
+
+    Raises:
+        ValueError: an SPD-only model on a nonsymmetric data family.
+    """
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     dm = hydra.utils.instantiate(cfg.data)

@@ -277,6 +277,29 @@ def diffusion2d(m: int = 32, *, seed: int = 0, rhs: str = "random", sigma2: floa
     and at boundary faces the Dirichlet value at distance ``h/2`` with the cell's own k. Rows are divided
     by the cell area, so ``b = f`` at the centres. SPD M-matrix; second-order accurate for smooth k.
     ``coeff`` is k per cell.
+
+    Args:
+        m: cells per side (n = m^2 unknowns).
+        seed: seed of the coefficient field and the right-hand side: the system is a function of its arguments.
+        rhs: ``"random"``, ``"smooth"`` or ``"point"`` (see ``make_rhs``); ignored when ``f`` is given.
+        sigma2: variance of log k.
+        corr_len: correlation length of log k (unit square).
+        k_fn: a positive coefficient function of the cell centres, instead of the random field.
+        f: a source function of the cell centres, instead of ``rhs``.
+        reference: compute the reference solution x by a sparse direct solve.
+
+    Returns:
+        A PyG ``Data`` system (see ``make_system``), ``family="diffusion2d"``.
+
+    Raises:
+        ValueError: a non-positive ``m``, a bad ``rhs`` kind, or a ``k_fn`` that is not positive.
+
+    Example:
+        ```python
+        from learnsolve.data.generators import GENERATORS
+
+        data = GENERATORS["diffusion2d"](16, seed=0, sigma2=1.0)  # 256 unknowns
+        ```
     """
     return _diffusion(m, 2, seed, rhs, sigma2, corr_len, k_fn, f, "diffusion2d", reference)
 

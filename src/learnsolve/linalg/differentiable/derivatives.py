@@ -26,8 +26,32 @@ def hvp(f: Callable[..., Tensor], x: Tensor, v: Tensor, *args) -> Tensor:
 
     Solves inside ``f`` should use ``backward="implicit"`` (default) or ``method="direct"``: the double
     backward of ``backward="unrolled"`` differentiates the iterations twice, and once CG has converged
-    that second derivative of the recorded steps is not the solution's (measured: 4.6e4 relative error
-    against finite differences of its own gradients on a 4x4-grid diffusion matrix).
+    that second derivative of the recorded steps is not the solution's (measured: see the Gradients page of
+    the Benchmarks in the docs).
+
+    Args:
+        f: scalar function ``f(x, *args)``, differentiable in ``x`` (it may call :func:`solve`).
+        x: the point, a floating-point tensor (e.g. a ``SparseMatrix``'s values).
+        v: the direction, same shape, dtype and device as ``x``.
+        *args: further arguments of ``f``, passed unchanged.
+
+    Returns:
+        ``H v``, shape of ``x``, detached. Cost through implicit solves: three solves plus O(nnz).
+
+    Raises:
+        TypeError: non-tensor, non-floating, or mismatched dtype / device of ``x`` and ``v``.
+        ValueError: ``v``'s shape differs from ``x``'s, or ``f`` does not return a scalar depending on ``x``.
+
+    Example:
+        ```python
+        import torch
+        from learnsolve.linalg import SparseMatrix, hvp, solve
+
+        A = SparseMatrix.from_dense(torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64))
+        b = torch.ones(2, dtype=torch.float64)
+        f = lambda vals, b: solve(A.with_values(vals), b).square().sum()
+        Hv = hvp(f, A.values, torch.ones_like(A.values), b)  # shape (nnz,)
+        ```
     """
     if not isinstance(x, Tensor) or not isinstance(v, Tensor):
         raise TypeError(f"hvp: x and v must be tensors, got {type(x).__name__} and {type(v).__name__}")

@@ -90,8 +90,16 @@ def local_solve(A: SparseMatrix, b: Tensor, index, *, weights=None, tol: float =
             enough for a local solve; use :func:`solve`).
         return_info: also return a :class:`LocalInfo`.
 
-    Returns the estimates, shape (len(index),) (a scalar for an int index or with ``weights``), differentiable
-    w.r.t. ``A``'s values and ``b``.
+    Returns:
+        The estimates, shape (len(index),) (a scalar for an int index or with ``weights``), differentiable
+        w.r.t. ``A``'s values and ``b`` (the gradient is zero outside the neighbourhood); ``(estimates, info)``
+        with ``return_info=True``.
+
+    Raises:
+        TypeError: A is not one ``SparseMatrix`` (a batch or a block matrix).
+        ValueError: a non-square A, a bad index or weights, or a visited row that is not strictly diagonally
+            dominant.
+        RuntimeError: the neighbourhood reached ``max_size``.
     """
     if not isinstance(A, SparseMatrix) or A.batch_size is not None or A.blocks is not None:
         raise TypeError("A: local_solve needs one SparseMatrix (not a batch or block matrix)")

@@ -319,8 +319,9 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         precond: None, a :class:`Preconditioner`, a name ("jacobi", "ic0", "ilu0", "amg"), or a callable
             on (B, n, k) blocks (taken as symmetric and linear; wrap it in ``FunctionPreconditioner``
             to give its transpose or mark it nonlinear).
-        rtol, atol: stop when ||b - A x|| <= max(rtol ||b||, atol) per system; rtol defaults by dtype
+        rtol: relative tolerance: stop when ||b - A x|| <= max(rtol ||b||, atol) per system; defaults by dtype
             (1e-10 float64, 1e-5 float32).
+        atol: absolute tolerance.
         maxiter: iteration cap (default 10 n).
         x0: initial guess (same shape as b); does not receive a gradient.
         backward: "implicit" | "unrolled" | "truncated" (with ``unroll_steps``) | "stochastic"
@@ -331,9 +332,40 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         return_info: also return the forward :class:`SolveInfo` (``info.adjoint`` is set by backward).
         options: method options (``restart`` for gmres, ``truncation`` for fcg).
 
+    Returns:
+        x, shaped like ``b``; ``(x, info)`` with ``return_info=True``, info the forward ``SolveInfo`` (its
+        ``adjoint`` field is set when the backward has run).
+
+    Raises:
+        ConvergenceError: with ``on_fail="raise"``, when a forward (or later an adjoint) system does not converge;
+            it carries the ``SolveInfo``.
+        ValueError: an unknown method, backward mode, ``on_fail`` or adjoint option; a nonlinear preconditioner
+            with cg / minres / bicgstab; bad shapes, NaN/Inf, device mismatch or tolerances.
+        TypeError: unknown method options; non-floating or mismatched dtypes.
+
+    Shapes:
+        A: (n, n), (B, n, n), or a ``SparseMatrix`` with values (nnz,) / (B, nnz).
+        b, x: (n,), (n, k), (B, n) or (B, n, k).
+        Gradients: w.r.t. b shaped like b; w.r.t. a ``SparseMatrix``'s values shaped like its values (O(nnz),
+        restricted to A's pattern); w.r.t. a dense A shaped like A.
+
     ``method="direct"`` always differentiates implicitly, reusing its factorisation for A^T.
+    ``backward="implicit"`` keeps memory independent of the iteration count and can be differentiated again
+    (double backward, :func:`hvp`); ``"unrolled"`` is exact for the iterations run but, for CG, only along
+    symmetric perturbations of A.
 
     Cost: one Krylov solve forward, one adjoint solve backward, plus O(nnz) for the values gradient.
+
+    Example:
+        ```python
+        import torch
+        from learnsolve.linalg import SparseMatrix, solve
+
+        A = SparseMatrix.from_dense(torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64))
+        b = torch.ones(2, dtype=torch.float64, requires_grad=True)
+        x = solve(A, b, method="cg")
+        x.sum().backward()  # b.grad = A^-T 1
+        ```
     """
     if _OVERRIDES:  # monitor.override_backward (diagnostics): another mode, without stochastic-only options
         backward, unroll_steps = _overridden(backward, unroll_steps)

@@ -201,8 +201,22 @@ class SparseMatrix(LinearOperator):
     """Batched CSR matrix: a :class:`CSRPattern` and values of shape (nnz,) or (B, nnz).
 
     Build with :meth:`from_coo`, :meth:`from_scipy`, :meth:`from_dense`, :meth:`from_torch`,
-    :meth:`block_diag` or :meth:`from_edge_index`. ``A @ x`` accepts x of shape (m,), (m, k),
-    (B, m) or (B, m, k). Values may require grad; gradients are O(nnz).
+    :meth:`block_diag`, :meth:`from_edge_index` or :meth:`from_pyg`. ``A @ x`` accepts x of shape (m,), (m, k),
+    (B, m) or (B, m, k). Values may require grad: the SpMV's gradient w.r.t. the values is
+    ``g[row] * x[col]`` (O(nnz), never an n x n tensor), w.r.t. x a product with the cached transpose ``A.T``.
+    A block-diagonal matrix (``blocks``: row offsets of the diagonal blocks, as built from a PyG batch) is
+    solved as one independent system per block.
+
+    Args:
+        pattern: the shared CSR structure (row pointers, column indices, shape).
+        values: the stored entries, one row per matrix of a batch.
+        blocks: row offsets of diagonal blocks (length blocks + 1), or None.
+
+    Raises:
+        ValueError: values whose last dimension is not the pattern's nnz.
+
+    Shapes:
+        values: (nnz,) or (B, nnz); x: (m,), (m, k), (B, m) or (B, m, k); ``A @ x``: (n, ...) alike.
     """
 
     def __init__(self, pattern: CSRPattern, values: Tensor, blocks: Tensor | None = None):
@@ -223,7 +237,21 @@ class SparseMatrix(LinearOperator):
     @classmethod
     def from_coo(cls, row: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int] | int, *,
                  sum_duplicates: bool = True) -> SparseMatrix:
-        """From COO triplets; values (nnz,) or (B, nnz). Duplicates are summed (differentiably)."""
+        """From COO triplets. Entries are sorted into CSR order; duplicates are summed (differentiably).
+
+        Args:
+            row: row index of each entry, (nnz_in,).
+            col: column index of each entry, (nnz_in,).
+            values: the entries, (nnz_in,) or (B, nnz_in); gradients flow back to them.
+            shape: (n, m), or n for a square matrix.
+            sum_duplicates: add repeated (row, col) entries; False raises on them instead.
+
+        Returns:
+            The matrix, with values (nnz,) or (B, nnz), nnz the number of distinct entries.
+
+        Raises:
+            ValueError: mismatched lengths, indices out of range, or duplicates with ``sum_duplicates=False``.
+        """
         n, m = (shape, shape) if isinstance(shape, int) else (int(shape[0]), int(shape[1]))
         row = torch.as_tensor(row)
         col = torch.as_tensor(col)
@@ -254,6 +282,16 @@ class SparseMatrix(LinearOperator):
 
     @classmethod
     def from_scipy(cls, m, dtype: torch.dtype | None = None, device=None) -> SparseMatrix:
+        """From a scipy.sparse matrix (any format; copied, duplicates summed, indices sorted).
+
+        Args:
+            m: the scipy sparse matrix (integer entries become float64).
+            dtype: the values' dtype (default: the matrix's).
+            device: the values' device (default: CPU).
+
+        Raises:
+            TypeError: ``m`` is not scipy sparse, or is complex.
+        """
         import scipy.sparse as sp
 
         if not sp.issparse(m):
@@ -273,6 +311,12 @@ class SparseMatrix(LinearOperator):
 
     @classmethod
     def from_torch(cls, t: Tensor) -> SparseMatrix:
+        """From a 2-D torch sparse CSR or COO tensor (values keep their autograd graph).
+
+        Raises:
+            TypeError: a strided (dense) or other layout; use :meth:`from_dense`.
+            ValueError: a batched (3-D) sparse tensor.
+        """
         if t.layout == torch.sparse_csr:
             if t.ndim != 2:
                 raise ValueError("batched torch CSR tensors: use SparseMatrix.from_coo with (B, nnz) values")
@@ -287,7 +331,14 @@ class SparseMatrix(LinearOperator):
 
     @classmethod
     def from_dense(cls, t: Tensor) -> SparseMatrix:
-        """Pattern = nonzeros of ``t`` (union over the batch for (B, n, m)); values gathered differentiably."""
+        """Pattern = nonzeros of ``t`` (union over the batch for (B, n, m)); values gathered differentiably.
+
+        Args:
+            t: dense (n, m) or (B, n, m) tensor.
+
+        Raises:
+            ValueError: ``t`` is not 2-D or 3-D.
+        """
         if t.ndim not in (2, 3):
             raise ValueError(f"from_dense expects (n, m) or (B, n, m), got {tuple(t.shape)}")
         nzmask = (t != 0) if t.ndim == 2 else (t != 0).any(0)
@@ -297,7 +348,15 @@ class SparseMatrix(LinearOperator):
 
     @classmethod
     def block_diag(cls, mats: Sequence[SparseMatrix]) -> SparseMatrix:
-        """One matrix with ``mats`` on the diagonal; solvers treat each block as its own system."""
+        """One matrix with ``mats`` on the diagonal; solvers treat each block as its own system.
+
+        Args:
+            mats: square ``SparseMatrix`` blocks with equal batch sizes (blocks of blocks are flattened).
+
+        Raises:
+            ValueError: no blocks, non-square blocks or different batch sizes.
+            TypeError: a block that is not a ``SparseMatrix``.
+        """
         mats = list(mats)
         if not mats:
             raise ValueError("block_diag needs at least one matrix")
@@ -333,6 +392,15 @@ class SparseMatrix(LinearOperator):
 
         With ``batch`` (node -> graph, sorted as PyG makes it), the matrix is block diagonal and
         each graph is solved as an independent system.
+
+        Args:
+            edge_index: (2, nnz) row and column indices.
+            edge_attr: (nnz,) or (nnz, 1) values.
+            num_nodes: n.
+            batch: (n,) graph index of each node, or None.
+
+        Raises:
+            ValueError: bad shapes, an unsorted ``batch``, or an edge between two graphs.
         """
         if edge_index.ndim != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must have shape (2, nnz), got {tuple(edge_index.shape)}")
@@ -389,6 +457,7 @@ class SparseMatrix(LinearOperator):
         return self._blocks
 
     def with_values(self, values: Tensor) -> SparseMatrix:
+        """The same pattern (and blocks) with other values, (nnz,) or (B, nnz): how to make A's entries trainable."""
         return SparseMatrix(self.pattern, values, blocks=self._blocks)
 
     def to(self, *args, **kwargs) -> SparseMatrix:

@@ -21,13 +21,23 @@ class AMG(Preconditioner):
 
     ``cycle``: "pyamg" runs pyamg's own cycle (its smoothers, in Python and numpy); "compiled" (symmetric A only)
     runs pyamg's hierarchy -- its matrices and prolongators -- in learnsolve's compiled symmetric V(1,1)-cycle
-    (:func:`learnsolve.linalg.preconditioners.multigrid.from_pyamg`: one forward and one backward Gauss-Seidel sweep, dense Cholesky on
-    the coarsest level): measured 0.35-0.64x pyamg's time per iteration for 1.07-1.39x its iterations (pyamg's
-    default smoothers sweep twice), 0.44-0.79x its solve time, on the hard families at 256^2 (docs/benchmarks/learned-amg.md). If the compiled cycle cannot be built (a
-    coarsest matrix that is not numerically definite) pyamg's cycle is used and :attr:`cycle` says so.
+    (:func:`learnsolve.linalg.preconditioners.multigrid.from_pyamg`: one forward and one backward Gauss-Seidel sweep, dense
+    Cholesky on the coarsest level): less time per iteration than pyamg's cycle for somewhat more iterations
+    (pyamg's default smoothers sweep twice); measured: docs/benchmarks/learned-amg.md. If the compiled cycle cannot
+    be built (a coarsest matrix that is not numerically definite) pyamg's cycle is used and :attr:`cycle` says so.
 
     ``host_blas``: pyamg's cycle runs numpy code, so the Krylov loop holds numpy's BLAS pool to one thread while it
-    runs (:mod:`learnsolve.linalg.solvers.threads`): the cycle then runs at pyamg's own speed."""
+    runs (:mod:`learnsolve.linalg.solvers.threads`): the cycle then runs at pyamg's own speed.
+
+    Args:
+        A: the operator (converted to a scipy CSR matrix, float64; one matrix, not a batch).
+        kind: ``"sa"`` or ``"rs"``.
+        cycle: ``"pyamg"`` or ``"compiled"``.
+        **kwargs: passed to pyamg's ``smoothed_aggregation_solver`` / ``ruge_stuben_solver``.
+
+    Raises:
+        ValueError: an unknown ``kind`` or ``cycle``.
+    """
 
     host_blas = True
 

@@ -30,7 +30,14 @@ from .triangular import _ldlt_solve, _np_pattern, _tri_solve, triangular_sweeps
 # ------------------------------------------------------------------------------------------------
 
 class Jacobi(Preconditioner):
-    """M = diag(A). Cost: one elementwise product. Differentiable w.r.t. A's diagonal."""
+    """M = diag(A). Cost: one elementwise product. Differentiable w.r.t. A's diagonal.
+
+    Args:
+        A: the operator (anything ``as_operator`` accepts); batched A gives one diagonal per matrix.
+
+    Raises:
+        ValueError: a zero diagonal entry (the row is named).
+    """
 
     symmetric = True
 
@@ -114,6 +121,14 @@ class IC0(LLT):
     1e-3, 1e-2, ... 10 after a breakdown (Manteuffel's shifted IC). The shift used is ``self.shift``.
     A breakdown that is not retried raises :class:`FactorizationError` naming the row.
     Setup O(nnz * row length), compiled.
+
+    Args:
+        A: SPD ``SparseMatrix`` (or an operator convertible to one); values (nnz,) or (B, nnz). Detached.
+        shift: diagonal shift factor, or ``"auto"``.
+        sweeps: None for exact triangular solves, or k Jacobi sweeps per solve (see :class:`LLT`).
+
+    Raises:
+        FactorizationError: a non-positive pivot that no shift removed.
     """
 
     name = "IC(0)"
@@ -287,7 +302,29 @@ PRECONDITIONERS = {
 
 
 def make_preconditioner(name: str, A: LinearOperator, **kwargs) -> Preconditioner:
-    """Build a named preconditioner (jacobi, ic0, mic0, ilu0, amg, amg_sa, amg_rs) for A (values detached)."""
+    """Build a named preconditioner for A (values detached: the preconditioner is a constant of the solve).
+
+    Args:
+        name: ``"jacobi"``, ``"ic0"``, ``"mic0"``, ``"ilu0"``, ``"amg"``, ``"amg_sa"`` or ``"amg_rs"``.
+        A: the operator to precondition.
+        **kwargs: passed to the class (e.g. ``shift="auto"`` for IC(0), ``kind=`` for AMG).
+
+    Returns:
+        The ``Preconditioner`` (``apply`` and ``apply_transpose`` on (B, n, k) blocks).
+
+    Raises:
+        ValueError: an unknown name (the known ones are listed).
+        FactorizationError: IC(0) / MIC(0) / ILU(0) broke down.
+
+    Example:
+        ```python
+        import scipy.sparse as sp
+        from learnsolve.linalg import SparseMatrix, cg, make_preconditioner
+
+        A = SparseMatrix.from_scipy(sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(50, 50)))
+        M = make_preconditioner("ic0", A)
+        ```
+    """
     if name not in PRECONDITIONERS:
         raise ValueError(f"unknown preconditioner {name!r}; choose one of {', '.join(PRECONDITIONERS)}")
     if isinstance(A, SparseMatrix):

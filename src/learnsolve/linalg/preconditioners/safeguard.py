@@ -123,15 +123,30 @@ def safeguard(A, candidate, fallback="ic0", *, b: Tensor | None = None, steps: i
               probes: int = DEFAULT_PROBES, seed: int = 0) -> SafeguardResult:
     """Check a (learned) preconditioner against a classical fallback on SPD ``A``, per system; see the module doc.
 
-    A: a :class:`SparseMatrix` (block-diagonal from a PyG batch: every graph decides on its own; or a batch of
-    matrices) or another linalg operator (then the fallback must be given as a Preconditioner or callable).
-    candidate: a linear, symmetric positive definite :class:`Preconditioner` (or a callable on canonical blocks).
-    fallback: a :class:`Preconditioner`, a name of :func:`make_preconditioner` ("ic0", "mic0", "jacobi", ...) or a
-    callable returning one (built lazily, inside the timed check). A fallback that breaks down
-    (:class:`FactorizationError`) is rebuilt with ``shift="auto"`` (an IC(0)/MIC(0) of A + shift diag(A); IC(0)'s
-    for a callable), and ``notes`` says so. b: the right-hand side(s) of the systems to be solved (the first
-    probe), or None. probes: number of probe right-hand sides (b, then seeded standard normal vectors). steps: PCG
-    iterations per run.
+    Each system runs a short PCG race with both preconditioners on the same probes; the candidate is kept only where
+    its A-norm error is no larger on every probe and no NaN/Inf or loss of definiteness appeared.
+
+    Args:
+        A: a :class:`SparseMatrix` (block-diagonal from a PyG batch: every graph decides on its own; or a batch of
+            matrices) or another linalg operator (then the fallback must be given as a Preconditioner or callable).
+        candidate: a linear, symmetric positive definite :class:`Preconditioner` (or a callable on canonical
+            blocks).
+        fallback: a :class:`Preconditioner`, a name of :func:`make_preconditioner` ("ic0", "mic0", "jacobi", ...)
+            or a callable returning one (built lazily, inside the timed check). A fallback that breaks down
+            (:class:`FactorizationError`) is rebuilt with ``shift="auto"`` (an IC(0)/MIC(0) of A + shift diag(A);
+            IC(0)'s for a callable), and ``notes`` says so.
+        b: the right-hand side(s) of the systems to be solved (the first probe), or None.
+        steps: PCG iterations per run.
+        probes: number of probe right-hand sides (b, then seeded standard normal vectors).
+        seed: seed of the random probes.
+
+    Returns:
+        A ``SafeguardResult``: per-system ``accepted`` flags and ``reasons``, the chosen ``preconditioner``, the
+        race's energy ratios and Ritz condition estimates, and the check's wall time.
+
+    Raises:
+        ValueError: ``steps`` or ``probes`` < 1, a non-square A, or a nonlinear candidate.
+        TypeError: a candidate that is neither a Preconditioner nor callable.
 
     Where both preconditioners are :class:`LLT` factors on the same pattern, a mixed decision merges their values
     into one LLT; otherwise the chosen preconditioner applies both and keeps each system's rows of the chosen one.

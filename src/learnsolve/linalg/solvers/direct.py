@@ -60,7 +60,18 @@ class SparseLU:
 
 
 def factorize(op: LinearOperator):
-    """DenseLU for dense operators, SparseLU for SparseMatrix; matrix-free operators cannot be factored."""
+    """Factor an explicit matrix once for ``method="direct"``: the factor solves with A and with A^T.
+
+    Args:
+        op: a ``DenseOperator`` (LU, batched) or a ``SparseMatrix`` (SuperLU per matrix).
+
+    Returns:
+        ``DenseLU`` or ``SparseLU``.
+
+    Raises:
+        TypeError: a matrix-free operator (cannot be factored).
+        SingularMatrixError: A is singular.
+    """
     if isinstance(op, DenseOperator):
         return DenseLU(op.A)
     if isinstance(op, SparseMatrix):

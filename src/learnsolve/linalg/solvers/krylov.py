@@ -441,27 +441,140 @@ def _system_shape(layout: Layout, info: SolveInfo) -> tuple[int, ...]:
 
 
 def cg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
-    """Preconditioned conjugate gradients for SPD A (and SPD M). Returns ``(x, SolveInfo)``."""
+    """Preconditioned conjugate gradients for SPD A (and SPD M).
+
+    Each matrix of a batch, graph of a PyG block matrix and right-hand side is an independent system that stops at
+    ``||b - A x|| <= max(rtol ||b||, atol)``, confirmed with the true residual b - A x. Gradients flow through the
+    iterations when autograd records; :func:`learnsolve.linalg.solve` differentiates implicitly instead. A CPU
+    ``SparseMatrix`` without autograd and without ``callback`` runs the compiled loop
+    (``learnsolve.linalg.solvers.fused``). Per iteration: 1 SpMV, 1 application of M, 2 dot products.
+
+    Args:
+        A: dense tensor, ``SparseMatrix``, ``LinearOperator``, or a scipy / torch sparse matrix.
+        b: right-hand side(s).
+        M: preconditioner: None, a ``Preconditioner``, a name (``"jacobi"``, ``"ic0"``, ``"mic0"``, ``"amg"``, ...)
+            or a callable ``r -> M^-1 r`` on (B, n, k) blocks.
+        x0: initial guess shaped like ``b`` (default zero).
+        rtol: relative tolerance (default ``default_rtol(dtype)``: 1e-10 float64, 1e-5 float32).
+        atol: absolute tolerance.
+        maxiter: iteration cap per system (default max(10 n, 100)).
+        callback: called as ``callback(X, iteration)`` after each iteration (X: the (B, n, k) block).
+
+    Returns:
+        ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
+        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+
+    Raises:
+        ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
+        TypeError: b not a tensor, or non-floating or mismatched dtypes.
+
+    Shapes:
+        A: (n, n), (B, n, n) or a ``SparseMatrix`` with values (nnz,) / (B, nnz).
+        b, x: (n,), (n, k), (B, n) or (B, n, k) (batched like ``torch.linalg.solve``).
+    """
     return _public("cg", A, b, M, x0, rtol, atol, maxiter, callback)
 
 
 def fcg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None, truncation: int = 1):
-    """Flexible CG: M may be nonlinear or change between iterations (e.g. a network)."""
+    """Flexible CG for SPD A: M may be nonlinear or change between iterations (e.g. a network).
+
+    Orthogonalises each direction against the last ``truncation`` ones (FCG(m)); with a fixed SPD M it equals
+    :func:`cg`. Per iteration: 1 SpMV, 1 application of M, ``truncation + 2`` dot products.
+
+    Args:
+        A: the operator, as in :func:`cg`.
+        b: right-hand side(s), as in :func:`cg`.
+        M: preconditioner, as in :func:`cg`; may be nonlinear.
+        x0: initial guess shaped like ``b`` (default zero).
+        rtol: relative tolerance (default ``default_rtol(dtype)``: 1e-10 float64, 1e-5 float32).
+        atol: absolute tolerance.
+        maxiter: iteration cap per system (default max(10 n, 100)).
+        callback: called as ``callback(X, iteration)`` after each iteration (X: the (B, n, k) block).
+
+    Returns:
+        ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
+        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+
+    Raises:
+        ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
+        TypeError: b not a tensor, or non-floating or mismatched dtypes.
+        truncation: number of earlier directions each new one is orthogonalised against.
+    """
     return _public("fcg", A, b, M, x0, rtol, atol, maxiter, callback, truncation=truncation)
 
 
 def minres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
-    """MINRES for symmetric (possibly indefinite) A with an SPD preconditioner M."""
+    """MINRES for symmetric (possibly indefinite) A with an SPD preconditioner M.
+
+    Args:
+        A: the operator, as in :func:`cg`; symmetric.
+        b: right-hand side(s), as in :func:`cg`.
+        M: SPD preconditioner, as in :func:`cg`.
+        x0: initial guess shaped like ``b`` (default zero).
+        rtol: relative tolerance (default ``default_rtol(dtype)``: 1e-10 float64, 1e-5 float32).
+        atol: absolute tolerance.
+        maxiter: iteration cap per system (default max(10 n, 100)).
+        callback: called as ``callback(X, iteration)`` after each iteration (X: the (B, n, k) block).
+
+    Returns:
+        ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
+        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+
+    Raises:
+        ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
+        TypeError: b not a tensor, or non-floating or mismatched dtypes.
+    """
     return _public("minres", A, b, M, x0, rtol, atol, maxiter, callback)
 
 
 def bicgstab(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
-    """BiCGStab for general (nonsymmetric) A, right preconditioned."""
+    """BiCGStab for general (nonsymmetric) A, right preconditioned. Per iteration: 2 SpMVs, 2 applications of M.
+
+    Args:
+        A: the operator, as in :func:`cg`.
+        b: right-hand side(s), as in :func:`cg`.
+        M: preconditioner, as in :func:`cg` (``"ilu0"`` for nonsymmetric A).
+        x0: initial guess shaped like ``b`` (default zero).
+        rtol: relative tolerance (default ``default_rtol(dtype)``: 1e-10 float64, 1e-5 float32).
+        atol: absolute tolerance.
+        maxiter: iteration cap per system (default max(5 n, 50)).
+        callback: called as ``callback(X, iteration)`` after each iteration (X: the (B, n, k) block).
+
+    Returns:
+        ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
+        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+
+    Raises:
+        ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
+        TypeError: b not a tensor, or non-floating or mismatched dtypes.
+    """
     return _public("bicgstab", A, b, M, x0, rtol, atol, maxiter, callback)
 
 
 def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None, restart: int = 30):
-    """Restarted (flexible) GMRES for general A, right preconditioned; ``maxiter`` counts inner steps."""
+    """Restarted (flexible) GMRES for general A, right preconditioned. M may be nonlinear.
+
+    The stopping test uses the Givens estimate of the residual, re-checked with the true residual.
+
+    Args:
+        A: the operator, as in :func:`cg`.
+        b: right-hand side(s), as in :func:`cg`.
+        M: preconditioner, as in :func:`cg` (``"ilu0"`` for nonsymmetric A).
+        x0: initial guess shaped like ``b`` (default zero).
+        rtol: relative tolerance (default ``default_rtol(dtype)``: 1e-10 float64, 1e-5 float32).
+        atol: absolute tolerance.
+        maxiter: iteration cap per system, counting inner steps (default max(10 n, 100)).
+        callback: called as ``callback(X, iteration)`` after each iteration (X: the (B, n, k) block).
+
+    Returns:
+        ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
+        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+
+    Raises:
+        ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
+        TypeError: b not a tensor, or non-floating or mismatched dtypes.
+        restart: Krylov subspace size between restarts.
+    """
     return _public("gmres", A, b, M, x0, rtol, atol, maxiter, callback, restart=restart)
 
 

@@ -133,14 +133,26 @@ def extreme_eigenvalues(A, b: Tensor | None = None, M=None, steps: int = 20,
                         generator: torch.Generator | None = None, tol: float | None = None):
     """Ritz estimates ``(lambda_min, lambda_max)`` of ``M^{-1} A`` from ``steps`` PCG iterations.
 
-    A: any linalg operator (dense, SparseMatrix, a block-diagonal PyG SparseMatrix: one estimate per
-    diagonal block; batched: one per matrix). b: the start vector(s) in the layouts of
-    :func:`learnsolve.linalg.cg` (one estimate per right-hand side), or None for a standard normal
-    one drawn from ``generator``. M: None, a preconditioner name, a :class:`Preconditioner` (its
-    ``apply`` is M^{-1}) or a callable on canonical blocks; it must be SPD. A system stops (masked,
-    without NaNs) once its residual ``r^T M^{-1} r`` fell below ``tol^2`` times its start value
-    (default ``tol`` = 100 eps of the dtype). Returns two tensors of the per-system shape.
     Differentiable w.r.t. A's and M's parameters and b.
+
+    Args:
+        A: any linalg operator (dense, SparseMatrix, a block-diagonal PyG SparseMatrix: one estimate per
+            diagonal block; batched: one per matrix); SPD.
+        b: the start vector(s) in the layouts of :func:`learnsolve.linalg.cg` (one estimate per right-hand side),
+            or None for a standard normal one drawn from ``generator``.
+        M: None, a preconditioner name, a :class:`Preconditioner` (its ``apply`` is M^{-1}) or a callable on
+            canonical blocks; it must be SPD.
+        steps: number of PCG (Lanczos) steps.
+        generator: random generator for the start vector when ``b`` is None.
+        tol: a system stops (masked, without NaNs) once its ``r^T M^{-1} r`` fell below ``tol^2`` times its start
+            value (default 100 eps of the dtype).
+
+    Returns:
+        ``(lambda_min, lambda_max)``: two tensors of the per-system shape.
+
+    Raises:
+        ValueError: ``steps < 1`` or a non-square A.
+        TypeError: A's and b's dtypes differ.
     """
     if int(steps) < 1:
         raise ValueError(f"condition_estimate: steps must be >= 1, got {steps}")
@@ -164,10 +176,23 @@ def condition_estimate(A, b: Tensor | None = None, M=None, steps: int = 20,
                        generator: torch.Generator | None = None, tol: float | None = None) -> Tensor:
     """Lanczos estimate of kappa(M^{-1} A) = lambda_max / lambda_min for SPD A and SPD M^{-1}.
 
-    Same arguments as :func:`extreme_eigenvalues`; returns one estimate per system (a 0-d tensor for a
-    single system, (G,) for a PyG block-diagonal matrix). A lower bound in exact arithmetic, sharp
-    once ``steps`` resolves both ends of the spectrum. Cost: ``steps`` SpMVs + preconditioner
-    applications, O(steps^3) per system for the tridiagonal eigenvalues.
+    A lower bound in exact arithmetic, sharp once ``steps`` resolves both ends of the spectrum. Cost: ``steps``
+    SpMVs + preconditioner applications, O(steps^3) per system for the tridiagonal eigenvalues. Differentiable:
+    usable as a training loss (``log kappa``).
+
+    Args:
+        A: SPD operator, as in :func:`extreme_eigenvalues`.
+        b: start vector(s), or None for a random one.
+        M: SPD preconditioner (None, a name, a ``Preconditioner`` or a callable).
+        steps: number of Lanczos (CG) steps.
+        generator: random generator for the start vector.
+        tol: early stop of converged systems, as in :func:`extreme_eigenvalues`.
+
+    Returns:
+        One estimate per system: a 0-d tensor for a single system, (G,) for a PyG block-diagonal matrix.
+
+    Raises:
+        ValueError: ``steps < 1`` or a non-square A.
     """
     lmin, lmax = extreme_eigenvalues(A, b, M, steps, generator, tol)
     return lmax / lmin
