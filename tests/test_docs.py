@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import tomllib
@@ -197,6 +198,19 @@ def test_a_bad_override_is_caught():
         for overrides in (["model=no_such_model"], ["data.no_such_key=1"]):
             with pytest.raises((HydraException, ConfigKeyError)):
                 compose("train", overrides=overrides)
+
+
+@pytest.mark.parametrize("package", ["linalg", "data", "models", "nn", "training", "evaluation", "export", "jax",
+                                     "tensorflow", "interop"])
+def test_api_reference_documents_every_public_name(package):
+    """Each name in a package's ``__all__`` has a ``::: learnsolve.<package>.<name>`` entry in docs/api/."""
+    tree = ast.parse((ROOT / "src" / "learnsolve" / package / "__init__.py").read_text())
+    public = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "__all__" for t in node.targets))
+    documented = set(re.findall(r"^::: (learnsolve\.[\w.]+)", "\n".join(
+        p.read_text() for p in (DOCS / "api").glob("*.md")), flags=re.MULTILINE))
+    missing = [name for name in public if f"learnsolve.{package}.{name}" not in documented]
+    assert not missing, f"learnsolve.{package}: not in the API reference: {missing}"
 
 
 def test_nav_lists_every_page_and_only_existing_ones():

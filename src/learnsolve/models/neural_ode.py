@@ -197,7 +197,7 @@ class NeuralODE(LearnedModel):
         """``f(t, y) = M_theta(y)^{-1} (-K y)`` for stacked states y (N,) of the batch.
 
         Each call is one CG solve to ``solver_rtol`` (per graph), warm-started from the previous call's
-        solution (consecutive stages are close: about 25% fewer iterations). The starting guess only
+        solution (consecutive stages are close, so it saves iterations). The starting guess only
         changes the iteration count: the implicit gradient does not depend on it.
         """
         last: list[Tensor] = []

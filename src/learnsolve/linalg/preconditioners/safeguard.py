@@ -199,10 +199,10 @@ def fastest_factor(A: SparseMatrix, *, b: Tensor | None = None, mic: LLT | None 
     """The faster of MIC(0) and IC(0) on each system of a symmetric A with a positive diagonal, decided cheaply: the
     classical fallback of a learned factor.
 
-    MIC(0) is the stronger factor on diffusion-like M-matrices (0.2-0.6x IC(0)'s iterations on smooth, i.i.d.
+    MIC(0) is the stronger factor on diffusion-like M-matrices (fewer iterations than IC(0) on smooth, i.i.d.
     lognormal and anisotropic diffusion), but it breaks down outside M-matrices and is poor where its row-sum
-    compensation meets tiny pivots: high-contrast channels (1.3-3.2x IC(0)'s iterations at 256^2, pivot ratios
-    L_ii^2 / a_ii down to 2e-6) and graph Laplacians (1.3-3.9x). The rule, per system:
+    compensation meets tiny pivots (pivot ratios L_ii^2 / a_ii far below 1): high-contrast channels and graph
+    Laplacians, where it needs more iterations than IC(0). The rule, per system:
 
     - MIC(0) breaks down (or A is not SPD-like): IC(0) (with the automatic diagonal shift where it breaks down too);
     - every pivot ratio of MIC(0) >= ``MIC0_SAFE_PIVOT`` (1e-2): MIC(0), no race;
@@ -211,11 +211,8 @@ def fastest_factor(A: SparseMatrix, *, b: Tensor | None = None, mic: LLT | None 
       ``MIC0_RACE_RATIO`` (0.5) of the A-norm error energy IC(0) removed, IC(0) where it removed less or broke down.
 
     Why a ratio and not "MIC(0) must win": MIC(0) starts slower than IC(0) (its largest eigenvalues are larger) and
-    overtakes it later; where its tiny pivots hurt, it falls behind by orders of magnitude. Measured after 6 steps on
-    a random b (energy ratio MIC(0) / IC(0), final iterations MIC(0) vs IC(0)): i.i.d. lognormal 256^2 0.70 (131 vs
-    362), diffusion 256^2 0.95 (74 vs 231), channels 64^2 0.57 (132 vs 152); channels 256^2 0.02 (883 vs 724), graph
-    Laplacian 256^2 0.04 (825 vs 200). A strict 6-step race picked IC(0) on all five, wrongly on the first three; a
-    graph Laplacian of 4,096 nodes (0.72; 68 vs 54) is the one miss of the ratio rule there.
+    overtakes it later; where its tiny pivots hurt, it falls behind by orders of magnitude. The measured energy ratios
+    and iteration counts behind the rule: docs/benchmarks/neural-if/light_network.md ("The fallback").
 
     ``mic``: a MIC(0) factor of A already built (e.g. a learned factor's base; shifted ones are not reused).
     Cost: MIC(0)'s setup (none when given), and where the pivots are small IC(0)'s setup + 2 x ``steps`` PCG
