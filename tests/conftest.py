@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,37 @@ import scipy.sparse as sp
 import torch
 
 SHARED_MATRICES = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "matrices"
+# one epoch on 4 systems of 8x8, no logger, no plots, no final table: a checkpoint to evaluate, export or tune
+TINY_TRAIN = ["trainer.max_epochs=1", "data.size=8", "data.num_train=4", "data.num_val=2", "data.num_test=2",
+              "data.batch_size=2", "data.progress=false", "trainer.enable_progress_bar=false", "logger=none",
+              "callbacks.convergence_curves.every_n_epochs=0", "callbacks.gradient_quality.every_n_epochs=0",
+              "report=false", "test=false"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(model, *overrides)``: the ``last.ckpt`` of ``python train.py model=MODEL TINY_TRAIN
+    OVERRIDES``, trained once per test session and shared by the xdist workers (a lock file guards the training).
+    Tests read it; one that changes a checkpoint copies it first."""
+    from filelock import FileLock
+
+    from .cli_runner import run_cli
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder under xdist
+
+    def make(model: str, *overrides: str) -> Path:
+        key = hashlib.sha1(repr((model, overrides)).encode()).hexdigest()[:10]
+        root = shared / f"tiny_ckpt_{model}_{key}"
+        ckpt = root / "run" / "checkpoints" / "last.ckpt"
+        with FileLock(f"{root}.lock"):
+            if not ckpt.is_file():
+                out = run_cli("train", f"model={model}", *TINY_TRAIN, *overrides, f"paths.root_dir={root}",
+                              f"hydra.run.dir={root / 'run'}")
+                assert out.returncode == 0, out.stderr[-3000:]
+        return ckpt
+
+    return make
 
 
 def diffusion2d(m: int, seed: int = 0, contrast: float = 1.0) -> sp.csr_matrix:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,36 +20,22 @@ from learnsolve.evaluation import BASELINES, PRECONDITIONERS, evaluate_matrix, e
 from learnsolve.linalg.preconditioners.multigrid import from_pyamg
 from learnsolve.models import LowRankPreconditioner
 
+from .cli_runner import run_cli
 from .conftest import SHARED_MATRICES, convdiff2d, diffusion2d
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["trainer.max_epochs=1", "data.size=8", "data.num_train=4", "data.num_val=2", "data.num_test=2",
-              "data.batch_size=2", "data.progress=false", "trainer.enable_progress_bar=false", "logger=none",
-              "callbacks.convergence_curves.every_n_epochs=0", "callbacks.gradient_quality.every_n_epochs=0",
-              "report=false", "test=false"]
 RTOLS = (1e-6, 1e-8)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _train(root: Path, model: str) -> Path:
-    run = root / f"train_{model}"
-    cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", *TINY_TRAIN, f"paths.root_dir={root}",
-           f"hydra.run.dir={run}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=ENV)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
+@pytest.fixture
+def ckpt(tiny_checkpoint) -> Path:
     """A tiny trained neural_if checkpoint (a learned linear SPD preconditioner)."""
-    return _train(tmp_path_factory.mktemp("ckpt"), "neural_if")
+    return tiny_checkpoint("neural_if")
 
 
-def evaluate_cli(out: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), f"hydra.run.dir={out}", "repeats=1",
-           "progress=false", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=ENV)
+def evaluate_cli(out: Path, *overrides: str):
+    """``python scripts/evaluate.py hydra.run.dir=OUT repeats=1 progress=false OVERRIDES``, in this process."""
+    return run_cli("evaluate", f"hydra.run.dir={out}", "repeats=1", "progress=false", *overrides)
 
 
 def _results(out: Path) -> list[dict]:
@@ -266,8 +249,8 @@ def test_bad_arguments_exit_2(tmp_path):
     assert res.returncode == 2 and "no_such_suite" in res.stderr
 
 
-def test_surrogate_checkpoint_is_evaluated_on_its_test_set(tmp_path):
-    ckpt = _train(tmp_path, "physics_nn")
+def test_surrogate_checkpoint_is_evaluated_on_its_test_set(tiny_checkpoint, tmp_path):
+    ckpt = tiny_checkpoint("physics_nn")
     out = tmp_path / "eval"
     res = evaluate_cli(out, f"ckpt_path={ckpt}", "benchmark=pyamg")
     assert res.returncode == 0, res.stderr[-3000:]
