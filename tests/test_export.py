@@ -38,40 +38,24 @@ from learnsolve.models.base import LearnedModel, ProgramModule, ProgramSpec
 from learnsolve.models.checkpoint import load_model as load_checkpoint
 from learnsolve.nn.features import diagonal
 
+from .cli_runner import run_cli
 from .conftest import SHARED_MATRICES, convdiff2d, diffusion2d
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["trainer.max_epochs=1", "data.size=8", "data.num_train=4", "data.num_val=2", "data.num_test=2",
-              "data.batch_size=2", "data.progress=false", "trainer.enable_progress_bar=false", "logger=none",
-              "callbacks.convergence_curves.every_n_epochs=0", "callbacks.gradient_quality.every_n_epochs=0",
-              "report=false", "test=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 MODELS = ("neural_if", "lowrank_precond", "gnn_solver")
 RTOL = 1e-8
 
 
 # ------------------------------------------------------------------------------------------------
-# fixtures: three tiny checkpoints (trained in parallel), matrices, exported folders
+# fixtures: three tiny checkpoints (shared by the session), matrices, exported folders
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ckpts")
-    procs = {}
-    for model in MODELS:
-        run = root / f"train_{model}"
-        # gnn_solver's nonlinear (per-iteration) form; lowrank_precond's forward side (M = D + U U^T per matrix)
-        mode = {"gnn_solver": ["model.net.mode=fcg"], "lowrank_precond": ["model.net.side=forward"]}.get(model, [])
-        cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", *mode, *TINY_TRAIN, f"paths.root_dir={root}",
-               f"paths.data_dir={root / f'data_{model}'}", f"hydra.run.dir={run}"]
-        procs[model] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV),
-                        run / "checkpoints" / "last.ckpt")
-    out = {}
-    for model, (p, ckpt) in procs.items():
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-        out[model] = ckpt
-    return out
+def ckpts(tiny_checkpoint) -> dict[str, Path]:
+    # gnn_solver's nonlinear (per-iteration) form; lowrank_precond's forward side (M = D + U U^T per matrix)
+    mode = {"gnn_solver": ["model.net.mode=fcg"], "lowrank_precond": ["model.net.side=forward"]}
+    return {model: tiny_checkpoint(model, *mode.get(model, [])) for model in MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +79,9 @@ def mats(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def export_cli_run(*overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "scripts" / "export.py"), *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=ENV, cwd=ROOT)
+def export_cli_run(*overrides: str):
+    """``python scripts/export.py OVERRIDES`` from the repository root, in this process."""
+    return run_cli("export", *overrides, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
