@@ -66,3 +66,15 @@ def run_cli(tool: str, *args, cwd=None) -> SimpleNamespace:
             else:
                 os.environ[k] = v
     return SimpleNamespace(returncode=int(code), stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (its ``main(argv)`` runs in this process)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -12,6 +12,8 @@ import pytest
 
 from learnsolve.evaluation.gradients import memory_point, quality_study
 
+from .cli_runner import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,14 +57,17 @@ def test_memory_point_implicit_flat_unrolled_linear():
     assert unr[1]["saved_mb"] > 6 * unr[0]["saved_mb"]
 
 
-def test_script_writes_tables_and_plots(tmp_path):
-    out = tmp_path / "g"
-    cmd = [sys.executable, str(ROOT / "scripts" / "gradient_quality.py"), "--study", "both", "--out", str(out),
-           "--sizes", "6", "--sigma2", "1", "--truncate", "1", "--draws", "4", "--rhs", "4", "--directions", "2",
-           "--repeats", "1", "--n", "400", "--iters", "5", "20", "--modes", "implicit", "unrolled"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                         check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
+def _run_script(out, study, iters, cwd, monkeypatch):
+    """``scripts/gradient_quality.py`` on tiny problems, in this process (the memory points still run in child
+    processes, each measuring its own peak)."""
+    monkeypatch.chdir(cwd)
+    argv = ["--study", study, "--out", str(out), "--sizes", "6", "--sigma2", "1", "--truncate", "1", "--draws", "4",
+            "--rhs", "4", "--directions", "2", "--repeats", "1", "--n", "400", "--iters", *map(str, iters),
+            "--modes", "implicit", "unrolled"]
+    assert load_script("gradient_quality").main(argv) == 0
+
+
+def _check_script_outputs(out, iters):
     for name in ("quality.csv", "quality.md", "quality.json", "quality.png", "memory.csv", "memory.md",
                  "memory.json", "memory.png"):
         assert (out / name).stat().st_size > 0, name
@@ -70,12 +75,28 @@ def test_script_writes_tables_and_plots(tmp_path):
     assert {r["mode"] for r in q} == {"implicit", "unrolled", "truncated", "stochastic"}
     assert float(next(r for r in q if r["mode"] == "implicit")["err_exact"]) < 1e-8
     mem = json.loads((out / "memory.json").read_text())["rows"]
-    assert [(r["iters"], r["mode"]) for r in mem] == [(5, "implicit"), (5, "unrolled"), (20, "implicit"),
-                                                       (20, "unrolled")]
+    assert [(r["iters"], r["mode"]) for r in mem] == [(k, m) for k in iters for m in ("implicit", "unrolled")]
     assert not list(out.glob(".*tmp*"))  # no temporary files left behind
 
 
+def test_script_writes_tables_and_plots(tmp_path, monkeypatch):
+    """One memory size (the slow twin below measures two, through the script as a program)."""
+    _run_script(tmp_path / "g", "both", [5], tmp_path, monkeypatch)
+    _check_script_outputs(tmp_path / "g", [5])
+
+
+@pytest.mark.slow
+def test_script_writes_tables_and_plots_two_memory_sizes(tmp_path):
+    out = tmp_path / "g"
+    cmd = [sys.executable, str(ROOT / "scripts" / "gradient_quality.py"), "--study", "both", "--out", str(out),
+           "--sizes", "6", "--sigma2", "1", "--truncate", "1", "--draws", "4", "--rhs", "4", "--directions", "2",
+           "--repeats", "1", "--n", "400", "--iters", "5", "20", "--modes", "implicit", "unrolled"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _check_script_outputs(out, [5, 20])
+
+
 def test_script_refuses_bad_arguments(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gradient_quality.py"), "--sample", "1.5",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
-    assert res.returncode != 0 and "--sample must lie in (0, 1]" in res.stderr
+    with pytest.raises(SystemExit) as e:
+        load_script("gradient_quality").main(["--sample", "1.5", "--out", str(tmp_path)])
+    assert "--sample must lie in (0, 1]" in str(e.value.code)
