@@ -43,7 +43,13 @@ from ..operators.base import DenseOperator, LinearOperator
 from ..operators.convert import as_operator
 from ..operators.layout import canonicalize
 from ..operators.sparse import SparseMatrix
-from ..operators.validate import validate_system, validate_tolerances
+from ..operators.validate import (
+    MAXITER_CAP,
+    validate_count,
+    validate_system,
+    validate_tolerances,
+    validate_x0,
+)
 from ..preconditioners.classical import resolve_preconditioner
 from ..solvers.direct import factorize
 from ..solvers.krylov import METHOD_OPTIONS, METHODS, SolveInfo, _run_method, default_maxiter, default_rtol
@@ -169,14 +175,19 @@ class _Spec:
                 if self._T is not None:
                     self._T.factor, self._T.transposed_factor = self.factor, True
             X = self.factor.solve(Bm, transpose=self.transposed_factor)
-            info = _direct_info(op, X, Bm, self.rtol, self.atol)
+            sc = _Scale(op, Bm, self.atol)  # the residual check in range (b ~ 1e-300 must not pass as 0)
+            info = sc.info(_direct_info(op, sc.down(X), sc.down(Bm), self.rtol, sc.atol))
         else:
             X0 = self.x0
             if self.warm_start and self._last is not None and self._last.shape == Bm.shape:
                 r0 = (Bm - op.mv(self._last)).norm()
                 X0 = self._last if bool(r0 < Bm.norm()) else X0
             M = None if self.precond is None else self.precond.apply
-            X, info = _run_method(self.method, op, Bm, M, X0, self.rtol, self.atol, self.maxiter, **self.options)
+            sc = _Scale(op, Bm, self.atol)
+            X, info = _run_method(self.method, op, sc.down(Bm), M, sc.down(X0), self.rtol, sc.atol, self.maxiter,
+                                  **self.options)
+            X = sc.up(X)
+            info = _finite_only(sc.info(info), X, op.reducer())
             if self.warm_start:
                 self._last = X.detach()
         self.iterations = info.niter
@@ -185,6 +196,59 @@ class _Spec:
             self.sink(info)
         _check(info, self.on_fail, self.label)
         return X, info
+
+
+def _sysmax(T: Tensor, red) -> Tensor:
+    """max |T| per system of a canonical (B, n, k) block: (B, G, k), NaN where the system holds a NaN."""
+    if red.G == 1:
+        return torch.linalg.vector_norm(T.detach(), float("inf"), dim=1, keepdim=True)
+    m = torch.segment_reduce(T.detach().abs().movedim(1, 0), "max", lengths=red.lengths, axis=0)
+    return m.movedim(0, 1).clamp_min(0)  # an empty block: -inf -> 0
+
+
+class _Scale:
+    """Power-of-two scaling of each system's right-hand side to max |b| in [0.5, 1), applied when some system's
+    max |b| lies outside [tiny^(1/4), max^(1/4)] of its dtype (float64: 1e-77..1e77). There the methods' squared
+    norms overflow or underflow: a b of 1e160 was 'converged' at x = 0 (tolerance inf), one of 1e-160 stopped on a
+    residual that underflowed to 0. A power of two changes no digit, so the scaled solve is the unscaled one's to
+    the last bit wherever that did not overflow; in range this costs one max-reduction pass and changes nothing.
+    ``atol`` becomes ``atol / max(scale)`` (each system's absolute tolerance at most the one asked for)."""
+
+    def __init__(self, op: LinearOperator, Bm: Tensor, atol: float):
+        self.atol, self.s, self.rows, self._atol = atol, None, None, atol
+        red = op.reducer()
+        m = _sysmax(Bm, red)
+        fi = torch.finfo(Bm.dtype)
+        if not bool(((m > 0) & ((m < fi.tiny ** 0.25) | (m > fi.max ** 0.25))).any()):
+            return
+        self.s = torch.ldexp(torch.ones_like(m), torch.frexp(m).exponent)  # 2^e with m = f 2^e, f in [0.5, 1)
+        self.rows = red.expand(self.s)
+        self.atol = atol / float(self.s.max())
+
+    def down(self, T: Tensor | None) -> Tensor | None:
+        return T if self.rows is None or T is None else T / self.rows
+
+    def up(self, X: Tensor) -> Tensor:
+        return X if self.rows is None else X * self.rows
+
+    def info(self, info: SolveInfo) -> SolveInfo:
+        """The report in the caller's units (residuals and ||b|| times the scale, the atol asked for)."""
+        if self.s is None:
+            return info
+        return replace(info, residual_history=info.residual_history * self.s, b_norm=info.b_norm * self.s,
+                       atol=self._atol)
+
+
+def _finite_only(info: SolveInfo, X: Tensor, red) -> SolveInfo:
+    """A system whose x holds NaN/Inf has not converged, whatever its residual recursion said (MINRES on an A of
+    1e-200 reported convergence with x = inf)."""
+    ok = torch.isfinite(_sysmax(X, red))
+    bad = info.converged & ~ok
+    if not bool(bad.any()):
+        return info
+    mask = bad if info.breakdown_mask is None else info.breakdown_mask | bad
+    return replace(info, converged=info.converged & ok, breakdown_mask=mask,
+                   breakdown=info.breakdown or "x overflowed to NaN/Inf (A or b badly scaled, or A singular)")
 
 
 def _trivial_info(method, Bm, op, rtol, atol) -> SolveInfo:
@@ -305,6 +369,21 @@ def _sampled_adjoint(tspec: _Spec, opT: LinearOperator, G: Tensor, opts: Adjoint
     return _ImplicitSolve.apply(sub, (G * red.expand(w)).contiguous(), *opT.params())
 
 
+def _adjoint_options(adjoint) -> AdjointOptions:
+    """``adjoint=`` as checked AdjointOptions (a dict is converted; its tolerances and maxiter validated)."""
+    if adjoint is None:
+        return AdjointOptions()
+    if isinstance(adjoint, dict):
+        try:
+            adjoint = AdjointOptions(**adjoint)
+        except TypeError as e:
+            raise TypeError(f"adjoint: {e}; its keys are those of AdjointOptions") from None
+    if not isinstance(adjoint, AdjointOptions):
+        raise TypeError(f"adjoint must be None, a dict or an AdjointOptions, got {type(adjoint).__name__}")
+    validate_tolerances(adjoint.rtol, adjoint.atol, "adjoint ")
+    return replace(adjoint, maxiter=validate_count(adjoint.maxiter, "adjoint maxiter", 0, MAXITER_CAP))
+
+
 def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = None, atol: float = 0.0,
           maxiter: int | None = None, x0: Tensor | None = None, backward: str = "implicit",
           unroll_steps: int | None = None, adjoint: AdjointOptions | dict | None = None, on_fail: str = "raise",
@@ -379,21 +458,19 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         raise ValueError(f"unknown backward mode {backward!r}; choose one of {', '.join(BACKWARD_MODES)}")
     if on_fail not in ON_FAIL:
         raise ValueError(f"on_fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
-    if backward == "truncated" and (unroll_steps is None or int(unroll_steps) < 1):
+    if backward == "truncated" and validate_count(unroll_steps, "unroll_steps", 1) is None:
         raise ValueError("backward='truncated' needs unroll_steps >= 1")
     validate_system(op, b)
     validate_tolerances(rtol, atol)
+    maxiter = validate_count(maxiter, "maxiter", 0, MAXITER_CAP)
     n = op.shape[0]
     nblocks = None if op.blocks is None else op.blocks.numel() - 1
     Bm, layout = canonicalize(b, n, op.batch_size, nblocks)
     X0 = None
     if x0 is not None:
-        if x0.shape != b.shape:
-            raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected b's shape {tuple(b.shape)}")
+        validate_x0(x0, b)
         X0 = canonicalize(x0.detach(), n, op.batch_size, nblocks, name="x0")[0]
-    if isinstance(adjoint, dict):
-        adjoint = AdjointOptions(**adjoint)
-    adjoint = adjoint or AdjointOptions()
+    adjoint = _adjoint_options(adjoint)
     if adjoint.method is not None and adjoint.method not in ALL_METHODS:
         raise ValueError(f"unknown adjoint method {adjoint.method!r}; choose one of {', '.join(ALL_METHODS)}")
     M = resolve_preconditioner(precond, op) if method != "direct" else None
@@ -403,8 +480,9 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for method {method!r}; it takes {list(allowed) or 'none'}")
+    options = {k: validate_count(v, k, 1, optional=False) for k, v in options.items()}  # restart, truncation
     rtol_ = default_rtol(b.dtype) if rtol is None else float(rtol)
-    maxiter_ = default_maxiter(method, n) if maxiter is None else int(maxiter)
+    maxiter_ = default_maxiter(method, n) if maxiter is None else maxiter
     forward_info: list[SolveInfo] = []
 
     def reshape(info: SolveInfo) -> SolveInfo:
@@ -452,8 +530,11 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
 def _unrolled(spec: _Spec, op: LinearOperator, Bm: Tensor):
     """Run the method with autograd recording every iteration."""
     M = None if spec.precond is None else spec.precond.apply
-    X, info = _run_method(spec.method, op, Bm, M, spec.x0, spec.rtol, spec.atol, spec.maxiter, **spec.options)
-    info = spec.reshape(info)
+    sc = _Scale(op, Bm, spec.atol)
+    X, info = _run_method(spec.method, op, sc.down(Bm), M, sc.down(spec.x0), spec.rtol, sc.atol, spec.maxiter,
+                          **spec.options)
+    X = sc.up(X)
+    info = spec.reshape(_finite_only(sc.info(info), X, op.reducer()))
     spec.sink(info)
     _check(info, spec.on_fail, "forward")
     return X, info
@@ -462,20 +543,22 @@ def _unrolled(spec: _Spec, op: LinearOperator, Bm: Tensor):
 def _truncated(spec: _Spec, op: LinearOperator, Bm: Tensor, k: int) -> Tensor:
     """Converged solution, gradient of the last k iterations restarted from the detached x_{N-k}."""
     snaps: deque = deque(maxlen=k + 1)
-    snaps.append((0, spec.x0 if spec.x0 is not None else torch.zeros_like(Bm)))
+    sc = _Scale(op, Bm, spec.atol)  # the iterations run on the scaled block; Xf, Xt are scaled back at the end
+    Bm, x0 = sc.down(Bm), sc.down(spec.x0)
+    snaps.append((0, x0 if x0 is not None else torch.zeros_like(Bm)))
     M = None if spec.precond is None else spec.precond.apply
     with torch.no_grad():
         opd = op.with_params([p.detach() for p in op.params()])
-        Xf, info = _run_method(spec.method, opd, Bm.detach(), M, spec.x0, spec.rtol, spec.atol, spec.maxiter,
+        Xf, info = _run_method(spec.method, opd, Bm.detach(), M, x0, spec.rtol, sc.atol, spec.maxiter,
                               callback=lambda X, it: snaps.append((it, X.clone())), **spec.options)
-    info = spec.reshape(info)
+    info = spec.reshape(_finite_only(sc.info(info), sc.up(Xf), op.reducer()))
     spec.sink(info)
     _check(info, spec.on_fail, "forward")
     N = info.niter
     it0, Xs = max((s for s in snaps if s[0] <= max(N - k, 0)), key=lambda s: s[0], default=snaps[0])
     steps = max(N - it0, 1)
-    Xt, _ = _run_method(spec.method, op, Bm, M, Xs.detach(), spec.rtol, spec.atol, steps, **spec.options)
-    return Xf + (Xt - Xt.detach())
+    Xt, _ = _run_method(spec.method, op, Bm, M, Xs.detach(), spec.rtol, sc.atol, steps, **spec.options)
+    return sc.up(Xf + (Xt - Xt.detach()))
 
 
 __all__ = ["AdjointOptions", "ConvergenceError", "ConvergenceWarning", "solve"]

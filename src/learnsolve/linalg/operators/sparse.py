@@ -124,6 +124,21 @@ class CSRPattern:
             and torch.equal(self.crow.long(), other.crow.long()) and torch.equal(self.col.long(), other.col.long()))
 
 
+def _check_scipy_indices(m) -> None:
+    """ValueError for a scipy sparse matrix whose stored indices fall outside its shape (or whose index pointer
+    is not monotone): scipy checks them on construction only, and its C++ conversions trust them."""
+    try:
+        if m.format in ("csr", "csc", "bsr"):
+            m.check_format(full_check=True)
+        elif m.format == "coo" and m.nnz:
+            rc = (m.row, m.col) if hasattr(m, "row") else tuple(m.coords)
+            if min(int(rc[0].min()), int(rc[1].min())) < 0 or int(rc[0].max()) >= m.shape[0] \
+                    or int(rc[1].max()) >= m.shape[1]:
+                raise ValueError(f"an index lies outside the shape {m.shape}")
+    except ValueError as e:
+        raise ValueError(f"malformed scipy sparse {m.format} matrix: {e}") from None
+
+
 def values_version(v: Tensor) -> tuple:
     """Identity and in-place version of a values tensor: caches derived from it compare this key (inference
     tensors have no version counter; they are only writable inside inference_mode)."""
@@ -253,10 +268,15 @@ class SparseMatrix(LinearOperator):
             ValueError: mismatched lengths, indices out of range, or duplicates with ``sum_duplicates=False``.
         """
         n, m = (shape, shape) if isinstance(shape, int) else (int(shape[0]), int(shape[1]))
+        if n < 0 or m < 0:
+            raise ValueError(f"shape must be non-negative, got ({n}, {m})")
         row = torch.as_tensor(row)
         col = torch.as_tensor(col)
         if row.ndim != 1 or col.ndim != 1 or row.numel() != col.numel():
             raise ValueError(f"row and col must be 1-D of equal length, got {tuple(row.shape)} and {tuple(col.shape)}")
+        if any(t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool for t in (row, col)):
+            raise TypeError(f"row and col must be integer index tensors, got {row.dtype} and {col.dtype} (a float "
+                            "index such as 1.5 would be truncated)")
         if values.shape[-1] != row.numel() or values.ndim not in (1, 2):
             raise ValueError(f"values must have shape ({row.numel()},) or (B, {row.numel()}), "
                              f"got {tuple(values.shape)}")
@@ -296,6 +316,7 @@ class SparseMatrix(LinearOperator):
 
         if not sp.issparse(m):
             raise TypeError(f"from_scipy expects a scipy.sparse matrix, got {type(m).__name__}")
+        _check_scipy_indices(m)  # scipy's own conversions index memory with them unchecked
         csr = sp.csr_matrix(m, copy=True)
         csr.sum_duplicates()
         csr.sort_indices()
@@ -318,13 +339,29 @@ class SparseMatrix(LinearOperator):
             ValueError: a batched (3-D) sparse tensor.
         """
         if t.layout == torch.sparse_csr:
-            if t.ndim != 2:
-                raise ValueError("batched torch CSR tensors: use SparseMatrix.from_coo with (B, nnz) values")
-            return cls(CSRPattern(t.crow_indices(), t.col_indices(), tuple(t.shape)), t.values())
+            if t.ndim != 2 or t.values().ndim != 1:
+                raise ValueError("batched or hybrid torch CSR tensors: use SparseMatrix.from_coo with (B, nnz) values")
+            n, m = t.shape
+            crow, col = t.crow_indices().long(), t.col_indices().long()
+            # torch builds CSR tensors without checking them: refuse what would index out of bounds
+            if (crow.numel() != n + 1 or int(crow[0]) != 0 or int(crow[-1]) != col.numel()
+                    or bool((crow[1:] < crow[:-1]).any()) or (col.numel() and (int(col.min()) < 0
+                                                                               or int(col.max()) >= m))):
+                raise ValueError(f"malformed torch CSR tensor of shape ({n}, {m}): crow_indices must rise from 0 "
+                                 f"to nnz = {col.numel()} and col_indices lie in [0, {m})")
+            row = torch.repeat_interleave(torch.arange(n, device=crow.device), crow[1:] - crow[:-1])
+            key = row * m + col
+            if key.numel() > 1 and not bool((key[1:] > key[:-1]).all()):  # unsorted or repeated columns
+                return cls.from_coo(row, col, t.values(), (n, m))
+            return cls(CSRPattern(crow, col, (n, m)), t.values())
         if t.layout == torch.sparse_coo:
+            if t.sparse_dim() != 2 or t.dense_dim() != 0:
+                raise ValueError(f"only 2-D torch sparse COO tensors are supported, got sparse_dim {t.sparse_dim()} "
+                                 f"and dense_dim {t.dense_dim()}")
+            i = t._indices()  # checked before coalesce(), which writes out of bounds on a bad index
+            if i.numel() and (int(i.min()) < 0 or int(i[0].max()) >= t.shape[0] or int(i[1].max()) >= t.shape[1]):
+                raise ValueError(f"torch sparse COO tensor has indices out of range for its shape {tuple(t.shape)}")
             t = t.coalesce()
-            if t.ndim != 2:
-                raise ValueError("only 2-D torch sparse COO tensors are supported")
             i = t.indices()
             return cls.from_coo(i[0], i[1], t.values(), tuple(t.shape))
         raise TypeError(f"unsupported tensor layout {t.layout}")
