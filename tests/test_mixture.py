@@ -5,8 +5,6 @@ cache reused, DDP sharding, conf/data/mixed.yaml, and `python train.py model=neu
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,6 +29,8 @@ from learnsolve.training.datamodule import (
     apportion,
     parse_mixture,
 )
+
+from .cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,10 +204,10 @@ def test_the_mixed_config_spd_families_of_500_to_5000_unknowns(tmp_path):
 
 
 def test_train_neural_if_on_the_mixture_end_to_end(tmp_path):
-    cmd = [sys.executable, str(ROOT / "train.py"), "model=neural_if", "data=mixed", f"paths.root_dir={tmp_path}",
-           "data.num_train=6", "data.num_val=6", "data.num_test=6", "data.batch_size=3", "data.progress=false",
-           "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none", "report=false"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    out = run_cli("train", "model=neural_if", "data=mixed", f"paths.root_dir={tmp_path}", "data.num_train=6",
+                  "data.num_val=6", "data.num_test=6", "data.batch_size=3", "data.progress=false",
+                  "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none", "report=false",
+                  cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test/iters" in out.stdout
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
