@@ -4,9 +4,6 @@ systems, gradients, the safeguard, the exported program, and a short training wh
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +15,7 @@ from learnsolve.linalg.preconditioners.multigrid import build_multigrid
 from learnsolve.models import GNNSolver
 from learnsolve.models.base import system_matrix
 
-ROOT = Path(__file__).resolve().parents[1]
+from .cli_runner import run_cli
 
 
 def _batch(size, seeds, family="diffusion2d"):
@@ -161,12 +158,11 @@ def test_exported_weights_program_matches_the_model():
 
 def test_short_training_does_not_raise_validation_iterations(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={tmp_path}", f"hydra.run.dir={run}",
-           "data.size=24", "data.num_train=16", "data.num_val=4", "data.num_test=2", "data.batch_size=4",
-           "data.progress=false", "trainer.enable_progress_bar=false", "trainer.max_epochs=5", "logger=csv",
-           "callbacks.convergence_curves.every_n_epochs=0", "callbacks.gradient_quality.every_n_epochs=0",
-           "report=false", "test=false"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    out = run_cli("train", f"paths.root_dir={tmp_path}", f"hydra.run.dir={run}", "data.size=24", "data.num_train=16",
+                  "data.num_val=4", "data.num_test=2", "data.batch_size=4", "data.progress=false",
+                  "trainer.enable_progress_bar=false", "trainer.max_epochs=5", "logger=csv",
+                  "callbacks.convergence_curves.every_n_epochs=0", "callbacks.gradient_quality.every_n_epochs=0",
+                  "report=false", "test=false")
     assert out.returncode == 0, out.stderr[-3000:]
     (metrics,) = run.glob("csv/*/metrics.csv")
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("val/iters")]
