@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,19 +32,8 @@ REQUIRED = ("model", "family", "size", "n", "gain_iters", "gain_time", "edge_ite
 SURROGATE = ROOT / "tests" / "fixtures" / "checkpoints" / "pre_house_physics_nn.ckpt"
 
 
-def _train_neural_if(root: Path) -> Path:
-    """A neural_if on IC(0) trained for 2 steps on 8x8 grids (its untrained start is IC(0) exactly)."""
-    run = root / "train"
-    cmd = [sys.executable, str(ROOT / "train.py"), "model=neural_if", "model.net.base=ic0", "model.net.hidden=4",
-           "model.net.layers=1", "trainer.max_steps=2", "trainer.max_epochs=1", "data.size=8", "data.num_train=4",
-           "data.num_val=2", "data.num_test=2", "data.batch_size=2", "data.progress=false",
-           "trainer.enable_progress_bar=false", "logger=none", "callbacks.convergence_curves.every_n_epochs=0",
-           "callbacks.gradient_quality.every_n_epochs=0", "report=false", "test=false", f"paths.root_dir={root}",
-           f"hydra.run.dir={run}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run / "checkpoints" / "last.ckpt"
+# a neural_if on IC(0) trained for 2 steps on 8x8 grids (its untrained start is IC(0) exactly)
+NEURAL_IF_IC0 = ("model.net.base=ic0", "model.net.hidden=4", "model.net.layers=1", "trainer.max_steps=2")
 
 
 def _csv(path: Path) -> list[dict]:
@@ -117,8 +104,8 @@ def test_classical_only_quick(tmp_path, capsys):
     assert "| (classical only) | graph_laplacian | 32 | 1024 |" in printed
 
 
-def test_checkpoints_quick_against_references(tmp_path, capsys):
-    ckpt = _train_neural_if(tmp_path)
+def test_checkpoints_quick_against_references(tiny_checkpoint, tmp_path, capsys):
+    ckpt = tiny_checkpoint("neural_if", *NEURAL_IF_IC0)
     out = tmp_path / "bench"
     baselines = ["ic0", "mic0", "amg_sa"]  # the whole registry runs in test_classical_only_quick
     assert blg.main([f"ckpt_path=[{ckpt},{SURROGATE}]", "quick=true", f"baselines=[{','.join(baselines)}]",

@@ -6,28 +6,31 @@ from pathlib import Path
 
 import pytest
 
+from .cli_runner import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("family", ["poisson2d", "fem_poisson"])
 def test_generate_builds_then_reuses_caches(tmp_path, family):
     size = "6" if family == "poisson2d" else "60"
-    cmd = [sys.executable, str(ROOT / "scripts" / "generate_data.py"), f"data={family}", f"data.size={size}",
-           "data.num_train=3", "data.num_val=1", "data.num_test=1", "data.extra_test_sizes=[]",
-           f"paths.data_dir={tmp_path / 'd'}", f"hydra.run.dir={tmp_path / 'out'}", "data.progress=false"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    args = [f"data={family}", f"data.size={size}", "data.num_train=3", "data.num_val=1", "data.num_test=1",
+            "data.extra_test_sizes=[]", f"paths.data_dir={tmp_path / 'd'}", f"hydra.run.dir={tmp_path / 'out'}",
+            "data.progress=false"]
+    out = run_cli("generate", *args)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"{family} datasets" in out.stdout and "train" in out.stdout
     folders = sorted((tmp_path / "d" / family).iterdir())
     assert len(folders) == 3  # train, val, test: different seeds -> different caches
     assert all((f / "systems.pt").exists() and (f / "meta.json").exists() for f in folders)
     mtimes = [(f / "systems.pt").stat().st_mtime_ns for f in folders]
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    again = run_cli("generate", *args)
     assert again.returncode == 0
     assert [(f / "systems.pt").stat().st_mtime_ns for f in folders] == mtimes  # loaded, not regenerated
 
 
 def test_generate_rejects_unknown_family(tmp_path):
+    """Through scripts/generate_data.py as a program (its one run in a subprocess)."""
     cmd = [sys.executable, str(ROOT / "scripts" / "generate_data.py"), "data=poisson2d", "data.family=nope",
            f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
