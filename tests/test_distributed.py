@@ -1,8 +1,7 @@
 """DDP on CPU (gloo) through the CLI, and Hydra/Optuna sweeps, end to end on tiny data.
 
-Every CLI run here starts fresh Python processes (about 10 s each on 2 cores), so the file keeps to
-four runs for DDP and two small sweeps.
-"""
+The DDP run starts fresh Python processes (its ranks); the one-process reference and the sweeps run in this
+process (tests/cli_runner.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from .cli_runner import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.size=8", "data.num_val=4", "data.num_test=2", "data.progress=false",
         "trainer.enable_progress_bar=false"]
@@ -23,11 +24,14 @@ SWEEP = [*TINY, "data.num_train=4", "data.batch_size=2", "trainer.max_epochs=1",
          "hydra.sweeper.n_trials=3"]
 
 
-def run_train(tmp_path, *overrides, flags=(), timeout=600):
+def run_train(tmp_path, *overrides, flags=(), process=False):
+    """``python train.py FLAGS paths.root_dir=TMP TINY OVERRIDES`` from TMP: in this process, or as a program."""
+    if not process:
+        return run_cli("train", *flags, f"paths.root_dir={tmp_path}", *TINY, *overrides, cwd=tmp_path)
     cmd = [sys.executable, str(ROOT / "train.py"), *flags, f"paths.root_dir={tmp_path}",
            *TINY, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=tmp_path, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path, env=env)
 
 
 def _best_score(ckpt: dict) -> float:
@@ -46,7 +50,7 @@ def test_ddp_cpu_two_processes_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     out1 = run_train(tmp_path, *common, f"hydra.run.dir={one}", "logger=csv")
     assert out1.returncode == 0, out1.stderr[-3000:]
-    out2 = run_train(tmp_path, *common, "trainer=ddp_cpu", f"hydra.run.dir={two}")
+    out2 = run_train(tmp_path, *common, "trainer=ddp_cpu", f"hydra.run.dir={two}", process=True)
     assert out2.returncode == 0, out2.stderr[-3000:]
     assert out2.stdout.count("ratio to IC(0)") == 1  # the evaluation table, from rank zero only
     assert len(list((two / "wandb").glob("offline-run-*"))) == 1
