@@ -1,7 +1,8 @@
 """Hydra configuration: what `conf/` composes to (data families on a shared base, run folders named by
 task_name, the debug/ and experiment/ groups, the W&B sweep files), through Hydra's compose API.
 
-Two end-to-end runs at the end (about 10 s each): `debug=default` and the benchmark experiment for one step."""
+Two end-to-end runs at the end: `debug=default` through train.py as a program, and the benchmark experiment for one
+step in process."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from omegaconf import OmegaConf
 
 from learnsolve.cli._hydra import CONF_DIR
 from learnsolve.data import GENERATORS
+
+from .cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONF_DIR)
@@ -213,6 +216,7 @@ def _train(tmp_path, *overrides):
 
 
 def test_debug_default_runs_end_to_end_into_the_debug_folder(tmp_path):
+    """Through train.py as a program (the other training tests call its main() in process)."""
     out = _train(tmp_path, "debug=default")
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = (tmp_path / "outputs" / "debug" / "runs").iterdir()
@@ -221,8 +225,9 @@ def test_debug_default_runs_end_to_end_into_the_debug_folder(tmp_path):
 
 
 def test_neural_if_benchmark_experiment_runs_one_step(tmp_path):
-    out = _train(tmp_path, "experiment=neural_if_benchmark", "trainer.max_steps=1", "data.num_train=4",
-                 "data.num_val=2", "data.num_test=2", "data.batch_size=2")
+    out = run_cli("train", f"paths.root_dir={tmp_path}", "data.size=8", "data.progress=false",
+                  "trainer.enable_progress_bar=false", "experiment=neural_if_benchmark", "trainer.max_steps=1",
+                  "data.num_train=4", "data.num_val=2", "data.num_test=2", "data.batch_size=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert (run / "checkpoints" / "last.ckpt").is_file()
