@@ -24,7 +24,9 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,16 @@ _FIELDS = ("real", "integer", "complex", "pattern")
 _SYMMETRIES = ("general", "symmetric", "skew-symmetric", "hermitian")
 # sibling right-hand-side files: <stem>_b.mtx[.gz] or <stem>_rhs.mtx[.gz]
 RHS_SUFFIXES = ("_b", "_rhs")
+# a declared size is refused (before anything is allocated) when its storage is out of proportion to the entries
+# the file holds: more than SPARE_ROWS rows beyond twice the entries (the CSR row pointer: 8 bytes a row), or, for
+# the dense result of read_vectors, more than SPARE_CELLS cells beyond them (8 bytes a cell)
+SPARE_ROWS = 2**22
+SPARE_CELLS = 2**24
+# the characters of numbers as the Matrix Market format writes them, and the whitespace between them (scipy's
+# parser knows no other: Python's float() also takes "1_0" or Unicode digits, which scipy reads differently)
+_NOT_NUMERIC = re.compile(r"[^0-9eE+\-. \t\r\n]")
+_NOT_INTEGER = re.compile(r"[.eE]")
+_NON_FINITE = ("nan", "inf", "infinity")
 
 
 class MatrixMarketError(ValueError):
@@ -104,12 +116,12 @@ def _read_text(path: Path) -> str:
         raise MatrixMarketError(path, "is a directory, not a Matrix Market file") from None
     except UnicodeDecodeError:
         raise MatrixMarketError(path, "not a text file (undecodable bytes); missing %%MatrixMarket banner") from None
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut gzip stream gives EOFError
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut stream EOFError, a corrupt one
         raise MatrixMarketError(path, f"cannot read file (corrupt or truncated gzip?): {e}") from None
 
 
 def _parse_header(path: Path, text: str):
-    """Validate banner and size line; return (fmt, field, symmetry, sizes, body_text)."""
+    """Validate banner and size line; return (fmt, field, symmetry, sizes, body_text, body's first line number)."""
     lines = text.split("\n")
     if not lines or not lines[0].startswith("%%MatrixMarket"):
         raise MatrixMarketError(path, "missing %%MatrixMarket banner on the first line")
@@ -147,25 +159,61 @@ def _parse_header(path: Path, text: str):
         expect = "'rows cols entries'" if fmt == "coordinate" else "'rows cols'"
         raise MatrixMarketError(path, f"bad size line {lines[k].strip()!r}: expected {want} non-negative "
                                 f"integers {expect}")
-    return fmt, field, sym, sizes, "\n".join(lines[k + 1:])
+    return fmt, field, sym, sizes, "\n".join(lines[k + 1:]), k + 2
 
 
-def _tokens(path: Path, body: str) -> list[str]:
-    # comment lines may appear between entries in the wild; drop them before tokenising
+def _tokens(path: Path, body: str, first_line: int, integer: bool) -> list[str]:
+    """The entries' tokens, each checked to be written as a number (an integer for field ``integer``): scipy reads
+    "1e3" in an integer file as 1 and "1_0" as 1, where Python's float() reads 1000 and 10."""
+    # comment lines may appear between entries in the wild; blank them (line numbers stay) before tokenising
     if "%" in body:
-        body = "\n".join(ln for ln in body.split("\n") if not ln.lstrip().startswith("%"))
+        body = "\n".join("" if ln.lstrip().startswith("%") else ln for ln in body.split("\n"))
+    pos = 0
+    while m := _NOT_NUMERIC.search(body, pos):
+        tok, start, pos = _token_at(body, m.start())
+        if tok.lower().lstrip("+-") not in _NON_FINITE:  # nan / inf: reported as non-finite values
+            raise MatrixMarketError(path, f"malformed entry (not a number): {tok!r} on line "
+                                    f"{first_line + body.count(chr(10), 0, start)}")
+    if integer and (m := _NOT_INTEGER.search(body)):
+        tok, start, _ = _token_at(body, m.start())
+        raise MatrixMarketError(path, f"malformed entry: {tok!r} on line {first_line + body.count(chr(10), 0, start)}"
+                                " is not an integer, but the banner declares field 'integer'")
     return body.split()
 
 
-def _validate(path: Path, text: str, *, square: bool) -> tuple[str, str, tuple[int, int], int]:
-    """Check the whole file; return (format, symmetry, shape, expected stored entries after expansion)."""
-    fmt, _field, sym, sizes, body = _parse_header(path, text)
+def _token_at(body: str, i: int) -> tuple[str, int, int]:
+    """(the whitespace-delimited token around position i, its start, its end)."""
+    start = max(body.rfind(c, 0, i) for c in " \t\r\n") + 1
+    ends = [e for e in (body.find(c, i) for c in " \t\r\n") if e >= 0]
+    end = min(ends) if ends else len(body)
+    return body[start:end], start, end
+
+
+def _check_size(path: Path, m: int, n: int, entries: int, dense: bool) -> None:
+    """Refuse a size whose storage the entries do not justify, before scipy allocates it (a 1e9 x 1e9 file with one
+    entry made it allocate 8 GB of row pointers)."""
+    if max(m, n) > SPARE_ROWS + 2 * entries:
+        raise MatrixMarketError(path, f"the size line declares a {m} x {n} matrix with {entries} stored value(s): its "
+                                f"row pointer alone would take {8 * (max(m, n) + 1) / 2**30:.2g} GiB; refusing sizes of "
+                                f"more than {SPARE_ROWS} rows beyond twice the values")
+    if dense and m * n > SPARE_CELLS + 2 * entries:
+        raise MatrixMarketError(path, f"the size line declares a {m} x {n} matrix with {entries} stored value(s): as "
+                                f"dense vectors it would take {8 * m * n / 2**30:.2g} GiB; refusing more than "
+                                f"{SPARE_CELLS} cells beyond twice the values")
+
+
+def _validate(path: Path, text: str, *, square: bool, dense: bool = False) -> tuple[str, str, tuple[int, int], int]:
+    """Check the whole file; return (format, symmetry, shape, expected stored entries after expansion).
+    ``dense``: the caller makes a dense array of the result (the size check counts its cells)."""
+    fmt, field, sym, sizes, body, first_line = _parse_header(path, text)
     m, n = sizes[0], sizes[1]
     if sym != "general" and m != n:
         raise MatrixMarketError(path, f"non-square {m} x {n} matrix declared {sym}")
     if square and m != n:
         raise MatrixMarketError(path, f"non-square matrix ({m} x {n}); a linear system needs a square A")
-    tok = _tokens(path, body)
+    count = m * n if sym == "general" else (n * (n + 1) // 2 if sym == "symmetric" else n * (n - 1) // 2)
+    _check_size(path, m, n, sizes[2] if fmt == "coordinate" else count, dense)
+    tok = _tokens(path, body, first_line, field == "integer")
     if fmt == "coordinate":
         nz = sizes[2]
         have, rest = divmod(len(tok), 3)
@@ -194,9 +242,10 @@ def _validate(path: Path, text: str, *, square: bool) -> tuple[str, str, tuple[i
         diag = int(np.count_nonzero(ij[:, 0] == ij[:, 1]))
         if sym == "skew-symmetric" and diag:
             raise MatrixMarketError(path, "skew-symmetric storage with an entry on the diagonal")
+        if sym != "general":
+            _one_triangle(path, ij.astype(np.int64), n, sym)
         expected = nz if sym == "general" else 2 * nz - diag
     else:
-        count = m * n if sym == "general" else (n * (n + 1) // 2 if sym == "symmetric" else n * (n - 1) // 2)
         if len(tok) < count:
             raise MatrixMarketError(path, f"truncated file: {len(tok)} values, {count} expected for a "
                                     f"{m} x {n} {sym} array")
@@ -214,10 +263,25 @@ def _validate(path: Path, text: str, *, square: bool) -> tuple[str, str, tuple[i
     return fmt, sym, (m, n), expected
 
 
-def _read(path: str | os.PathLike, *, square: bool = True) -> sp.csr_matrix:
+def _one_triangle(path: Path, ij: np.ndarray, n: int, sym: str) -> None:
+    """Symmetric storage holds one triangle: an entry stored together with its mirror would be added to it twice
+    (the file stored the full matrix but declared it symmetric). An entry of the upper triangle alone is mirrored
+    like a lower one, as scipy does."""
+    off = ij[ij[:, 0] != ij[:, 1]] - 1
+    lo, hi = np.minimum(off[:, 0], off[:, 1]), np.maximum(off[:, 0], off[:, 1])
+    key = hi * n + lo
+    upper = off[:, 0] < off[:, 1]
+    both = np.intersect1d(key[upper], key[~upper])
+    if both.size:
+        i, j = int(both[0] // n) + 1, int(both[0] % n) + 1
+        raise MatrixMarketError(path, f"{sym} storage holds both ({i}, {j}) and its mirror ({j}, {i}): it stores one "
+                                "triangle, so both would be added; declare the file 'general' or drop one triangle")
+
+
+def _read(path: str | os.PathLike, *, square: bool = True, dense: bool = False) -> sp.csr_matrix:
     path = Path(path)
     text = _read_text(path)
-    fmt, sym, shape, expected = _validate(path, text, square=square)
+    fmt, sym, shape, expected = _validate(path, text, square=square, dense=dense)
     try:
         M = sio.mmread(str(path))
     except Exception as e:  # noqa: BLE001 -- scipy's errors (ValueError, RuntimeError, ...) never surface raw
@@ -262,7 +326,7 @@ def read_matrix_market(path: str | os.PathLike) -> sp.csr_matrix:
 def read_vectors(path: str | os.PathLike) -> np.ndarray:
     """Read right-hand sides from ``path`` (``.mtx`` / ``.mtx.gz``, array or coordinate, n x k) as a dense float64
     (n, k) array; :class:`MatrixMarketError` as :func:`read_matrix_market` (a non-square shape is allowed)."""
-    return _read(path, square=False).toarray()
+    return _read(path, square=False, dense=True).toarray()
 
 
 def _write_body(fh, A: sp.csr_matrix, comment: str, symmetry: str) -> None:
