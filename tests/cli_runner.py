@@ -36,6 +36,10 @@ def run_cli(tool: str, *args, cwd=None) -> SimpleNamespace:
     root = logging.getLogger()
     saved = (sys.argv, os.getcwd(), root.handlers[:], root.level, torch.get_num_threads(),
              {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_SILENT")})
+    # Hydra configures the job's logging with logging.config.dictConfig, which closes every live handler in
+    # logging's private _handlerList, pytest's capture handlers included: hide them from it for the run
+    outside = logging._handlerList[:]
+    del logging._handlerList[:]
     try:
         sys.argv = [PROGRAMS[tool], *map(str, args)]
         if cwd is not None:
@@ -58,6 +62,7 @@ def run_cli(tool: str, *args, cwd=None) -> SimpleNamespace:
                 with contextlib.suppress(Exception):
                     h.close()
         root.handlers[:] = handlers
+        logging._handlerList[:0] = outside
         root.setLevel(level)
         torch.set_num_threads(threads)
         for k, v in env.items():
