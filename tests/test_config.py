@@ -165,7 +165,7 @@ def test_debug_configs_compose():
     assert not cfg.logger
 
 
-# --- experiment/neural_if_benchmark: the README's learned-solver benchmark training ---------------------------
+# --- experiment/neural_if_benchmark: the learned-solver benchmark's training ------------------------------------
 
 def _bench_learned_train_overrides() -> list[str]:
     """The overrides scripts/bench_learned.py passes to train.py for neural_if with a 15-minute budget."""

@@ -20,7 +20,7 @@ M^{-1} A that dominate a solve's iteration count); 2 probes by default. Where A 
 problem: constants span the null space) the random probes are projected onto mean zero, i.e. into range(A).
 
 Why this rule (measured on neural_if checkpoints, MIC(0), SSOR, Jacobi and shifted IC(0) against IC(0) on the
-pyamg SPD examples, ../shared/benchmarks/matrices and held-out diffusion2d 16^2 to 256^2, see README "Safeguard"):
+pyamg SPD examples, ../shared/benchmarks/matrices and held-out diffusion2d 16^2 to 256^2; docs/concepts/safeguard.md):
 a learned factor that beats IC(0) overall is often behind it in the first iterations on a white-noise error (its
 largest eigenvalues are larger), so early residual or energy reductions on such errors and few-step Ritz condition
 numbers (whose smallest Ritz value converges slowly) rejected good factors; the race on smooth errors separated
