@@ -80,7 +80,9 @@ class _Apply(torch.nn.Module):
         return self.model.preconditioner_for(batch).apply(self.r)
 
 
-@pytest.mark.parametrize("loss, margin", [("kappa", 0.02), ("error", 0.01)])
+# the error loss (a third of the time) is the fast twin of the kappa loss
+@pytest.mark.parametrize("loss, margin",
+                         [pytest.param("kappa", 0.02, marks=pytest.mark.slow), ("error", 0.01)])
 def test_training_beats_the_untrained_start_on_held_out_systems(loss, margin):
     torch.manual_seed(0)
     model = GNNSolver(hidden=8, layers=1, coarse_size=8, loss=loss)

@@ -88,7 +88,7 @@ def test_untrained_coarse_space_beats_ic0_iterations(size, limit):
     assert bool((its <= limit * ic0).all()), (its, ic0)
 
 
-@pytest.mark.parametrize("variant", ["gnn", "fixed"])
+@pytest.mark.parametrize("variant", ["gnn", pytest.param("fixed", marks=pytest.mark.slow)])  # gnn: the fast twin
 def test_training_lowers_kappa_below_the_untrained_start_and_half_the_base(variant):
     torch.manual_seed(0)
     model = LowRankPreconditioner(hidden=8, layers=1, variant=variant, num_nodes=1024 if variant == "fixed" else None,

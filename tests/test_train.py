@@ -145,6 +145,25 @@ def test_load_model_errors(tmp_path):
         load_model(foreign)
 
 
+def test_run_resumes_from_last_checkpoint(tmp_path):
+    """A finished 1-epoch run's last.ckpt resumed to 3 epochs trains exactly the 2 missing ones (the fast twin of the
+    killed run below)."""
+    first = tmp_path / "first"
+    out = run_train(tmp_path, "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={first}",
+                    "callbacks.convergence_curves.every_n_epochs=0", "callbacks.gradient_quality.every_n_epochs=0",
+                    "report=false", "test=false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = first / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    out = run_train(tmp_path, "trainer.max_epochs=3", f"ckpt_path={last}", "logger=none", "report=false",
+                    "test=false", f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in out.stderr + out.stdout
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 3 * 2  # 4 systems in batches of 2 per epoch
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
