@@ -53,11 +53,16 @@ def model_from_checkpoint(ckpt_path: str | os.PathLike):
     return ckpt.model, ckpt.name, ckpt.target, ckpt.kwargs
 
 
-def _write_weights(model, path: Path) -> None:
+def _write_weights(model, path: Path) -> str:
+    """Write the safetensors weights; their SHA-256 (config.json records it, the reader checks it)."""
+    import hashlib
+
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    write_bytes(path, save(state, metadata={"format": "pt"}))
+    raw = save(state, metadata={"format": "pt"})
+    write_bytes(path, raw)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def default_out_dir(log_dir: str | os.PathLike, model_name: str) -> Path:
@@ -130,7 +135,7 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
     dtype = str(next(iter(model.parameters()), torch.empty(0)).dtype).removeprefix("torch.")
     report = ExportReport(folder=out, model=name, kind=model.kind)
     with StagedFolder(out, overwrite) as tmp:
-        _write_weights(model, tmp / WEIGHTS)
+        digest = _write_weights(model, tmp / WEIGHTS)
         prog = (compile_program(model, tmp) if program else
                 {"program": None, "program_format": None, "program_note": "not requested (program=false)",
                  "program_inputs": None})
@@ -146,7 +151,7 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
                 report.preconditioners[stem] = out / PRECONDITIONERS / p.name
         config = {
             "format": FORMAT, "model": name, "kind": report.kind, "target": target, "kwargs": kwargs,
-            "dtype": dtype, "weights": WEIGHTS,
+            "dtype": dtype, "weights": WEIGHTS, "weights_sha256": digest,
             **prog, "preconditioner": model.matrix_type,
             "matrices": (None if matrices is None and not computed else
                          {"exported": sorted(report.preconditioners), "failed": report.failures,

@@ -2,9 +2,9 @@
 
 Model folder layout (``FORMAT`` 1)::
 
-    config.json         {"format", "model", "kind", "target", "kwargs", "dtype", "weights", "program",
-                         "program_format", "program_note", "program_inputs", "preconditioner", "matrices",
-                         "learnsolve_version", "torch_version", "source_checkpoint"}
+    config.json         {"format", "model", "kind", "target", "kwargs", "dtype", "weights", "weights_sha256",
+                         "program", "program_format", "program_note", "program_inputs", "preconditioner",
+                         "matrices", "learnsolve_version", "torch_version", "source_checkpoint"}
     model.safetensors   the nn.Module's state_dict (contiguous CPU tensors)
     program.pt2         torch.export program (dynamic n and E), or program.ts (TorchScript), or none
     preconditioners/    per-matrix files, when matrices were given (see learnsolve.export.preconditioners)
@@ -68,27 +68,48 @@ def load_exported_model(folder: str | os.PathLike):
 
     Raises:
         ExportError: a missing or malformed config, a target outside ``learnsolve.models``, or missing /
-            unreadable / mismatched weights.
+            unreadable / mismatched weights (a weights file whose SHA-256 differs from ``weights_sha256``, a name
+            outside the folder, NaN/Inf values, arguments that build other shapes than the weights hold).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from learnsolve.models import MODELS
     from learnsolve.models.checkpoint import build_model, load_weights, resolve_target
 
     folder = Path(folder)
     cfg = read_config(folder)
     where = str(folder / CONFIG)
     with export_errors():
-        model = build_model(resolve_target(cfg["target"], where), cfg["kwargs"], where)
-    wpath = folder / str(cfg.get("weights", WEIGHTS))
+        cls = resolve_target(cfg["target"], where)
+    if not isinstance(cfg["model"], str) or MODELS.get(cfg["model"]) is not cls:
+        raise ExportError(f"{where}: model {cfg['model']!r} does not name the class {cfg['target']!r} in the "
+                          f"registry (known: {', '.join(MODELS)})")
+    name = cfg.get("weights", WEIGHTS)
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ExportError(f"{where}: weights must name a file inside the folder, got {name!r}")
+    wpath = folder / name
     if not wpath.is_file():
         raise ExportError(f"{wpath}: weights file missing")
     try:
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{wpath}: not a readable safetensors file ({e})") from e
-    with export_errors():
+    _check_digest(wpath, cfg.get("weights_sha256"), where)
+    with export_errors():  # the arguments are checked against the weights' shapes before the model is allocated
+        model = build_model(cls, cfg["kwargs"], f"{wpath} (arguments from {where})", state)
         return load_weights(model, state, str(wpath))
+
+
+def _check_digest(path: Path, digest, where: str) -> None:
+    """The file's SHA-256 against the one config.json records (folders written before it was recorded pass)."""
+    import hashlib
+
+    if digest is None:
+        return
+    if not isinstance(digest, str) or hashlib.sha256(path.read_bytes()).hexdigest() != digest.lower():
+        raise ExportError(f"{path}: its SHA-256 does not match weights_sha256 in {where}: the file was altered or "
+                          "damaged after export")
 
 
 def load_program(folder: str | os.PathLike):

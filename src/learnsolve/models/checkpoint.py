@@ -12,9 +12,12 @@ since is rewritten, so the returned config instantiates with this version.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
+import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +59,11 @@ class Checkpoint:
         if self.initial_state is not None:
             return load_weights(build_model(type(self.model), self.kwargs, where), self.initial_state, where), "stored"
         seed = self.config.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise CheckpointError(f"{where}: its config's seed {seed!r} is not an integer")
         with torch.random.fork_rng():
             if seed is not None:
-                torch.manual_seed(int(seed))
+                torch.manual_seed(seed)
             model = build_model(type(self.model), self.kwargs, where)
         dtypes = {v.dtype for v in self.model.state_dict().values() if v.is_floating_point()}
         model = model.to(dtypes.pop()) if len(dtypes) == 1 else model
@@ -74,18 +79,45 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist (give ckpt_path=.../checkpoints/last.ckpt "
                               "or a best-epoch file from a training run folder)")
+    _check_zip(p)
     try:
         # the checkpoint holds the run config (plain dicts/lists) next to tensors; written by this package
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:
         raise CheckpointError(f"checkpoint {str(p)!r} cannot be read ({type(e).__name__}: {e}); "
                               "the file is damaged or not a PyTorch checkpoint") from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {str(p)!r} has no state_dict: not a Lightning checkpoint")
     if not isinstance(ckpt.get("learnsolve_config"), dict):
         raise CheckpointError(f"checkpoint {str(p)!r} has no learnsolve_config: it was not written by "
                               "`python train.py` (learnsolve's LearnedSolverModule)")
     return ckpt
+
+
+def _check_zip(p: Path) -> None:
+    """A checkpoint in torch's zip format whose stored CRC-32 checksums do not match its bytes is damaged (a
+    flipped byte in a tensor's data otherwise loads as a silently different weight); other formats pass."""
+    try:
+        if not zipfile.is_zipfile(p):
+            return
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} is damaged: its zip structure cannot be read "
+                              f"({type(e).__name__}: {e})") from e
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {str(p)!r} is damaged: record {bad!r} does not match its CRC-32 checksum "
+                              "(the file was altered or corrupted after it was written)")
+
+
+def check_state(state, where: str) -> dict:
+    """``state`` as a state dict: a mapping of parameter names to tensors (CheckpointError naming ``where``)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: the weights are a {type(state).__name__}, not a mapping of names to tensors")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{where}: weight {k!r} is a {type(v).__name__}, not a tensor under a name")
+    return state
 
 
 def upgrade_config(config):
@@ -96,7 +128,7 @@ def upgrade_config(config):
         node = todo.pop()
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
-            if key == "_target_" and value in MOVED_TARGETS:
+            if key == "_target_" and isinstance(value, str) and value in MOVED_TARGETS:
                 node[key] = MOVED_TARGETS[value]
             elif isinstance(value, (dict, list)):
                 todo.append(value)
@@ -127,21 +159,85 @@ def resolve_target(target, where: str) -> type[LearnedModel]:
     return obj
 
 
-def build_model(cls: type[LearnedModel], kwargs, where: str) -> LearnedModel:
-    """``cls(**kwargs)``; plain values only (a nested ``_target_`` object is refused)."""
+def build_model(cls: type[LearnedModel], kwargs, where: str, state: dict | None = None) -> LearnedModel:
+    """``cls(**kwargs)``; plain values only (a nested ``_target_`` object is refused). With ``state`` (the weights
+    it will receive), the model is first built on the meta device (no memory; every registered model builds there)
+    and its parameter names and shapes compared with them: arguments asking for a larger model than the weights
+    hold (``hidden: 1000000``, ``layers: 1000000``) are refused before anything of that size is allocated."""
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{where}: model kwargs must be a mapping, got {type(kwargs).__name__}")
     if any(isinstance(v, dict) and "_target_" in v for v in kwargs.values()):
         raise CheckpointError(f"{where}: nested objects (_target_) in the model arguments are not supported")
     try:
+        if state is not None:
+            try:
+                with torch.device("meta"), _bounded(2 * len(state) + 16, 20 * len(state) + 100):
+                    shapes = {k: tuple(v.shape) for k, v in cls(**kwargs).state_dict().items()}
+            except _TooLarge as e:
+                raise CheckpointError(f"{where}: the arguments {kwargs} build a {cls.__name__} with {e} than the "
+                                      f"{len(state)} stored weights; refusing to build it") from None
+            except (TypeError, ValueError):
+                raise
+            except Exception as e:  # e.g. a size whose storage overflows int64
+                raise CheckpointError(f"{where}: cannot build {cls.__name__} from {kwargs} ({type(e).__name__}: "
+                                      f"{e})") from e
+            _compare(cls, shapes, state, where)
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: cannot build {cls.__name__} from {kwargs}: {e}") from e
 
 
+class _TooLarge(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _bounded(max_tensors: int, max_modules: int):
+    """Stop a model's construction (in this thread) once it registers more parameters and buffers, or submodules,
+    than given: ``layers: 1000000`` would otherwise spend many minutes building modules, even on meta."""
+    from torch.nn.modules import module as M
+
+    me, count = threading.get_ident(), {"tensors": 0, "modules": 0}
+
+    def counter(kind: str, limit: int):
+        def hook(*_):
+            if threading.get_ident() == me:
+                count[kind] += 1
+                if count[kind] > limit:
+                    raise _TooLarge(f"more {kind}")
+        return hook
+
+    handles = [M.register_module_parameter_registration_hook(counter("tensors", max_tensors)),
+               M.register_module_buffer_registration_hook(counter("tensors", max_tensors)),
+               M.register_module_module_registration_hook(counter("modules", max_modules))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _compare(cls: type, shapes: dict, state: dict, where: str) -> None:
+    missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
+    differ = [f"{k}: {tuple(state[k].shape)} stored, {shapes[k]} built" for k in shapes
+              if k in state and tuple(state[k].shape) != shapes[k]]
+    if missing or unexpected or differ:
+        what = "; ".join(filter(None, (missing and f"missing {missing[:5]}", unexpected and f"unexpected "
+                                       f"{unexpected[:5]}", differ and f"shapes differ: {differ[:3]}")))
+        raise CheckpointError(f"{where}: weights do not fit {cls.__name__} built from its arguments ({what})")
+
+
 def load_weights(model: LearnedModel, state: dict, where: str) -> LearnedModel:
     """``model`` with ``state`` loaded (strict), in the weights' dtype when they share one (a model trained in
-    float64 stays float64), in eval mode."""
+    float64 stays float64), in eval mode. Refused: a weight whose kind (floating or integer) differs from the
+    model's tensor, and NaN/Inf weights (a diverged training or a damaged file)."""
+    check_state(state, where)
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and v.is_floating_point() != own[k].is_floating_point():
+            raise CheckpointError(f"{where}: weight {k!r} is {v.dtype}, the model's is {own[k].dtype}")
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{where}: weight {k!r} holds NaN or Inf (a diverged training or a damaged file)")
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if len(dtypes) == 1:
         model = model.to(dtypes.pop())
@@ -161,7 +257,7 @@ def model_entry(config: dict, where: str) -> tuple[str, type[LearnedModel], dict
     if not isinstance(net, dict):
         raise CheckpointError(f"{where}: its config has no model.net entry (not a learnsolve training checkpoint)")
     name = mcfg.get("name")
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise CheckpointError(f"{where} is from model family {name!r}, which this learnsolve does not know "
                               f"(known: {', '.join(MODELS)})")
     cls = resolve_target(net.get("_target_"), where)
@@ -189,11 +285,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             the rebuilt model (the message names the file).
     """
     where = f"checkpoint {str(path)!r}"
+    try:
+        map_location = torch.device(map_location)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"map_location {map_location!r} is not a device: {e}") from None
     ckpt = read_checkpoint(path)
     config = upgrade_config(ckpt["learnsolve_config"])
     name, cls, kwargs = model_entry(config, where)
-    state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
-    model = load_weights(build_model(cls, kwargs, where), state, where)
+    state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items()
+             if isinstance(k, str) and k.startswith(STATE_PREFIX)}
+    model = load_weights(build_model(cls, kwargs, where, check_state(state, where)), state, where)
     initial = ckpt.get(INITIAL_STATE_KEY)
     return Checkpoint(model.to(map_location), name, f"{cls.__module__}.{cls.__name__}", kwargs, config,
                       initial if isinstance(initial, dict) else None)
