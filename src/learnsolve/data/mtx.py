@@ -318,14 +318,18 @@ def read_matrix_market(path: str | os.PathLike) -> sp.csr_matrix:
     Raises:
         MatrixMarketError: (``"<file>: <reason>"``) a missing file, a missing or malformed banner, a bad size
             line, a non-square matrix, complex/hermitian or pattern-only entries, an index out of range, a
-            non-finite value, or a truncated file (fewer entries than declared).
+            non-finite value, a truncated file (fewer entries than declared), a token that is not a number as the
+            format writes one (or not an integer in an ``integer`` file), symmetric storage holding an entry and
+            its mirror, or a declared size out of proportion to the stored values (:data:`SPARE_ROWS`), refused
+            before anything of that size is allocated.
     """
     return _read(path, square=True)
 
 
 def read_vectors(path: str | os.PathLike) -> np.ndarray:
     """Read right-hand sides from ``path`` (``.mtx`` / ``.mtx.gz``, array or coordinate, n x k) as a dense float64
-    (n, k) array; :class:`MatrixMarketError` as :func:`read_matrix_market` (a non-square shape is allowed)."""
+    (n, k) array; :class:`MatrixMarketError` as :func:`read_matrix_market` (a non-square shape is allowed; a
+    dense result of more than :data:`SPARE_CELLS` cells beyond twice the stored values is refused)."""
     return _read(path, square=False, dense=True).toarray()
 
 
