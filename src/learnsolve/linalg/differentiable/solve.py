@@ -419,8 +419,15 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         ConvergenceError: with ``on_fail="raise"``, when a forward (or later an adjoint) system does not converge;
             it carries the ``SolveInfo``.
         ValueError: an unknown method, backward mode, ``on_fail`` or adjoint option; a nonlinear preconditioner
-            with cg / minres / bicgstab; bad shapes, NaN/Inf, device mismatch or tolerances.
-        TypeError: unknown method options; non-floating or mismatched dtypes.
+            with cg / minres / bicgstab; bad shapes, NaN/Inf, device mismatch, meta tensors, the zero matrix or
+            tolerances; a negative or non-integral ``maxiter`` (or ``restart`` / ``truncation`` / ``unroll_steps``
+            below 1); an ``x0`` with NaN/Inf.
+        TypeError: unknown method options; non-floating, half-precision (float16 / bfloat16) or mismatched
+            dtypes; a tolerance or count that is not a number; an ``x0`` of another dtype or device.
+
+    Right-hand sides of any magnitude are solved: each system's b is scaled by a power of two (exact) when its
+    largest entry lies outside about 1e-77..1e77 (float64), where the methods' squared norms would overflow or
+    underflow; a converged system whose x is not finite is reported as not converged.
 
     Shapes:
         A: (n, n), (B, n, n), or a ``SparseMatrix`` with values (nnz,) / (B, nnz).
