@@ -219,8 +219,12 @@ class _Scale:
         red = op.reducer()
         m = _sysmax(Bm, red)
         fi = torch.finfo(Bm.dtype)
-        if not bool(((m > 0) & ((m < fi.tiny ** 0.25) | (m > fi.max ** 0.25))).any()):
+        small, large = fi.tiny ** 0.25, fi.max ** 0.25
+        if m.numel() == 0:
             return
+        lo, hi = (float(t) for t in torch.aminmax(m))
+        if (lo >= small and hi <= large) or not bool(((m > 0) & ((m < small) | (m > large))).any()):
+            return  # in range (the first test: two reductions of the per-system maxima)
         self.s = torch.ldexp(torch.ones_like(m), torch.frexp(m).exponent)  # 2^e with m = f 2^e, f in [0.5, 1)
         self.rows = red.expand(self.s)
         self.atol = atol / float(self.s.max())
@@ -243,6 +247,8 @@ def _finite_only(info: SolveInfo, X: Tensor, red) -> SolveInfo:
     """A system whose x holds NaN/Inf has not converged, whatever its residual recursion said (MINRES on an A of
     1e-200 reported convergence with x = inf)."""
     ok = torch.isfinite(_sysmax(X, red))
+    if bool(ok.all()):
+        return info
     bad = info.converged & ~ok
     if not bool(bad.any()):
         return info
