@@ -422,6 +422,23 @@ def test_right_hand_sides_of_extreme_scale_are_solved(method, scale):
     assert float(info.b_norm) == pytest.approx(float(np.linalg.norm(b.numpy() / scale)) * scale, rel=1e-12)
 
 
+@pytest.mark.parametrize("name", ["cg", "minres", "gmres", "bicgstab", "fcg"])
+def test_krylov_entry_points_scale_extreme_right_hand_sides(name):
+    """The public cg/minres/... share the scaling: b of 1e300 returned x = 0 as converged; the callback sees the
+    iterate in the caller's units; maxiter is checked as in solve."""
+    import learnsolve.linalg as la
+
+    A = torch.diag(torch.arange(1.0, 6.0, dtype=F64)) + 0.1
+    seen = []
+    x, info = getattr(la, name)(A, torch.ones(5, dtype=F64) * 1e300, callback=lambda X, it: seen.append(X.clone()))
+    ref = np.linalg.solve(A.numpy(), np.ones(5)) * 1e300
+    assert bool(info.converged)
+    np.testing.assert_allclose(x.numpy(), ref, rtol=1e-10)
+    np.testing.assert_allclose(seen[-1].reshape(-1).numpy(), ref, rtol=1e-8)
+    with pytest.raises(ValueError, match="maxiter must be an integer"):
+        getattr(la, name)(A, torch.ones(5, dtype=F64), maxiter=float("inf"))
+
+
 def test_a_minres_iterate_that_overflows_is_not_converged():
     """MINRES on A of 1e-200 reported convergence with x = inf."""
     A = torch.diag(torch.arange(1.0, 6.0, dtype=F64)) * 1e-200

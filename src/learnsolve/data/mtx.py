@@ -191,7 +191,7 @@ def _token_at(body: str, i: int) -> tuple[str, int, int]:
 
 def _check_size(path: Path, m: int, n: int, entries: int, dense: bool) -> None:
     """Refuse a size whose storage the entries do not justify, before scipy allocates it (a 1e9 x 1e9 file with one
-    entry made it allocate 8 GB of row pointers)."""
+    entry asks for 8 GB of row pointers)."""
     if max(m, n) > SPARE_ROWS + 2 * entries:
         raise MatrixMarketError(path, f"the size line declares a {m} x {n} matrix with {entries} stored value(s): its "
                                 f"row pointer alone would take {8 * (max(m, n) + 1) / 2**30:.2g} GiB; refusing sizes of "

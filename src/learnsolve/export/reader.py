@@ -102,7 +102,7 @@ def load_exported_model(folder: str | os.PathLike):
 
 
 def _check_digest(path: Path, digest, where: str) -> None:
-    """The file's SHA-256 against the one config.json records (folders written before it was recorded pass)."""
+    """The file's SHA-256 against the one config.json records (a config without ``weights_sha256`` passes)."""
     import hashlib
 
     if digest is None:

@@ -194,7 +194,7 @@ class _TooLarge(Exception):
 @contextlib.contextmanager
 def _bounded(max_tensors: int, max_modules: int):
     """Stop a model's construction (in this thread) once it registers more parameters and buffers, or submodules,
-    than given: ``layers: 1000000`` would otherwise spend many minutes building modules, even on meta."""
+    than given: ``layers: 1000000`` takes many minutes to build, even on meta."""
     from torch.nn.modules import module as M
 
     me, count = threading.get_ident(), {"tensors": 0, "modules": 0}

@@ -418,20 +418,26 @@ def default_maxiter(method: str, n: int) -> int:
 # ------------------------------------------------------------------------------------------------
 
 def _public(method: str, A, b: Tensor, M, x0, rtol, atol, maxiter, callback, **options):
-    from ..operators.validate import validate_system, validate_tolerances
+    from ..operators.validate import MAXITER_CAP, validate_count, validate_system, validate_tolerances
     from ..preconditioners.classical import resolve_preconditioner
+    from .scaling import Scale, finite_only
 
     op = as_operator(A)
     validate_system(op, b)
     validate_tolerances(rtol, atol)
+    maxiter = validate_count(maxiter, "maxiter", 0, MAXITER_CAP)
     n = op.shape[0]
     Bm, layout = canonicalize(b, n, op.batch_size, None if op.blocks is None else op.blocks.numel() - 1)
     X0 = None if x0 is None else canonicalize(x0, n, op.batch_size, None, name="x0")[0].expand_as(Bm)
     Mf = resolve_preconditioner(M, op)
     apply = None if Mf is None else Mf.apply  # resolve_preconditioner returns a Preconditioner or None
-    X, info = _run_method(method, op, Bm, apply, X0, default_rtol(b.dtype) if rtol is None else float(rtol),
-                         float(atol), default_maxiter(method, n) if maxiter is None else int(maxiter),
-                         callback, **options)
+    sc = Scale(op, Bm, float(atol))  # b beyond 1e+-77: solved on a power-of-two scaled copy (callback sees x)
+    cb = callback if callback is None or sc.rows is None else (lambda X, it: callback(sc.up(X), it))
+    X, info = _run_method(method, op, sc.down(Bm), apply, sc.down(X0),
+                         default_rtol(b.dtype) if rtol is None else float(rtol), sc.atol,
+                         default_maxiter(method, n) if maxiter is None else maxiter, cb, **options)
+    X = sc.up(X)
+    info = finite_only(sc.info(info), X, op.reducer())
     return layout.unpack(X), info._reshaped(_system_shape(layout, info))
 
 
