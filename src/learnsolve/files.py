@@ -50,7 +50,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, encoding: str | Non
     """``open(path, mode)`` that publishes the file only when the block ends without an exception."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
-    with atomic_path(path, mkdir=mkdir) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+    with atomic_path(path, mkdir=mkdir) as tmp, open(tmp, mode,
+                                                     encoding=None if "b" in mode else encoding) as fh:
         yield fh
 
 

@@ -1,6 +1,6 @@
-"""``python scripts/evaluate.py ckpt_path=PATH benchmark=generated|pyamg|matrix_market [benchmark.path=DIR] ...``
-(``learnsolve-evaluate``): a trained checkpoint against classical preconditioners on benchmark matrices; the work
-is :func:`learnsolve.evaluation.evaluate` (see ``conf/evaluate.yaml`` for the options).
+"""``python scripts/evaluate.py ckpt_path=PATH benchmark=generated|pyamg|matrix_market [benchmark.path=DIR]``
+(``learnsolve-evaluate``): a trained checkpoint against classical preconditioners on benchmark matrices; the
+work is :func:`learnsolve.evaluation.evaluate` (see ``conf/evaluate.yaml`` for the options).
 
 Exit status: 0 when at least one (matrix, preconditioner) was evaluated, 1 when nothing could be,
 2 for bad arguments (missing or unreadable checkpoint, unknown benchmark, bad options).
@@ -31,7 +31,8 @@ def main() -> int:
     from learnsolve.evaluation import EvaluationConfigError
     from learnsolve.models.checkpoint import CheckpointError
 
-    return run_command("learnsolve-evaluate", "evaluate", evaluate_command, (EvaluationConfigError, CheckpointError))
+    return run_command("learnsolve-evaluate", "evaluate", evaluate_command,
+                       (EvaluationConfigError, CheckpointError))
 
 
 if __name__ == "__main__":

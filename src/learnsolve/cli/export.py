@@ -2,9 +2,9 @@
 [program=false]`` (``learnsolve-export``): a trained checkpoint as portable files.
 
 Writes a self-contained folder (default ``outputs/export/<model>_<time>``): ``config.json`` (rebuilds the
-model without Lightning or Hydra), ``model.safetensors``, a compiled program (``program.pt2`` from torch.export,
-else ``program.ts`` from TorchScript) and, with ``matrices=``, per-matrix preconditioner files under
-``preconditioners/`` (see :mod:`learnsolve.export`). Nonlinear models (gnn_solver), learned solvers and
+model without Lightning or Hydra), ``model.safetensors``, a compiled program (``program.pt2`` from
+torch.export, else ``program.ts`` from TorchScript) and, with ``matrices=``, per-matrix preconditioner files
+under ``preconditioners/`` (see :mod:`learnsolve.export`). Nonlinear models (gnn_solver), learned solvers and
 surrogates have no fixed matrix: the matrices are skipped with a message, the model is exported.
 
 Exit status: 0 done; 1 some matrices could not be exported (each is reported; the model and the other
@@ -26,8 +26,8 @@ def export_cli(cfg: DictConfig) -> int:
     from learnsolve.export import ExportError, export_model
 
     if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
-        print("learnsolve-export: give ckpt_path=PATH (a training checkpoint, e.g. .../checkpoints/last.ckpt)",
-              file=sys.stderr)
+        print("learnsolve-export: give ckpt_path=PATH (a training checkpoint, e.g. "
+              ".../checkpoints/last.ckpt)", file=sys.stderr)
         return 2
     matrices = cfg.get("matrices")
     if isinstance(matrices, ListConfig):
@@ -38,15 +38,17 @@ def export_cli(cfg: DictConfig) -> int:
 
     try:
         report = export_model(str(cfg.ckpt_path), cfg.get("out_dir"), matrices=matrices,
-                              overwrite=bool(cfg.get("overwrite", False)), program=bool(cfg.get("program", True)),
-                              safeguard=bool(cfg.get("safeguard", True)),
-                              log_dir=str(cfg.paths.log_dir), progress=progress)
+                              overwrite=bool(cfg.get("overwrite", False)),
+                              program=bool(cfg.get("program", True)),
+                              safeguard=bool(cfg.get("safeguard", True)), log_dir=str(cfg.paths.log_dir),
+                              progress=progress)
     except ExportError as e:
         print(f"learnsolve-export: {e}", file=sys.stderr)
         return 2
     out = report.folder
     print(f"exported {report.model} ({report.kind}) to {out}")
-    print(f"  model: {out / 'config.json'}, {out / 'model.safetensors'}  (learnsolve.export.load_exported_model)")
+    print(f"  model: {out / 'config.json'}, {out / 'model.safetensors'}  "
+          "(learnsolve.export.load_exported_model)")
     if report.program:
         print(f"  program: {out / report.program} ({report.program_format}; {report.program_note})")
     else:

@@ -1,5 +1,5 @@
-"""``learnsolve-generate data=FAMILY [data.size=..] [paths.data_dir=..]``: build the dataset caches; the work is
-:func:`learnsolve.training.generate.generate`."""
+"""``learnsolve-generate data=FAMILY [data.size=..] [paths.data_dir=..]``: build the dataset caches; the work
+is :func:`learnsolve.training.generate.generate`."""
 
 from __future__ import annotations
 

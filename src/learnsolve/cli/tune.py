@@ -1,12 +1,12 @@
-"""``python scripts/tune.py matrix=PATH.mtx ckpt_path=CKPT [budget_s=60] [rhs=PATH.mtx] ...`` (``learnsolve-tune``):
-tune a trained factor preconditioner on one SPD matrix (:func:`learnsolve.training.tune.run_tune`; options in
-``conf/tune.yaml``).
+"""``python scripts/tune.py matrix=PATH.mtx ckpt_path=CKPT [budget_s=60] [rhs=PATH.mtx] ...``
+(``learnsolve-tune``): tune a trained factor preconditioner on one SPD matrix
+(:func:`learnsolve.training.tune.run_tune`; options in ``conf/tune.yaml``).
 
-Prints the table (iterations, ms per solve and setup ms of the tuned factor, the model before tuning, IC(0), MIC(0)
-and AMG-SA), the tuning time and the break-even number of solves, and where the files went. Exit status: 0 tuned;
-1 not tuned (the reason is printed and in tune.json; the start factor was exported); 2 bad arguments (missing or
-malformed matrix or right-hand side, a matrix that is not SPD, a checkpoint of a model that cannot be tuned, a
-non-positive budget): nothing is written.
+Prints the table (iterations, ms per solve and setup ms of the tuned factor, the model before tuning, IC(0),
+MIC(0) and AMG-SA), the tuning time and the break-even number of solves, and where the files went. Exit
+status: 0 tuned; 1 not tuned (the reason is printed and in tune.json; the start factor was exported); 2 bad
+arguments (missing or malformed matrix or right-hand side, a matrix that is not SPD, a checkpoint of a model
+that cannot be tuned, a non-positive budget): nothing is written.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def _progress_bar(enabled: bool, budget_s: float):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("tuning"), BarColumn(), TimeElapsedColumn(),
-                   TextColumn("step {task.fields[step]}  iterations {task.fields[iters]} (best {task.fields[best]}, "
-                              "start {task.fields[first]})"), console=Console(stderr=True), transient=True)
+                   TextColumn("step {task.fields[step]}  iterations {task.fields[iters]} (best "
+                              "{task.fields[best]}, start {task.fields[first]})"),
+                   console=Console(stderr=True), transient=True)
     task = bar.add_task("tune", total=budget_s, step=0, iters="-", best="-", first="-")
 
     def update(state):
@@ -41,14 +42,15 @@ def _progress_bar(enabled: bool, budget_s: float):
 
 
 def tune_command(cfg, out_dir: Path | None = None) -> int:
-    """The whole command on a composed config; the run folder is Hydra's (``out_dir`` for a config composed without
-    Hydra's run, e.g. with ``hydra.compose``). Returns the exit status; TuneError for bad arguments."""
+    """The whole command on a composed config; the run folder is Hydra's (``out_dir`` for a config composed
+    without Hydra's run, e.g. with ``hydra.compose``). Returns the exit status; TuneError for bad
+    arguments."""
     from learnsolve.training.tune import run_tune
 
     for key in ("matrix", "ckpt_path"):
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
-            print(f"learnsolve-tune: give {key}=PATH (matrix: an SPD Matrix Market file; ckpt_path: a neural_if "
-                  "training checkpoint)", file=sys.stderr)
+            print(f"learnsolve-tune: give {key}=PATH (matrix: an SPD Matrix Market file; ckpt_path: a "
+                  "neural_if training checkpoint)", file=sys.stderr)
             return 2
     budget = cfg.budget_s
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):

@@ -1,7 +1,7 @@
 """The numpy bridge to learnsolve's torch solver core, shared by the JAX and TensorFlow adapters.
 
-A system arrives as numpy arrays: COO triplets (``rows``, ``cols``, ``values``) or a dense matrix, and a block of
-right-hand sides. :func:`host_solve` runs :func:`learnsolve.linalg.solve` (every method and preconditioner,
+A system arrives as numpy arrays: COO triplets (``rows``, ``cols``, ``values``) or a dense matrix, and a block
+of right-hand sides. :func:`host_solve` runs :func:`learnsolve.linalg.solve` (every method and preconditioner,
 the compiled CG path included) without autograd and returns numpy arrays plus per-system convergence numbers.
 ``transpose=True`` solves the adjoint system ``A^T y = g`` with the transposed preconditioner ``M^T`` (a
 factorisation of A, transposed; never a factorisation of A^T), as the implicit backward needs.
@@ -67,20 +67,21 @@ def _pattern(n: int, rows: np.ndarray, cols: np.ndarray) -> tuple[CSRPattern, to
 
 
 def sparse_operator(n: int, rows, cols, values) -> SparseMatrix:
-    """SparseMatrix from COO numpy arrays; ``values`` (nnz,) or (B, nnz) (a batch of matrices, one pattern)."""
+    """SparseMatrix from COO numpy arrays; ``values`` (nnz,) or (B, nnz) (a batch of matrices, one
+    pattern)."""
     pattern, inv, m = _pattern(n, np.asarray(rows), np.asarray(cols))
     v = torch.from_numpy(np.array(values, order="C", copy=True))  # callers' buffers may be read-only
     csr = v.new_zeros(*v.shape[:-1], m).index_add_(v.ndim - 1, inv, v)
     return SparseMatrix(pattern, csr)
 
 
-def host_solve(A, b: np.ndarray, *, method: str, precond, rtol: float | None, atol: float, maxiter: int | None,
-               transpose: bool = False, options: dict | None = None) -> HostResult:
+def host_solve(A, b: np.ndarray, *, method: str, precond, rtol: float | None, atol: float,
+               maxiter: int | None, transpose: bool = False, options: dict | None = None) -> HostResult:
     """Solve ``A x = b`` (or ``A^T x = b``) with the torch core, no autograd.
 
     ``A``: a :class:`SparseMatrix` (see :func:`sparse_operator`) or a dense numpy (n, n) / (B, n, n) array.
-    ``b``: (n,), (n, k), (B, n) or (B, n, k), laid out as :func:`learnsolve.linalg.solve` takes it. Non-convergence
-    is reported in the result (``on_fail="ignore"``): the caller applies its own policy.
+    ``b``: (n,), (n, k), (B, n) or (B, n, k), laid out as :func:`learnsolve.linalg.solve` takes it.
+    Non-convergence is reported in the result (``on_fail="ignore"``): the caller applies its own policy.
     """
     op = A if isinstance(A, SparseMatrix) else torch.from_numpy(np.array(A, order="C", copy=True))
     M = None

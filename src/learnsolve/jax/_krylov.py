@@ -1,10 +1,11 @@
 """JAX-native Krylov loops (``lax.while_loop``): jit-able, vmap-able, device-independent.
 
 Each method solves ONE system ``A x = b`` for a vector b; ``jax.vmap`` batches them (a batched loop runs until
-every system has stopped; stopped systems are frozen). ``mv`` and ``M`` are linear maps on vectors. Every method
-confirms convergence on the TRUE residual ``b - A x`` (as the torch core does): a system whose recursive residual
-fell below the tolerance but whose true residual did not is restarted from the true residual, unless that did
-not halve since the previous restart; it then stops as stagnated (the attainable accuracy).
+every system has stopped; stopped systems are frozen). ``mv`` and ``M`` are linear maps on vectors. Every
+method confirms convergence on the TRUE residual ``b - A x`` (as the torch core does): a system whose
+recursive residual fell below the tolerance but whose true residual did not is restarted from the true
+residual, unless that did not halve since the previous restart; it then stops as stagnated (the attainable
+accuracy).
 
 Returns :class:`KrylovResult` with ``status``: 0 converged, 1 iteration budget spent, 2 breakdown (see
 ``BREAKDOWNS``), 3 non-finite residual, 4 stagnated.
@@ -52,7 +53,8 @@ def _status(rnorm, k, ok, tol, maxiter):
 
 
 def _confirmed(run, mv, b, x0, tol, maxiter):
-    """Run ``run(x, k) -> (x, k, status)`` and confirm CONVERGED on the true residual (restart or stagnate)."""
+    """Run ``run(x, k) -> (x, k, status)`` and confirm CONVERGED on the true residual (restart or
+    stagnate)."""
     x, k, st = run(x0, jnp.asarray(0, jnp.int32))
     rt = _norm(b - mv(x))
     inf = jnp.asarray(jnp.inf, rt.dtype)

@@ -1,11 +1,11 @@
 """Linear operators for ``learnsolve.jax.solve``: ``mv(params, x)``, linear in x, differentiable in params.
 
-- ``ell``: a BCOO whose indices are concrete (built outside ``jax.jit``, or closed over): its data are laid out
-  once as an ELL array (n, K) (K = the longest row) and every product is a gather and a row sum. XLA's CPU
+- ``ell``: a BCOO whose indices are concrete (built outside ``jax.jit``, or closed over): its data are laid
+  out once as an ELL array (n, K) (K = the longest row) and every product is a gather and a row sum. XLA's CPU
   scatter-add, which ``segment_sum`` lowers to, is serial and ~800x slower under ``jax.vmap`` (measured: 30 ms
-  vs 37 us per product for 64 systems of 4096 unknowns), so the loops use no scatter. The transposed layout for
-  the adjoint is a second gather of the same data, made once per solve. Gradients reach the BCOO data through a
-  permutation whose VJP is a gather too.
+  vs 37 us per product for 64 systems of 4096 unknowns), so the loops use no scatter. The transposed layout
+  for the adjoint is a second gather of the same data, made once per solve. Gradients reach the BCOO data
+  through a permutation whose VJP is a gather too.
 - ``bcoo``: a BCOO with traced indices (the pattern itself is a jit argument): ``segment_sum`` products.
 - ``dense``: an (n, n) array. ``matvec``: a user function ``A(x)`` / ``A(params, x)`` (transpose by
   ``jax.linear_transpose``).
@@ -27,8 +27,9 @@ from jax.experimental import sparse as jsparse
 
 @dataclass(frozen=True, eq=False)
 class Operator:
-    """``mv(params, x)`` (differentiable in params); ``bind(params)`` -> the vector map used inside a Krylov loop
-    (may precompute); ``diag(params)`` -> A's diagonal (None: unknown); ``T`` -> the transposed operator."""
+    """``mv(params, x)`` (differentiable in params); ``bind(params)`` -> the vector map used inside a Krylov
+    loop (may precompute); ``diag(params)`` -> A's diagonal (None: unknown); ``T`` -> the transposed
+    operator."""
 
     kind: str
     n: int
@@ -90,7 +91,8 @@ def _ell_structure(n: int, indices: np.ndarray):
     K, src, inv, ecols = _layout(n, rows, cols)
     _KT, srcT, _, ecolsT = _layout(n, cols, rows)
     pad = n * K  # the zero appended after A's flattened ELL data
-    to_T = np.where(srcT < rows.size, inv[np.minimum(srcT, rows.size - 1)], pad) if rows.size else srcT * 0 + pad
+    to_T = (np.where(srcT < rows.size, inv[np.minimum(srcT, rows.size - 1)], pad) if rows.size
+            else srcT * 0 + pad)
     diag_slot = np.where((ecols == np.arange(n)[:, None]) & (src < rows.size), 1.0, 0.0)
     i32 = partial(np.asarray, dtype=np.int32)
     hit = (K, i32(src), i32(inv), i32(ecols), i32(to_T), i32(ecolsT), diag_slot)
@@ -102,8 +104,8 @@ def _ell_structure(n: int, indices: np.ndarray):
 
 def _permutation(src: np.ndarray, inv: np.ndarray):
     """data (nnz,) -> ELL data (n, K), zero padding; its VJP is the gather back (no scatter)."""
-    # numpy, not jax arrays: constants of whatever trace uses them (a jax array made inside one trace would be a
-    # tracer leaking into the next)
+    # numpy, not jax arrays: constants of whatever trace uses them (a jax array made inside one trace would be
+    # a tracer leaking into the next)
     src_j, inv_j = src, inv
 
     @jax.custom_vjp
@@ -165,8 +167,9 @@ def as_operator(A, params, b, *, layout: str = "auto", forward_mode: bool = Fals
     BCOO's COO form (the torch backend needs rows and columns)."""
     if isinstance(A, jsparse.BCOO):
         if A.ndim != 2 or A.n_batch or A.n_dense or A.shape[0] != A.shape[1]:
-            raise ValueError(f"A: a square 2-D BCOO matrix without batch or dense dimensions is supported, got shape "
-                             f"{A.shape} (n_batch={A.n_batch}, n_dense={A.n_dense}); use jax.vmap for batches")
+            raise ValueError("A: a square 2-D BCOO matrix without batch or dense dimensions is supported, "
+                             f"got shape {A.shape} (n_batch={A.n_batch}, n_dense={A.n_dense}); use jax.vmap "
+                             "for batches")
         n = A.shape[0]
         if layout == "auto" and not isinstance(A.indices, jax.core.Tracer):
             return _ell_operator(A, forward_mode)

@@ -1,4 +1,5 @@
-"""``learnsolve.jax.solve``: a differentiable sparse solve for JAX (implicit differentiation by ``jax.custom_vjp``)."""
+"""``learnsolve.jax.solve``: a differentiable sparse solve for JAX (implicit differentiation by
+``jax.custom_vjp``)."""
 
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ def _preconditioner(cfg: _Config, op: Operator, params):
         return lambda r: r
     if p == "jacobi":
         if op.diag is None:
-            raise ValueError("precond='jacobi' needs A's diagonal: a matvec function has none; pass a callable "
-                             "preconditioner instead")
+            raise ValueError("precond='jacobi' needs A's diagonal: a matvec function has none; pass a "
+                             "callable preconditioner instead")
         d = jax.lax.stop_gradient(op.diag(params))
         inv = 1.0 / jnp.where(d != 0, d, 1.0)
         return lambda r: inv * r
@@ -97,7 +98,8 @@ def _torch(cfg: _Config, op: Operator, params, b, x0):
             mat, rows, cols = (np.asarray(a) for a in leaves)
             rows, cols = rows.reshape(-1, rows.shape[-1]), cols.reshape(-1, cols.shape[-1])
             if not ((rows == rows[0]).all() and (cols == cols[0]).all()):
-                raise ValueError("A: a vmapped BCOO must keep one sparsity pattern (vmap its data, not its indices)")
+                raise ValueError("A: a vmapped BCOO must keep one sparsity pattern (vmap its data, not its "
+                                 "indices)")
             mlead = mat.shape[:-1]
         else:
             mat = np.asarray(leaves[0])
@@ -161,11 +163,12 @@ def _message(cfg: _Config, label: str, status, it, rn, bn) -> str:
     rel = (np.asarray(rn) / np.where(np.asarray(bn) > 0, np.asarray(bn), 1.0)).ravel()
     bad = status != _krylov.CONVERGED
     s = int(status[bad][0])
-    why = _krylov.BREAKDOWNS.get(cfg.method, "breakdown") if s == _krylov.BREAKDOWN else _krylov.STATUS_TEXT.get(
-        s, "the host solve did not converge")
-    return (f"{label} solve ({cfg.method}, backend {cfg.backend!r}) did not converge: {int(bad.sum())}/{bad.size} "
-            f"systems, worst relative residual {rel.max():.3e} (rtol {cfg.rtol:.1e}) after <= {int(it.max())} "
-            f"iterations; {why}. Raise maxiter, loosen rtol, use a preconditioner, or pass on_fail='warn'/'ignore'")
+    why = (_krylov.BREAKDOWNS.get(cfg.method, "breakdown") if s == _krylov.BREAKDOWN
+           else _krylov.STATUS_TEXT.get(s, "the host solve did not converge"))
+    return (f"{label} solve ({cfg.method}, backend {cfg.backend!r}) did not converge: "
+            f"{int(bad.sum())}/{bad.size} systems, worst relative residual {rel.max():.3e} (rtol "
+            f"{cfg.rtol:.1e}) after <= {int(it.max())} iterations; {why}. Raise maxiter, loosen rtol, use a "
+            "preconditioner, or pass on_fail='warn'/'ignore'")
 
 
 def _act(cfg, label, on_fail, status, it, rn, bn):
@@ -197,35 +200,38 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
 
     Args:
         A: a ``jax.experimental.sparse.BCOO`` (n, n) matrix (gradients w.r.t. its ``data``, O(nnz)), a dense
-            (n, n) array, or a linear function ``A(x)`` / ``A(params, x)`` (gradients w.r.t. ``params`` and the
-            arrays the function closes over, by the VJP of the product at the solution). Batches: ``jax.vmap``.
+            (n, n) array, or a linear function ``A(x)`` / ``A(params, x)`` (gradients w.r.t. ``params`` and
+            the arrays the function closes over, by the VJP of the product at the solution). Batches:
+            ``jax.vmap``.
         b: the right-hand side, shape (n,).
-        method: "cg" (SPD), "bicgstab" or "gmres" (nonsymmetric); with ``backend="torch"`` also "fcg", "minres",
-            "direct".
+        method: "cg" (SPD), "bicgstab" or "gmres" (nonsymmetric); with ``backend="torch"`` also "fcg",
+            "minres", "direct".
         precond: None; "jacobi" (BCOO or dense A); a function ``r -> M^{-1} r`` (taken as symmetric) or a pair
             ``(M_inv, M_inv_T)``; with ``backend="torch"`` any learnsolve name ("ic0", "mic0", "ilu0", "amg").
-        rtol: relative tolerance: stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual); defaults to
-            1e-10 in float64 and 1e-5 in float32. The adjoint solve uses the same tolerances.
+        rtol: relative tolerance: stop when ``||b - A x|| <= max(rtol ||b||, atol)`` (true residual); defaults
+            to 1e-10 in float64 and 1e-5 in float32. The adjoint solve uses the same tolerances.
         atol: absolute tolerance.
         maxiter: iteration budget (default 10 n; GMRES counts inner iterations).
         x0: initial guess (no gradient flows to it).
         params: the differentiable parameters of a matvec function ``A(params, x)`` (a pytree).
         backend: "jax" (native ``lax.while_loop`` Krylov loops: jit, vmap, grad, any device) or "torch" (the
-            torch core through ``jax.pure_callback``: compiled CPU kernels, IC(0)/ILU(0)/AMG; BCOO or dense A).
+            torch core through ``jax.pure_callback``: compiled CPU kernels, IC(0)/ILU(0)/AMG; BCOO or dense
+            A).
         restart: GMRES restart length.
-        on_fail: "raise" (``learnsolve.linalg.ConvergenceError``), "warn" or "ignore", forward and adjoint. Under
-            ``jax.jit`` the check runs in a debug callback; the error then surfaces from the jitted call.
+        on_fail: "raise" (``learnsolve.linalg.ConvergenceError``), "warn" or "ignore", forward and adjoint.
+            Under ``jax.jit`` the check runs in a debug callback; the error then surfaces from the jitted
+            call.
         return_info: also return a :class:`SolveInfo`.
-        diff: "vjp" (``jax.custom_vjp``: reverse mode, also twice; the backward is built from the same custom_vjp)
-            or "linear_solve" (``jax.lax.custom_linear_solve`` around the same Krylov loops: forward mode
-            ``jax.jvp`` / ``jax.jacfwd`` too, and any order; each tangent or cotangent is one more solve, with A or
-            A^T; no ``x0``).
+        diff: "vjp" (``jax.custom_vjp``: reverse mode, also twice; the backward is built from the same
+            custom_vjp) or "linear_solve" (``jax.lax.custom_linear_solve`` around the same Krylov loops:
+            forward mode ``jax.jvp`` / ``jax.jacfwd`` too, and any order; each tangent or cotangent is one
+            more solve, with A or A^T; no ``x0``).
 
     Differentiable w.r.t. b, the BCOO data / dense entries / ``params``.
 
     Returns:
-        x, shape (n,); ``(x, info)`` with ``return_info=True`` (``info`` a pytree: ``iterations``, ``converged``,
-        ``residual_norm``, ``b_norm``, ``status``; batched under ``vmap``).
+        x, shape (n,); ``(x, info)`` with ``return_info=True`` (``info`` a pytree: ``iterations``,
+            ``converged``, ``residual_norm``, ``b_norm``, ``status``; batched under ``vmap``).
 
     Raises:
         ValueError: an unknown method, backend, ``on_fail`` or preconditioner, or a b that is not (n,).
@@ -255,8 +261,8 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
         raise ValueError(f"on_fail: must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
     b = jnp.asarray(b)
     if b.ndim != 1:
-        raise ValueError(f"b: a vector of shape (n,) is needed, got shape {b.shape}; use jax.vmap for several "
-                         "right-hand sides")
+        raise ValueError(f"b: a vector of shape (n,) is needed, got shape {b.shape}; use jax.vmap for "
+                         "several right-hand sides")
     if not jnp.issubdtype(b.dtype, jnp.floating):
         raise TypeError(f"b: a real floating-point array is needed, got dtype {b.dtype}")
     op, p = as_operator(A, params, b, layout="coo" if backend == "torch" else "auto",
@@ -269,7 +275,8 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
             raise TypeError(f"A and b: dtypes differ ({dtA} vs {b.dtype}); cast one of them")
     _check_precond(precond, backend, op)
     if backend == "torch" and op.kind == "matvec":
-        raise ValueError("backend='torch' needs A as a BCOO or dense array, not a function; use backend='jax'")
+        raise ValueError("backend='torch' needs A as a BCOO or dense array, not a function; use "
+                         "backend='jax'")
     explicit_x0 = x0 is not None
     if x0 is None:
         x0 = jnp.zeros_like(b)
@@ -297,8 +304,8 @@ def solve(A, b, *, method: str = "cg", precond=None, rtol: float | None = None, 
 
 
 def _linear_solve(cfg: _Config, op: Operator, p, b):
-    """``lax.custom_linear_solve``: JAX derives forward and reverse mode (any order) from the linear map and the
-    two solves (A with M, A^T with M^T); every solve is checked by the non-convergence policy."""
+    """``lax.custom_linear_solve``: JAX derives forward and reverse mode (any order) from the linear map and
+    the two solves (A with M, A^T with M^T); every solve is checked by the non-convergence policy."""
 
     def solve_with(c, o, label):
         def run(_matvec, rhs):
@@ -320,8 +327,8 @@ def _check_precond(precond, backend, op):
         names = TORCH_PRECONDS if backend == "torch" else NATIVE_PRECONDS
         if precond in names:
             return
-        hint = "; IC(0), ILU(0) and AMG run with backend='torch'" if backend == "jax" and precond in TORCH_PRECONDS \
-            else ""
+        hint = ("; IC(0), ILU(0) and AMG run with backend='torch'"
+                if backend == "jax" and precond in TORCH_PRECONDS else "")
         raise ValueError(f"precond: unknown {precond!r} for backend {backend!r}; choose one of "
                          f"{', '.join(names)}{hint}")
     raise TypeError(f"precond: None, a name, a function r -> M^-1 r or a pair (M^-1, M^-T) is needed, got "

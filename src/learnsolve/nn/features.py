@@ -1,4 +1,5 @@
-"""Scale-free input features of the graph of a linear system, shared by every GNN model and its exported program.
+"""Scale-free input features of the graph of a linear system, shared by every GNN model and its exported
+program.
 
 A system A x = b enters a network through its COO entries (``row``, ``col``, ``values``; the diagonal among
 them) and the per-node coefficient (column 1 of ``feat``, ones for a bare matrix). With d_i = a_ii and
@@ -38,11 +39,13 @@ def diagonal(row: Tensor, col: Tensor, values: Tensor, n: int) -> Tensor:
 
 
 def require_positive_diagonal(d: Tensor, name: str) -> None:
-    """ValueError naming the model and the first row with a_ii <= 0 (the features and the models divide by it)."""
+    """ValueError naming the model and the first row with a_ii <= 0 (the features and the models divide by
+    it)."""
     bad = d <= 0
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name} needs a positive diagonal (an SPD family); got a_ii = {float(d[i]):g} in row {i}")
+        raise ValueError(f"{name} needs a positive diagonal (an SPD family); got a_ii = {float(d[i]):g} in "
+                         f"row {i}")
 
 
 def graph_mean(v: Tensor, graph: Tensor | None = None, num_graphs: int = 1) -> Tensor:

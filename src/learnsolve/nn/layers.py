@@ -32,21 +32,23 @@ def edge_workspace(h: Tensor, num_edges: int, channels: int) -> tuple[Tensor, Te
 def pair_hidden(first: nn.Linear, act: nn.Module, h: Tensor, row: Tensor, col: Tensor, edge_attr: Tensor,
                 work: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``act(first(cat([h[row], h[col], edge_attr], -1)))``, (E, C_out), without forming the (E, 2C + F)
-    concatenation: ``first``'s weight is split as ``W_a h_i + W_b h_j + W_c e`` (two node-level products and two
-    gathers).
+    concatenation: ``first``'s weight is split as ``W_a h_i + W_b h_j + W_c e`` (two node-level products and
+    two gathers).
 
-    Without autograd (inference) every per-edge step is done in place, in ``work`` (:func:`edge_workspace`; the
-    result is then a view of ``work[0]``, valid until the next call) or in one fresh buffer: on one core a fresh
-    21 MB tensor per elementwise step cost as much as the arithmetic (page faults: an add of two (327680, 16)
-    float32 tensors took 5.9 ms out of place and 0.8 ms in place).
+    Without autograd (inference) every per-edge step is done in place, in ``work`` (:func:`edge_workspace`;
+    the result is then a view of ``work[0]``, valid until the next call) or in one fresh buffer: on one core a
+    fresh 21 MB tensor per elementwise step cost as much as the arithmetic (page faults: an add of two
+    (327680, 16) float32 tensors took 5.9 ms out of place and 0.8 ms in place).
     """
     C = h.shape[-1]
     W = first.weight
-    a, b, Wc = h @ W[:, :C].T, h @ W[:, C:2 * C].T, W[:, 2 * C:].T.contiguous()  # contiguous: fast gathers and
-    # broadcasts (a strided (1, Co) factor took addcmul's slow path: 3 ms instead of 0.6)
+    # contiguous: fast gathers and broadcasts (a strided (1, Co) factor took addcmul's slow path: 3 ms
+    # instead of 0.6)
+    a, b, Wc = h @ W[:, :C].T, h @ W[:, C:2 * C].T, W[:, 2 * C:].T.contiguous()
     if _functional():  # the same operations in the same order as below, out of place: bitwise the same result
         pre = a.index_select(0, row) + b.index_select(0, col) + first.bias
-        pre = torch.addcmul(pre, edge_attr, Wc) if edge_attr.shape[-1] == 1 else torch.addmm(pre, edge_attr, Wc)
+        pre = (torch.addcmul(pre, edge_attr, Wc) if edge_attr.shape[-1] == 1
+               else torch.addmm(pre, edge_attr, Wc))
         return act(pre)
     E, Co = row.shape[0], a.shape[1]
     if work is None or work[0].shape[0] < E or work[0].shape[1] != Co:
@@ -72,9 +74,9 @@ class SystemConv(nn.Module):
     entry :math:`a_{ij}/\sqrt{a_{ii} a_{jj}}`). Shapes: ``h`` (N, C), ``edge_index`` (2, E) (row i = the node
     that aggregates, column j = its neighbour), ``edge_attr`` (E, F) -> (N, C). Permutation equivariant.
 
-    Computed without the (E, 2C + F) concatenation (:func:`pair_hidden`), and :math:`\phi`'s linear second layer
-    is applied after the sum over neighbours, :math:`\sum_j (W_2 a_{ij} + b_2) = W_2 \sum_j a_{ij} + \deg_i
-    b_2`: same parameters and result as the per-edge form (:meth:`message_reference`), O(E C) per layer
+    Computed without the (E, 2C + F) concatenation (:func:`pair_hidden`), and :math:`\phi`'s linear second
+    layer is applied after the sum over neighbours, :math:`\sum_j (W_2 a_{ij} + b_2) = W_2 \sum_j a_{ij} +
+    \deg_i b_2`: same parameters and result as the per-edge form (:meth:`message_reference`), O(E C) per layer
     instead of O(E C^2).
     """
 
@@ -91,12 +93,14 @@ class SystemConv(nn.Module):
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 work: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """``work``: optional (E, C) buffers from :func:`edge_workspace`, shared by the layers of a forward."""
+        """``work``: optional (E, C) buffers from :func:`edge_workspace`, shared by the layers of a
+        forward."""
         row, col = edge_index[0], edge_index[1]
         act = pair_hidden(self.phi[0], self.phi[1], h, row, col, edge_attr, work)  # (E, C)
         s = h.new_zeros(h.shape[0], self.channels).index_add(0, row, act)
         second = self.phi[2]
-        # (torch.bincount would give the program a data-dependent size: torch.export warns about unbacked symbols)
+        # (torch.bincount would give the program a data-dependent size: torch.export warns about unbacked
+        # symbols)
         deg = h.new_zeros(h.shape[0]).index_add(0, row, h.new_ones(row.shape[0]))
         m = torch.addmm(deg.unsqueeze(-1) * second.bias, s, second.weight.T)
         return h + self.psi(torch.cat([h, m], dim=-1))

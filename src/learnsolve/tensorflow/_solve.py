@@ -1,9 +1,9 @@
 """``learnsolve.tensorflow.solve``: a differentiable sparse solve for TensorFlow (``tf.custom_gradient``).
 
-The forward and the adjoint solves run in learnsolve's torch core through ``tf.numpy_function`` (host arrays: every
-method and preconditioner, the compiled CPU kernels). The gradient is formed in TensorFlow: dL/db = lambda with
-``A^T lambda = dL/dx`` (one adjoint solve, transposed preconditioner), dL/dvalues = -lambda[row] x[col] (O(nnz),
-summed over right-hand sides), dL/dA = -lambda x^T for a dense A.
+The forward and the adjoint solves run in learnsolve's torch core through ``tf.numpy_function`` (host arrays:
+every method and preconditioner, the compiled CPU kernels). The gradient is formed in TensorFlow: dL/db =
+lambda with ``A^T lambda = dL/dx`` (one adjoint solve, transposed preconditioner), dL/dvalues = -lambda[row]
+x[col] (O(nnz), summed over right-hand sides), dL/dA = -lambda x^T for a dense A.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class _Config:
 def _policy(cfg: _Config, r, label: str, raise_here: bool) -> None:
     if cfg.on_fail == "ignore" or bool(np.all(r.converged)):
         return
-    msg = (f"{label} solve did not converge: {r.summary}. Raise maxiter, loosen rtol, use a preconditioner, or "
-           f"pass on_fail='warn'/'ignore'")
+    msg = (f"{label} solve did not converge: {r.summary}. Raise maxiter, loosen rtol, use a preconditioner, "
+           f"or pass on_fail='warn'/'ignore'")
     if cfg.on_fail == "warn":
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
     elif raise_here:
@@ -56,7 +56,8 @@ def _policy(cfg: _Config, r, label: str, raise_here: bool) -> None:
 
 
 def _host(cfg: _Config, kind: str, transpose: bool, check: bool):
-    """numpy callback: (A's values / dense A, indices, b) -> (x, info rows [iterations, converged, res, |b|])."""
+    """numpy callback: (A's values / dense A, indices, b) -> (x, info rows [iterations, converged,
+    res, |b|])."""
 
     def fn(a, indices, b):
         A = sparse_operator(cfg.n, indices[:, 0], indices[:, 1], a) if kind == "sparse" else a
@@ -72,8 +73,8 @@ def _host(cfg: _Config, kind: str, transpose: bool, check: bool):
 
 def _run(cfg, kind, transpose, a, indices, b):
     eager = tf.executing_eagerly()
-    x, info = tf.numpy_function(_host(cfg, kind, transpose, check=not eager), [a, indices, b], [b.dtype, b.dtype],
-                                stateful=True)
+    x, info = tf.numpy_function(_host(cfg, kind, transpose, check=not eager), [a, indices, b],
+                                [b.dtype, b.dtype], stateful=True)
     x.set_shape(b.shape)
     info.set_shape([4, *b.shape[1:]])
     if eager and cfg.on_fail != "ignore":
@@ -91,8 +92,9 @@ class _EagerReport:
         it, _, res, bn = (info[i].numpy() for i in range(4))
         self.converged = conv > 0.5
         rel = np.max(res / np.where(bn > 0, bn, 1.0))
-        self.summary = (f"{method}: {int(np.sum(~self.converged))}/{self.converged.size} systems not converged after <= "
-                        f"{int(np.max(it))} iterations (worst relative residual {rel:.3e})")
+        self.summary = (f"{method}: {int(np.sum(~self.converged))}/{self.converged.size} systems not "
+                        f"converged after <= {int(np.max(it))} iterations (worst relative residual "
+                        f"{rel:.3e})")
 
 
 def _solve_fn(cfg: _Config, kind: str):
@@ -106,7 +108,8 @@ def _solve_fn(cfg: _Config, kind: str):
                 lr, xc = tf.gather(lam, indices[:, 0]), tf.gather(x, indices[:, 1])
                 ga = -(lr * xc if b.shape.rank == 1 else tf.reduce_sum(lr * xc, axis=1))
             else:
-                ga = -(tf.tensordot(lam, x, axes=0) if b.shape.rank == 1 else tf.matmul(lam, x, transpose_b=True))
+                ga = -(tf.tensordot(lam, x, axes=0) if b.shape.rank == 1
+                       else tf.matmul(lam, x, transpose_b=True))
             return ga, None, lam
 
         return (x, tf.stop_gradient(info)), grad
@@ -114,8 +117,9 @@ def _solve_fn(cfg: _Config, kind: str):
     return f
 
 
-def solve(A, b, *, method: str = "cg", precond: str | None = None, rtol: float | None = None, atol: float = 0.0,
-          maxiter: int | None = None, on_fail: str = "raise", return_info: bool = False, **options):
+def solve(A, b, *, method: str = "cg", precond: str | None = None, rtol: float | None = None,
+          atol: float = 0.0, maxiter: int | None = None, on_fail: str = "raise", return_info: bool = False,
+          **options):
     """Solve ``A x = b`` differentiably in TensorFlow (eagerly or inside ``tf.function``).
 
     Args:
@@ -127,8 +131,8 @@ def solve(A, b, *, method: str = "cg", precond: str | None = None, rtol: float |
         rtol: relative tolerance, as :func:`learnsolve.linalg.solve`.
         atol: absolute tolerance.
         maxiter: iteration cap.
-        on_fail: "raise" (``learnsolve.linalg.ConvergenceError``; inside ``tf.function`` the error surfaces from
-            the graph call with the same message), "warn" or "ignore"; forward and adjoint.
+        on_fail: "raise" (``learnsolve.linalg.ConvergenceError``; inside ``tf.function`` the error surfaces
+            from the graph call with the same message), "warn" or "ignore"; forward and adjoint.
         return_info: also return a :class:`SolveInfo`.
         **options: method options (``restart`` for gmres), as :func:`learnsolve.linalg.solve`.
 
