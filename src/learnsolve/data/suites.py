@@ -29,8 +29,8 @@ from .mtx import MatrixMarketError, default_rhs, list_matrices, load_system, mat
 from .system import make_system
 
 __all__ = ["PYAMG_EXAMPLES", "SUITES", "GeneratedSuite", "MatrixMarketSuite", "PyamgSuite", "Suite",
-           "SuiteConfigError", "SuiteError", "generated_suite", "load_suite", "matrix_market_suite", "pyamg_suite",
-           "spec_name"]
+           "SuiteConfigError", "SuiteError", "generated_suite", "load_suite", "matrix_market_suite",
+           "pyamg_suite", "spec_name"]
 
 # name -> symmetric (SPD for the symmetric ones); recirc_flow is a nonsymmetric convection problem
 PYAMG_EXAMPLES = {
@@ -60,20 +60,21 @@ def pyamg_suite(names: Iterable[str] | None = None, rhs: str = "random",
     Each example dict holds ``A`` (sparse), ``B`` (the near-null-space candidates for smoothed
     aggregation -- NOT a right-hand side), and ``vertices`` / ``elements`` of the mesh. No example ships
     a right-hand side: ``rhs="random"`` (default) draws b i.i.d. standard normal from
-    ``numpy.random.default_rng(seed)``; ``rhs="ones"`` gives ``b = A @ ones`` (exact solution all ones; it favours
-    MIC(0), which keeps row sums, and warns so). Where ones lies in A's null space (unit_square, a Neumann
-    problem; a random b is not in A's range there) either kind gives ``b = A @ w`` with ``w`` uniform in
-    [0.5, 1.5] (the same seed), and ``params["rhs"]`` records which was used. ``pos`` = ``vertices`` when there is
-    one vertex per unknown (local_disc_galerkin_diffusion, unit_cube, unit_square); otherwise (Dirichlet
-    nodes eliminated, or several unknowns per vertex: airfoil, bar, knot, recirc_flow) the 1-D index
-    coordinate ``arange(n) / n`` of shape (n, 1), as for Matrix Market files.
-    family ``"pyamg"``, params ``{"name": name, "rhs": ...}``, seed ``seed``; ``symmetric`` is measured from A (recirc_flow
-    is nonsymmetric); ``singular`` is set as in :func:`learnsolve.data.mtx.load_system`.
+    ``numpy.random.default_rng(seed)``; ``rhs="ones"`` gives ``b = A @ ones`` (exact solution all ones; it
+    favours MIC(0), which keeps row sums, and warns so). Where ones lies in A's null space (unit_square, a
+    Neumann problem; a random b is not in A's range there) either kind gives ``b = A @ w`` with ``w`` uniform
+    in [0.5, 1.5] (the same seed), and ``params["rhs"]`` records which was used. ``pos`` = ``vertices`` when
+    there is one vertex per unknown (local_disc_galerkin_diffusion, unit_cube, unit_square); otherwise
+    (Dirichlet nodes eliminated, or several unknowns per vertex: airfoil, bar, knot, recirc_flow) the 1-D
+    index coordinate ``arange(n) / n`` of shape (n, 1), as for Matrix Market files.
+    family ``"pyamg"``, params ``{"name": name, "rhs": ...}``, seed ``seed``; ``symmetric`` is measured from A
+    (recirc_flow is nonsymmetric); ``singular`` is set as in :func:`learnsolve.data.mtx.load_system`.
     """
     from pyamg.gallery import load_example  # pyamg is heavy-ish; import on use
 
     if rhs not in ("random", "ones"):
-        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ ones)")
+        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ "
+                         "ones)")
     for name in (PYAMG_EXAMPLES if names is None else names):
         if name not in PYAMG_EXAMPLES:
             raise ValueError(f"unknown pyamg example {name!r}; choose from {', '.join(PYAMG_EXAMPLES)}")
@@ -87,8 +88,8 @@ def pyamg_suite(names: Iterable[str] | None = None, rhs: str = "random",
             pos = (np.arange(n, dtype=np.float64) / n).reshape(n, 1)
         b, source = default_rhs(A, rhs, seed, f"pyamg example {name}")  # unit_square (A 1 = 0): b = A r
         x, singular = reference_solution(A, b)
-        data = make_system(A, b, pos=pos, coeff=np.ones(n), family="pyamg", params={"name": name, "rhs": source},
-                           seed=seed, x=np.zeros(n) if x is None else x)
+        data = make_system(A, b, pos=pos, coeff=np.ones(n), family="pyamg",
+                           params={"name": name, "rhs": source}, seed=seed, x=np.zeros(n) if x is None else x)
         if x is None:
             data.x = None
         data.singular = singular
@@ -124,7 +125,8 @@ def _spec_kwargs(spec: Sequence) -> dict:
 
 
 def spec_name(spec: Sequence) -> str:
-    """``{family}_{size}_s{seed}``, then ``_key=value`` for each of a spec's own keyword arguments (sorted)."""
+    """``{family}_{size}_s{seed}``, then ``_key=value`` for each of a spec's own keyword arguments
+    (sorted)."""
     family, size, seed = spec[:3]
     extra = "".join(f"_{k}={v}" for k, v in sorted(_spec_kwargs(spec).items()))
     return f"{family}_{size}_s{seed}{extra.replace(' ', '')}"
@@ -189,13 +191,15 @@ class Suite:
 
 
 class GeneratedSuite(Suite):
-    """Generated held-out problems (see :func:`generated_suite`), options checked before anything is generated.
+    """Generated held-out problems (see :func:`generated_suite`), options checked before anything is
+    generated.
 
     - ``specs``: ``[[family, size, seed], ...]``, each optionally with a 4th element, a mapping of generator
       keyword arguments for that system alone (e.g. ``[anisotropic2d, 64, 910001, {stencil: fe}]``);
       ``size`` is the family's size argument (grid side, or number of nodes / vertices);
     - ``params``: ``{family: {keyword: value}}`` applied to every spec of that family (e.g.
-      ``{anisotropic2d: {theta: random, epsilon: [1.0e-4, 1.0e-2], stencil: fe}}``); a spec's own mapping wins;
+      ``{anisotropic2d: {theta: random, epsilon: [1.0e-4, 1.0e-2], stencil: fe}}``); a spec's own mapping
+      wins;
     - ``reference``: false skips the sparse direct reference solve of every system (no ``x``; for sizes
       where the factorisation dominates, such as 1024^2 grids and million-node graphs); every family of
       the specs must then accept ``reference``.
@@ -205,7 +209,8 @@ class GeneratedSuite(Suite):
     does not take and two specs with the same name.
     """
 
-    def __init__(self, specs, name: str = "generated", generators: Mapping[str, Callable[..., Data]] | None = None,
+    def __init__(self, specs, name: str = "generated",
+                 generators: Mapping[str, Callable[..., Data]] | None = None,
                  params: Mapping[str, Mapping[str, Any]] | None = None, reference: bool = True):
         if generators is None:
             from .generators import GENERATORS as generators
@@ -215,23 +220,25 @@ class GeneratedSuite(Suite):
             raise SuiteConfigError(f"benchmark.specs must be a non-empty list of [family, size, seed] "
                                    f"(optionally [family, size, seed, {{keyword: value}}]), got {specs}")
         for i, s in enumerate(specs):
-            if not isinstance(s, tuple) or len(s) not in (3, 4) or (len(s) == 4 and not isinstance(s[3], dict)):
-                raise SuiteConfigError(f"benchmark.specs[{i}] must be [family, size, seed] or [family, size, seed, "
-                                       f"{{keyword: value}}], got {s!r}")
+            if (not isinstance(s, tuple) or len(s) not in (3, 4)
+                    or (len(s) == 4 and not isinstance(s[3], dict))):
+                raise SuiteConfigError(f"benchmark.specs[{i}] must be [family, size, seed] or [family, size, "
+                                       f"seed, {{keyword: value}}], got {s!r}")
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in s[1:3]) or s[1] < 1:
-                raise SuiteConfigError(f"benchmark.specs[{i}]: size must be a positive integer and seed an integer, "
-                                       f"got {s!r}")
+                raise SuiteConfigError(f"benchmark.specs[{i}]: size must be a positive integer and seed an "
+                                       f"integer, got {s!r}")
         unknown = sorted({str(s[0]) for s in specs if s[0] not in generators})
         if unknown:
             raise SuiteConfigError(f"benchmark.specs: unknown generator families {unknown}; known: "
                                    f"{sorted(generators)}")
         params = plain(params or {})
         if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-            raise SuiteConfigError(f"benchmark.params must map families to mappings of generator keyword arguments, "
-                                   f"got {params!r}")
+            raise SuiteConfigError("benchmark.params must map families to mappings of generator keyword "
+                                   f"arguments, got {params!r}")
         bad = sorted(set(params) - set(generators))
         if bad:
-            raise SuiteConfigError(f"benchmark.params: unknown generator families {bad}; known: {sorted(generators)}")
+            raise SuiteConfigError(f"benchmark.params: unknown generator families {bad}; known: "
+                                   f"{sorted(generators)}")
         if not isinstance(reference, bool):
             raise SuiteConfigError(f"benchmark.reference must be true or false, got {reference!r}")
         for family, kw in params.items():
@@ -242,7 +249,8 @@ class GeneratedSuite(Suite):
         names = [spec_name(s) for s in specs]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise SuiteConfigError(f"benchmark.specs: repeated systems {dup} (same family, size, seed and keywords)")
+            raise SuiteConfigError(f"benchmark.specs: repeated systems {dup} (same family, size, seed and "
+                                   "keywords)")
         self.specs, self.name, self.generators = specs, name, generators
         self.params, self.reference = params, reference
 
@@ -254,7 +262,8 @@ class GeneratedSuite(Suite):
             size_arg = "size"
         reserved = sorted({"seed", size_arg} & set(kw))
         if reserved:
-            raise SuiteConfigError(f"{where}: {reserved} are set by the spec ([family, size, seed]), not as keywords")
+            raise SuiteConfigError(f"{where}: {reserved} are set by the spec ([family, size, seed]), not as "
+                                   "keywords")
         unknown = _unknown_keywords(gen, kw)
         if unknown:
             raise SuiteConfigError(f"{where}: the {family} generator takes no keyword argument(s) {unknown}")
@@ -269,14 +278,16 @@ class GeneratedSuite(Suite):
 class PyamgSuite(Suite):
     """``names``: examples of :data:`PYAMG_EXAMPLES` (None = all), see :func:`pyamg_suite`."""
 
-    def __init__(self, names: Iterable[str] | None = None, name: str = "pyamg", rhs: str = "random", seed: int = 0):
+    def __init__(self, names: Iterable[str] | None = None, name: str = "pyamg", rhs: str = "random",
+                 seed: int = 0):
         names = list(PYAMG_EXAMPLES) if names is None else [str(n) for n in names]
         unknown = [n for n in names if n not in PYAMG_EXAMPLES]
         if unknown:
             raise SuiteConfigError(f"benchmark.names: unknown pyamg examples {unknown}; choose from "
                                    f"{', '.join(PYAMG_EXAMPLES)}")
         if rhs not in ("random", "ones"):
-            raise SuiteConfigError(f"benchmark.rhs={rhs!r}: choose random (seeded, the default) or ones (b = A @ ones)")
+            raise SuiteConfigError(f"benchmark.rhs={rhs!r}: choose random (seeded, the default) or ones (b = "
+                                   "A @ ones)")
         self.names, self.name, self.rhs, self.seed = names, name, rhs, int(seed)
 
     def __len__(self) -> int:
@@ -292,9 +303,11 @@ class MatrixMarketSuite(Suite):
     def __init__(self, path: str | os.PathLike | None = None, rhs: str = "random", seed: int = 0,
                  name: str = "matrix_market"):
         if path in (None, "???"):
-            raise SuiteConfigError("benchmark=matrix_market needs benchmark.path=DIR (a folder of .mtx files)")
+            raise SuiteConfigError("benchmark=matrix_market needs benchmark.path=DIR (a folder of .mtx "
+                                   "files)")
         if not Path(path).is_dir():
-            raise SuiteConfigError(f"benchmark.path={str(path)!r} is not a folder (give a folder of .mtx files)")
+            raise SuiteConfigError(f"benchmark.path={str(path)!r} is not a folder (give a folder of .mtx "
+                                   "files)")
         self.path, self.rhs, self.seed, self.name = Path(path), rhs, int(seed), name
         self.files = list_matrices(self.path)
 

@@ -90,9 +90,9 @@ def make_system(A: sp.spmatrix, b: np.ndarray, *, pos: np.ndarray, coeff: np.nda
         spd: A is known to be SPD (a faster symmetric factorisation for x).
 
     Returns:
-        PyG ``Data`` with ``edge_index`` (2, nnz), ``edge_attr`` (nnz,) (A's values), ``b`` (n,), ``x`` (n,) or
-        None, ``pos`` (n, d), ``feat`` (n, 3) (diagonal, coefficient, b), ``num_nodes``, ``family``, ``params``,
-        ``seed`` and ``symmetric``.
+        PyG ``Data`` with ``edge_index`` (2, nnz), ``edge_attr`` (nnz,) (A's values), ``b`` (n,), ``x``
+            (n,) or None, ``pos`` (n, d), ``feat`` (n, 3) (diagonal, coefficient, b), ``num_nodes``,
+            ``family``, ``params``, ``seed`` and ``symmetric``.
 
     Raises:
         ValueError: a non-square A.
@@ -105,7 +105,8 @@ def make_system(A: sp.spmatrix, b: np.ndarray, *, pos: np.ndarray, coeff: np.nda
         raise ValueError(f"{family}: A must be square, got {A.shape}")
     b = np.asarray(b, dtype=np.float64).reshape(n)
     if x is None and reference and spd:
-        lu = spla.splu(A.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+        lu = spla.splu(A.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                       options={"SymmetricMode": True})
         x = lu.solve(b)
     elif x is None and reference:
         # MMD on A^T + A: about 2x faster than the default COLAMD on these PDE matrices (3D especially)

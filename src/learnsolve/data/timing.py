@@ -21,7 +21,8 @@ DEFAULT_FAMILIES = ("lognormal2d", "anisotropic2d", "channels2d", "graph_laplaci
 HARD_PARAMS = {"anisotropic2d": {"theta": "random", "epsilon": [1e-4, 1e-2], "stencil": "fe"}}
 
 
-def time_generator(family: str, size: int, *, reference: bool, seed: int = 0, **params) -> tuple[float, int, int]:
+def time_generator(family: str, size: int, *, reference: bool, seed: int = 0,
+                   **params) -> tuple[float, int, int]:
     """Seconds to generate one system, its number of unknowns and stored entries."""
     t0 = time.perf_counter()
     data = GENERATORS[family](size, seed=seed, reference=reference, **params)
@@ -31,7 +32,8 @@ def time_generator(family: str, size: int, *, reference: bool, seed: int = 0, **
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), choices=sorted(GENERATORS))
-    ap.add_argument("--sizes", nargs="+", type=int, default=None, help="sizes for every family (default: per family)")
+    ap.add_argument("--sizes", nargs="+", type=int, default=None,
+                    help="sizes for every family (default: per family)")
     ap.add_argument("--repeats", type=int, default=2, help="runs without the reference solve (best reported)")
     ap.add_argument("--no-reference", action="store_true", help="skip the timing with the reference solve")
     ap.add_argument("--reference-max-n", type=int, default=300_000,
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     for family in args.families:
         params = HARD_PARAMS.get(family, {})
         for size in args.sizes or NODE_SIZES.get(family, GRID_SIZES):
-            runs = [time_generator(family, size, reference=False, **params) for _ in range(max(1, args.repeats))]
+            runs = [time_generator(family, size, reference=False, **params)
+                    for _ in range(max(1, args.repeats))]
             t, n, nnz = min(runs)
             ref = "-"
             if not args.no_reference and n <= args.reference_max_n:

@@ -5,8 +5,9 @@
 - :data:`BASELINES` (:mod:`.baselines`): the one registry of classical preconditioners every comparison uses;
 - :func:`evaluate_suite` / :func:`evaluate_matrix`: one row per (matrix, preconditioner) -- iterations to each
   rtol, setup / solve / total seconds, the true final relative residual, the ratio to IC(0) and a status;
-- :func:`compare_gradient_methods` (:mod:`.compare`): implicit / unrolled / truncated / stochastic gradients of a
-  solve with the user's own A and b against finite differences (general directions) and the exact gradient;
+- :func:`compare_gradient_methods` (:mod:`.compare`): implicit / unrolled / truncated / stochastic gradients
+  of a solve with the user's own A and b against finite differences (general directions) and the exact
+  gradient;
 - :func:`evaluate_surrogate`: the metrics of a surrogate model over its test set;
 - :func:`write_results` / :func:`write_surrogate_results`: ``results.csv``, ``results.json``,
   ``results.md`` and the convergence / summary plots; :func:`log_wandb` sends them to a W&B run.

@@ -69,9 +69,9 @@ class Baseline:
     """One classical preconditioner.
 
     ``name``: the config / column name; ``title``: for people (tables, plots); ``setup(A, props, options)``
-    -> ``(label, build)`` as in the module docstring; ``in_training``: also in validation metrics and the training's
-    final table (cheap enough to run every validation on every system); ``in_report``: in the training's final table
-    (once per run) even when not in validation.
+    -> ``(label, build)`` as in the module docstring; ``in_training``: also in validation metrics and the
+    training's final table (cheap enough to run every validation on every system); ``in_report``: in the
+    training's final table (once per run) even when not in validation.
     """
 
     name: str
@@ -111,27 +111,29 @@ def _incomplete_cholesky(cls, name: str, nonsymmetric: str | None):
     return setup
 
 
-# pyamg's recommended smoothed aggregation for anisotropic and hard problems (its "Diffusion" and solver-diagnostic
-# examples): evolution strength of connection (follows the strong direction off the grid axes, where the classical
-# symmetric measure fails), energy-minimising prolongation smoothing, candidates improved by Gauss-Seidel
+# pyamg's recommended smoothed aggregation for anisotropic and hard problems (its "Diffusion" and
+# solver-diagnostic examples): evolution strength of connection (follows the strong direction off the grid
+# axes, where the classical symmetric measure fails), energy-minimising prolongation smoothing, candidates
+# improved by Gauss-Seidel
 SA_EVOLUTION = {
     "strength": ("evolution", {"k": 2, "proj_type": "l2", "epsilon": 4.0}),
     "smooth": ("energy", {"krylov": "cg", "maxiter": 2, "degree": 1, "weighting": "local"}),
     "improve_candidates": [("block_gauss_seidel", {"sweep": "symmetric", "iterations": 4}), None],
 }
-# Ruge-Stueben with the strength threshold chosen by measurement on the hard families (see the docs' baseline table):
-# theta = 0.25 is pyamg's default
+# Ruge-Stueben with the strength threshold chosen by measurement on the hard families (see the docs' baseline
+# table): theta = 0.25 is pyamg's default
 RS_TUNED = {"strength": ("classical", {"theta": 0.25})}
 
 
 def _amg(kind: str, key: str, defaults: Mapping | None = None):
-    """pyamg AMG of ``kind`` ("sa" | "rs") with ``defaults`` updated by ``options[key]`` (evaluate's ``amg.<key>``)."""
+    """pyamg AMG of ``kind`` ("sa" | "rs") with ``defaults`` updated by ``options[key]`` (evaluate's
+    ``amg.<key>``)."""
     def setup(A, props, options):
         opts = {**(defaults or {}), **dict(options.get(key) or {})}
         if kind == "sa" and not props.symmetric:
             opts.setdefault("symmetry", "nonsymmetric")
-        # the fastest implementation here: pyamg's hierarchy in the compiled V-cycle on a symmetric matrix (options
-        # amg.<key>.cycle=pyamg: pyamg's own cycle)
+        # the fastest implementation here: pyamg's hierarchy in the compiled V-cycle on a symmetric matrix
+        # (options amg.<key>.cycle=pyamg: pyamg's own cycle)
         opts.setdefault("cycle", "compiled" if props.symmetric else "pyamg")
 
         def build():
@@ -151,9 +153,9 @@ def _amg(kind: str, key: str, defaults: Mapping | None = None):
 
 
 def _ic0_deflated(A, props, options):
-    """IC(0) with the subdomain coarse space (:class:`learnsolve.linalg.CoarseCorrected`, Nicolaides' piecewise
-    constants on aggregates of about 9^levels unknowns): removes the small eigenvalues IC(0) leaves, one per
-    high-contrast inclusion or smooth mode."""
+    """IC(0) with the subdomain coarse space (:class:`learnsolve.linalg.CoarseCorrected`, Nicolaides'
+    piecewise constants on aggregates of about 9^levels unknowns): removes the small eigenvalues IC(0) leaves,
+    one per high-contrast inclusion or smooth mode."""
     if not props.spd:
         raise NotApplicable(f"ic0_deflated needs an SPD matrix; this one is {props.why_not_spd}")
     def build():
@@ -173,16 +175,18 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("none", "no preconditioner", _none),
     Baseline("jacobi", "Jacobi", _jacobi),
     Baseline("ic0", "IC(0) (ILU(0) if nonsymmetric)", _incomplete_cholesky(IC0, "ic0", "ilu0")),
-    Baseline("mic0", "MIC(0): modified IC(0), row sums kept (SPD only)", _incomplete_cholesky(MIC0, "mic0", None)),
+    Baseline("mic0", "MIC(0): modified IC(0), row sums kept (SPD only)",
+             _incomplete_cholesky(MIC0, "mic0", None)),
     Baseline("ic0_deflated", "IC(0) with a subdomain coarse space (deflation, SPD only)", _ic0_deflated,
              in_training=False),
-    Baseline("amg_sa", "AMG, smoothed aggregation (pyamg defaults; compiled V-cycle on symmetric A)", _amg("sa", "sa"),
-             in_training=False, in_report=True),
-    Baseline("amg_sa_evol", "AMG, smoothed aggregation with evolution strength and energy-minimising prolongation "
-             "(pyamg's setting for anisotropy)", _amg("sa", "sa_evol", SA_EVOLUTION), in_training=False,
+    Baseline("amg_sa", "AMG, smoothed aggregation (pyamg defaults; compiled V-cycle on symmetric A)",
+             _amg("sa", "sa"), in_training=False, in_report=True),
+    Baseline("amg_sa_evol",
+             "AMG, smoothed aggregation with evolution strength and energy-minimising prolongation (pyamg's "
+             "setting for anisotropy)", _amg("sa", "sa_evol", SA_EVOLUTION), in_training=False,
              in_report=True),
-    Baseline("amg_rs", "AMG, Ruge-Stueben (pyamg, classical strength theta tuned)", _amg("rs", "rs", RS_TUNED),
-             in_training=False, in_report=True),
+    Baseline("amg_rs", "AMG, Ruge-Stueben (pyamg, classical strength theta tuned)",
+             _amg("rs", "rs", RS_TUNED), in_training=False, in_report=True),
 )}
 REFERENCE = "ic0"  # iteration ratios are reported against this baseline (ILU(0) on nonsymmetric matrices)
 REFERENCE_LABELS = ("ic0", "ilu0")
@@ -233,5 +237,5 @@ def captured_stdout(out: list[str]) -> Iterator[None]:
             out[:] = ["; ".join(dict.fromkeys(ln for ln in lines if ln))]
 
 
-__all__ = ["BASELINES", "REFERENCE", "Baseline", "MatrixProps", "NotApplicable", "SPDProps", "SetupFailed", "baseline_setup",
-           "build_baseline", "captured_stdout", "report_baselines", "training_baselines"]
+__all__ = ["BASELINES", "REFERENCE", "Baseline", "MatrixProps", "NotApplicable", "SPDProps", "SetupFailed",
+           "baseline_setup", "build_baseline", "captured_stdout", "report_baselines", "training_baselines"]

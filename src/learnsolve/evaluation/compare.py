@@ -1,23 +1,26 @@
 """``compare_gradient_methods(A, b)``: how good and how costly each way to differentiate YOUR solve is.
 
-For the user's own A (sparse, dense or matrix-free; SPD or not) and b, and a scalar loss of the solution (default
-``<c, x> + 0.5 ||x||^2`` with c random), the gradient w.r.t. A's parameters (a sparse matrix's values, a dense
-matrix, a matrix-free operator's tensors) and b is computed by each method and compared with two references:
+For the user's own A (sparse, dense or matrix-free; SPD or not) and b, and a scalar loss of the solution
+(default ``<c, x> + 0.5 ||x||^2`` with c random), the gradient w.r.t. A's parameters (a sparse matrix's
+values, a dense matrix, a matrix-free operator's tensors) and b is computed by each method and compared with
+two references:
 
 - ``exact``: the implicit gradient of a direct solve (sparse LU / dense LU; for a matrix-free A, GMRES to rtol
   1e-14): ``rel_error_exact`` = ||g - g_exact|| / ||g_exact||, ``cosine`` = cos(g, g_exact);
 - ``fd``: central finite differences (Richardson-extrapolated) of the loss along ``directions`` GENERAL random
-  directions of (parameters, b) -- not symmetric ones: an unrolled CG is only right along symmetric perturbations
-  of A, and this is where it shows: ``rel_error_fd`` = max over directions |<g, v> - fd(v)| / |fd(v)|.
+  directions of (parameters, b) -- not symmetric ones: an unrolled CG is only right along symmetric
+  perturbations of A, and this is where it shows: ``rel_error_fd`` = max over directions |<g, v> - fd(v)|
+  / |fd(v)|.
 
-Methods: ``implicit`` (one adjoint solve), ``unrolled`` (backpropagation through every iteration), ``truncated``
-(the gradient of the LAST ``unroll_steps`` iterations of the same solve: for CG the iterations before them run
-without autograd and the last ones continue from their state; for other methods learnsolve's
-``backward="truncated"``, which restarts the method from x_{N-k}), ``stochastic`` (``backward="stochastic"``: a
-randomly truncated adjoint for one right-hand side, sampled right-hand sides for several; ``draws`` draws, the
-errors are means over them and ``bias`` is the error of their mean), and ``fd`` itself (its ``rel_error_fd`` is
-its own Richardson error estimate, ``rel_error_exact`` its error against the exact directional derivatives).
-``seconds``: forward + backward (the median of ``repeats``); ``saved_bytes``: what autograd saved for backward.
+Methods: ``implicit`` (one adjoint solve), ``unrolled`` (backpropagation through every iteration),
+``truncated`` (the gradient of the LAST ``unroll_steps`` iterations of the same solve: for CG the iterations
+before them run without autograd and the last ones continue from their state; for other methods learnsolve's
+``backward="truncated"``, which restarts the method from x_{N-k}), ``stochastic`` (``backward="stochastic"``:
+a randomly truncated adjoint for one right-hand side, sampled right-hand sides for several; ``draws`` draws,
+the errors are means over them and ``bias`` is the error of their mean), and ``fd`` itself (its
+``rel_error_fd`` is its own Richardson error estimate, ``rel_error_exact`` its error against the exact
+directional derivatives). ``seconds``: forward + backward (the median of ``repeats``); ``saved_bytes``: what
+autograd saved for backward.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def _truncated_cg(op, b: Tensor, M, rtol: float, k: int, maxiter: int) -> Tensor
         p, rz = z.clone(), torch.dot(r, z)
         tol = rtol * float(bb.norm())
         it = 0
-        while (steps is None and float(r.norm()) > tol and it < maxiter) or (steps is not None and it < steps):
+        while ((steps is None and float(r.norm()) > tol and it < maxiter)
+               or (steps is not None and it < steps)):
             rec = record_from is not None and it >= record_from
             if rec and it == record_from:  # from here on: the differentiable operator and b, the same state
                 r = r + (b - bb)  # value unchanged; d r / d b = I, as r = b - A x with x fixed
@@ -91,8 +95,8 @@ def _truncated_cg(op, b: Tensor, M, rtol: float, k: int, maxiter: int) -> Tensor
 
 def compare_gradient_methods(A, b: Tensor, loss: Callable[[Tensor], Tensor] | None = None, *,
                              methods: Sequence[str] = METHODS, method: str | None = None, precond=None,
-                             rtol: float = 1e-10, unroll_steps: int = 10, directions: int = 4, draws: int = 20,
-                             repeats: int = 1, seed: int = 0) -> list[dict]:
+                             rtol: float = 1e-10, unroll_steps: int = 10, directions: int = 4,
+                             draws: int = 20, repeats: int = 1, seed: int = 0) -> list[dict]:
     """One row per method with ``method, rel_error_fd, rel_error_exact, cosine, seconds, saved_bytes`` (and
     ``iterations``; ``bias``, ``bias_se``, ``draws`` for stochastic). See the module docstring.
 
@@ -136,7 +140,8 @@ def compare_gradient_methods(A, b: Tensor, loss: Callable[[Tensor], Tensor] | No
 
     g_exact = grad(lambda ps, bb: L(ps, bb, **exact_kw))[0]
     # FD directions: general random directions, each tensor's part scaled to the tensor's entry size
-    dirs = [[torch.randn(t.shape, generator=gen, dtype=dtype) * (t.norm() / math.sqrt(max(t.numel(), 1)) + 1e-300)
+    dirs = [[torch.randn(t.shape, generator=gen,
+                         dtype=dtype) * (t.norm() / math.sqrt(max(t.numel(), 1)) + 1e-300)
              for t in (*params0, b0)] for _ in range(int(directions))]
     t0 = time.perf_counter()
     fds, fd_est = [], []
@@ -166,18 +171,19 @@ def compare_gradient_methods(A, b: Tensor, loss: Callable[[Tensor], Tensor] | No
         if name == "fd":
             exact_dd = [float(g_exact @ d) for d in dflat]
             err = max(abs(fd - e) / max(abs(e), 1e-300) for fd, e in zip(fds, exact_dd))
-            rows.append({"method": "fd", "rel_error_fd": max(fd_est), "rel_error_exact": err, "cosine": math.nan,
-                         "seconds": t_fd, "saved_bytes": 0, "directions": len(dirs)})
+            rows.append({"method": "fd", "rel_error_fd": max(fd_est), "rel_error_exact": err,
+                         "cosine": math.nan, "seconds": t_fd, "saved_bytes": 0, "directions": len(dirs)})
             continue
         if name == "stochastic":
             out = [grad(lambda ps, bb, i=i: L(ps, bb, backward="stochastic",
-                                               adjoint={"generator": torch.Generator().manual_seed(seed + 100 + i)},
+                                               adjoint={"generator":
+                                                        torch.Generator().manual_seed(seed + 100 + i)},
                                                **kw)) for i in range(int(draws))]
             G = torch.stack([o[0] for o in out])
             per = [errors(o[0]) for o in out]
             row = {"method": name, **{k: statistics.mean(p[k] for p in per) for k in per[0]},
-                   "seconds": statistics.mean(o[1] for o in out), "saved_bytes": out[0][2], "draws": int(draws),
-                   "bias": float((G.mean(0) - g_exact).norm() / g_exact.norm()),
+                   "seconds": statistics.mean(o[1] for o in out), "saved_bytes": out[0][2],
+                   "draws": int(draws), "bias": float((G.mean(0) - g_exact).norm() / g_exact.norm()),
                    "bias_se": float(G.var(0).sum().sqrt() / g_exact.norm()) / math.sqrt(draws) if draws > 1
                    else math.nan}
             rows.append(row)
@@ -207,12 +213,14 @@ def comparison_markdown(rows: Sequence[dict], columns: Sequence[str] = COLUMNS) 
 def user_cases(m: int, seed: int = 0, rtol: float = 1e-10, unroll_steps: int = 10, draws: int = 20,
                progress=None) -> list[dict]:
     """The comparison on two systems a user might bring (m x m grids, one right-hand side each): an SPD
-    ``diffusion2d`` one (CG, Jacobi) and a NONSYMMETRIC ``convdiff2d`` one (GMRES, ILU(0)); rows gain ``case``."""
+    ``diffusion2d`` one (CG, Jacobi) and a NONSYMMETRIC ``convdiff2d`` one (GMRES, ILU(0)); rows gain
+    ``case``."""
     from learnsolve.data import GENERATORS, to_scipy
 
     rows = []
     for case, family, method, precond in (("diffusion2d SPD, cg + jacobi", "diffusion2d", "cg", "jacobi"),
-                                          ("convdiff2d nonsymmetric, gmres + ilu0", "convdiff2d", "gmres", "ilu0")):
+                                          ("convdiff2d nonsymmetric, gmres + ilu0", "convdiff2d", "gmres",
+                                           "ilu0")):
         if progress is not None:
             progress(f"compare_gradient_methods: {case}, {m}x{m}")
         d = GENERATORS[family](m, seed=seed)

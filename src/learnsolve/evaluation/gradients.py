@@ -6,7 +6,8 @@ Two studies, each a table (CSV, Markdown, JSON) and a plot; ``scripts/gradient_q
 variance sigma^2)) for each grid side m and sigma^2: larger sigma^2 = larger contrast = larger condition
 number kappa(A) (computed with scipy ``eigsh``). Loss of the solution of ``A X = B`` with K right-hand
 sides: ``L = <W, X> + 0.5 ||X||^2`` (W fixed and random; the columns of B and of W are independent
-normal vectors, or correlated ``rhs_corr`` with a common one: similar load cases). Gradients of L w.r.t. A's values and B by:
+normal vectors, or correlated ``rhs_corr`` with a common one: similar load cases). Gradients of L w.r.t. A's
+values and B by:
 
 - ``implicit``: :func:`learnsolve.linalg.solve` with one adjoint solve (PCG, Jacobi);
 - ``unrolled``: backpropagation through all PCG iterations;
@@ -28,8 +29,8 @@ Per method: relative error and cosine similarity to each reference, time of forw
 ``torch.autograd.graph.saved_tensors_hooks``: the memory that grows with unrolling; objects an autograd
 Function keeps on its context, such as a preconditioner's factor, are not counted). ``err_values``: the
 values-gradient part alone. For stochastic rows (``err_exact``, ``cos_exact`` and ``err_values`` are
-means over the draws; ``err_fd``, ``cos_fd`` and the time belong to the first draw / the median draw), of the values
-gradient -- the parameters shared by all right-hand sides, which the estimator is for (dL/dB of an
+means over the draws; ``err_fd``, ``cos_fd`` and the time belong to the first draw / the median draw), of the
+values gradient -- the parameters shared by all right-hand sides, which the estimator is for (dL/dB of an
 unsampled column is 0, of a sampled one N/s times the truth, whatever the problem): ``bias`` =
 ||mean of draws - exact|| / ||exact||, ``bias_noise`` = the standard error of that mean (a bias well
 inside it is no bias), ``rel_sd`` = the standard deviation of one draw / ||exact||.
@@ -64,8 +65,9 @@ from learnsolve.linalg import SparseMatrix, solve
 from .memory import PeakRSS
 from .report import _fmt, _md_table, _pyplot, save_figure, write_csv, write_json, write_text
 
-QUALITY_COLUMNS = ["m", "n", "sigma2", "cond", "rhs", "rhs_corr", "mode", "k", "iters", "adjoint_iters", "err_fd", "cos_fd",
-                   "err_exact", "cos_exact", "err_values", "bias", "bias_noise", "rel_sd", "time_s", "saved_mb", "fd_err_est"]
+QUALITY_COLUMNS = ["m", "n", "sigma2", "cond", "rhs", "rhs_corr", "mode", "k", "iters", "adjoint_iters",
+                   "err_fd", "cos_fd", "err_exact", "cos_exact", "err_values", "bias", "bias_noise", "rel_sd",
+                   "time_s", "saved_mb", "fd_err_est"]
 MEMORY_COLUMNS = ["n", "iters", "mode", "k", "peak_mb", "saved_mb", "time_s", "forward_iters"]
 MODES = ("implicit", "unrolled", "truncated", "stochastic")
 
@@ -112,7 +114,8 @@ class _Problem:
 
         def columns():
             common = torch.randn(self.n, 1, generator=g, dtype=torch.float64)
-            return c * common + math.sqrt(1 - c * c) * torch.randn(self.n, rhs, generator=g, dtype=torch.float64)
+            return (c * common
+                    + math.sqrt(1 - c * c) * torch.randn(self.n, rhs, generator=g, dtype=torch.float64))
 
         self.B, self.W = columns(), columns()
         self.rhs_corr = c
@@ -216,7 +219,8 @@ def _problem_rows(p: _Problem, base: dict, truncations, sample, draws, direction
         adj = getattr(info, "adjoint", None)
         return {**head, "mode": mode, "k": k, "iters": info.niter,
                 "adjoint_iters": None if adj is None else adj.niter, "err_fd": e_fd, "cos_fd": c_fd,
-                "err_exact": e_ex, "cos_exact": c_ex, "err_values": e_v, "time_s": secs, "saved_mb": mb, **extra}
+                "err_exact": e_ex, "cos_exact": c_ex, "err_values": e_v, "time_s": secs, "saved_mb": mb,
+                **extra}
 
     rows = []
     configs = [("implicit", None, {}), ("unrolled", None, {})]
@@ -268,22 +272,23 @@ def quality_study(sizes: Sequence[int] = (16, 32, 64), sigma2s: Sequence[float] 
 
 
 def quality_markdown(rows: Sequence[Mapping], meta: Mapping) -> str:
-    head = ["m", "sigma2", "kappa", "mode", "k", "iters fwd/adj", "rel err (FD)", "cos (FD)", "rel err (exact)",
-            "cos (exact)", "rel err values", "bias / noise", "time ms", "saved MB", "FD error est."]
+    head = ["m", "sigma2", "kappa", "mode", "k", "iters fwd/adj", "rel err (FD)", "cos (FD)",
+            "rel err (exact)", "cos (exact)", "rel err values", "bias / noise", "time ms", "saved MB",
+            "FD error est."]
     body = []
     for r in rows:
         adj = "-" if r.get("adjoint_iters") is None else r["adjoint_iters"]
         bias = "-" if r.get("bias") is None else f"{r['bias']:.1e} / {r['bias_noise']:.1e}"
         body.append([str(r["m"]), f"{r['sigma2']:g}", f"{r['cond']:.3g}", r["mode"], _fmt(r.get("k")),
                      f"{r['iters']}/{adj}", _fmt(r["err_fd"], "sci"), f"{r['cos_fd']:.6f}",
-                     _fmt(r["err_exact"], "sci"), f"{r['cos_exact']:.6f}", _fmt(r["err_values"], "sci"), bias, _fmt(r["time_s"], "ms"),
-                     f"{r['saved_mb']:.2f}", _fmt(r["fd_err_est"], "sci")])
-    note = ("Gradients of L = <W, X> + 0.5 ||X||^2, X = A^{-1} B (diffusion2d, K right-hand sides), w.r.t. A's "
-            "values and B. FD: central differences with scipy LU along random symmetric directions. exact: "
-            "scipy LU adjoint, values gradient symmetrised (rel err values: that part alone). Stochastic: errors vs "
-            "exact are means over draws (FD columns: the first draw); bias = ||mean - exact|| / ||exact|| of the values gradient next to its "
-            "standard error. saved MB: tensors autograd kept for "
-            "backward.")
+                     _fmt(r["err_exact"], "sci"), f"{r['cos_exact']:.6f}", _fmt(r["err_values"], "sci"), bias,
+                     _fmt(r["time_s"], "ms"), f"{r['saved_mb']:.2f}", _fmt(r["fd_err_est"], "sci")])
+    note = ("Gradients of L = <W, X> + 0.5 ||X||^2, X = A^{-1} B (diffusion2d, K right-hand sides), w.r.t. "
+            "A's values and B. FD: central differences with scipy LU along random symmetric directions. "
+            "exact: scipy LU adjoint, values gradient symmetrised (rel err values: that part alone). "
+            "Stochastic: errors vs exact are means over draws (FD columns: the first draw); bias = ||mean - "
+            "exact|| / ||exact|| of the values gradient next to its standard error. saved MB: tensors "
+            "autograd kept for backward.")
     return f"# Gradient quality\n\n{json.dumps(dict(meta))}\n\n{note}\n\n" + _md_table(head, body) + "\n"
 
 
@@ -367,22 +372,26 @@ def memory_study(ns: Sequence[int] = (10_000, 100_000), iters: Sequence[int] = (
                 if progress:
                     progress(f"n={n} iters={it} {mode}")
                 code = ("import json; from learnsolve.evaluation.gradients import memory_point; "
-                        f"print(json.dumps(memory_point({int(n)}, {int(it)}, {mode!r}, {int(k)}, {int(seed)})))")
-                res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                                     check=False, env=env)
+                        f"print(json.dumps(memory_point({int(n)}, {int(it)}, {mode!r}, {int(k)}, "
+                        f"{int(seed)})))")
+                res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     timeout=timeout, check=False, env=env)
                 if res.returncode != 0:
-                    raise RuntimeError(f"memory point n={n} iters={it} mode={mode} failed:\n{res.stderr[-2000:]}")
+                    raise RuntimeError(f"memory point n={n} iters={it} mode={mode} "
+                                       f"failed:\n{res.stderr[-2000:]}")
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return rows
 
 
 def memory_markdown(rows: Sequence[Mapping], meta: Mapping) -> str:
     head = ["n", "iterations", "mode", "peak MB", "saved MB", "time s"]
-    body = [[str(r["n"]), str(r["forward_iters"]), r["mode"] + ("" if r.get("k") is None else f" (k={r['k']})"),
-             _fmt(r.get("peak_mb"), "g4"), f"{r['saved_mb']:.1f}", f"{r['time_s']:.3f}"] for r in rows]
+    body = [[str(r["n"]), str(r["forward_iters"]),
+             r["mode"] + ("" if r.get("k") is None else f" (k={r['k']})"), _fmt(r.get("peak_mb"), "g4"),
+             f"{r['saved_mb']:.1f}", f"{r['time_s']:.3f}"] for r in rows]
     note = ("Forward + backward of <w, x>, x = solve(A, b) by CG with exactly the given number of iterations "
-            "(forward and adjoint), A = 2D Poisson, float64, one fresh process per row. peak MB: peak resident "
-            "set during the solve minus the resident set before it (after a 2-iteration warm-up); saved MB: tensors autograd kept for backward.")
+            "(forward and adjoint), A = 2D Poisson, float64, one fresh process per row. peak MB: peak "
+            "resident set during the solve minus the resident set before it (after a 2-iteration warm-up); "
+            "saved MB: tensors autograd kept for backward.")
     return f"# Gradient memory\n\n{json.dumps(dict(meta))}\n\n{note}\n\n" + _md_table(head, body) + "\n"
 
 
@@ -405,9 +414,10 @@ def plot_memory(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
 def write_study(outdir: str | os.PathLike, name: str, rows: Sequence[Mapping], cols: Sequence[str],
                 markdown: str, meta: Mapping) -> dict[str, Path]:
     out = Path(outdir)
-    return {"csv": write_csv(out / f"{name}.csv", rows, cols), "json": write_json(out / f"{name}.json", rows, meta),
+    return {"csv": write_csv(out / f"{name}.csv", rows, cols),
+            "json": write_json(out / f"{name}.json", rows, meta),
             "md": write_text(out / f"{name}.md", markdown)}
 
 
-__all__ = ["MEMORY_COLUMNS", "QUALITY_COLUMNS", "SavedBytes", "memory_markdown", "memory_point", "memory_study",
-           "plot_memory", "plot_quality", "quality_markdown", "quality_study", "write_study"]
+__all__ = ["MEMORY_COLUMNS", "QUALITY_COLUMNS", "SavedBytes", "memory_markdown", "memory_point",
+           "memory_study", "plot_memory", "plot_quality", "quality_markdown", "quality_study", "write_study"]

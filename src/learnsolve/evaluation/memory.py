@@ -68,7 +68,8 @@ def max_rss_kb() -> int:
 
 
 def malloc_trim() -> bool:
-    """Return freed heap memory to the operating system (glibc ``malloc_trim(0)``); False where unavailable."""
+    """Return freed heap memory to the operating system (glibc ``malloc_trim(0)``); False where
+    unavailable."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(0)
@@ -78,7 +79,8 @@ def malloc_trim() -> bool:
 
 
 def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (``VmHWM``) to the current RSS: ``5`` to ``/proc/self/clear_refs``."""
+    """Reset the kernel's peak-RSS counter (``VmHWM``) to the current RSS: ``5`` to
+    ``/proc/self/clear_refs``."""
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
@@ -108,7 +110,8 @@ class PeakRSS:
         self.method = "clear_refs" if reset_peak() else "ru_maxrss"
         st = status_kb()
         self.baseline_kb = st.get("VmRSS")
-        if self.method == "clear_refs" and (self.baseline_kb is None or st.get("VmHWM", 0) > self.baseline_kb + 1024):
+        if (self.method == "clear_refs"
+                and (self.baseline_kb is None or st.get("VmHWM", 0) > self.baseline_kb + 1024)):
             self.method = "ru_maxrss"  # the reset did not take effect
         return self
 

@@ -1,13 +1,14 @@
-"""``evaluate(cfg)``: a trained checkpoint against the classical baselines on a benchmark suite, from a composed
-``conf/evaluate.yaml`` (mirrors ``learnsolve.training.train.train(cfg)``; ``learnsolve-evaluate`` is its CLI).
+"""``evaluate(cfg)``: a trained checkpoint against the classical baselines on a benchmark suite, from a
+composed ``conf/evaluate.yaml`` (mirrors ``learnsolve.training.train.train(cfg)``; ``learnsolve-evaluate`` is
+its CLI).
 
 The model is rebuilt from the config stored in the checkpoint (``ckpt_path=null``: the classical baselines
 alone). ``cfg.benchmark`` is built with ``hydra.utils.instantiate`` (its ``_target_`` is a
-:class:`learnsolve.data.Suite`). Surrogate checkpoints (physics_nn, neural_ode) are evaluated on their own test
-sets (the benchmark is then ignored). Writes ``results.csv``, ``results.json``, ``results.md`` and ``plots/``
-under ``cfg.paths.output_dir``; ``logger=wandb`` sends the table and the plots to W&B (offline unless
-``WANDB_MODE=online``). Bad options raise :class:`EvaluationConfigError` (the message names the option) before
-anything is solved.
+:class:`learnsolve.data.Suite`). Surrogate checkpoints (physics_nn, neural_ode) are evaluated on their own
+test sets (the benchmark is then ignored). Writes ``results.csv``, ``results.json``, ``results.md`` and
+``plots/`` under ``cfg.paths.output_dir``; ``logger=wandb`` sends the table and the plots to W&B (offline
+unless ``WANDB_MODE=online``). Bad options raise :class:`EvaluationConfigError` (the message names the option)
+before anything is solved.
 """
 
 from __future__ import annotations
@@ -62,14 +63,16 @@ def options(cfg: DictConfig) -> dict:
     if not rtols or not all(0 < r < 1 for r in rtols):
         raise EvaluationConfigError(f"rtols must be a non-empty list of tolerances in (0, 1), got {rtols}")
     if repeats < 1 or maxiter < 1 or restart < 1:
-        raise EvaluationConfigError(f"repeats, maxiter and gmres_restart must be >= 1, got {repeats}, {maxiter}, "
-                                    f"{restart}")
+        raise EvaluationConfigError(f"repeats, maxiter and gmres_restart must be >= 1, got {repeats}, "
+                                    f"{maxiter}, {restart}")
     if cfg.solver not in SOLVERS:
         raise EvaluationConfigError(f"solver={cfg.solver!r}: choose one of {', '.join(SOLVERS)}")
-    precs = [*BASELINES, "untrained", "learned"] if cfg.get("preconditioners") is None else list(cfg.preconditioners)
+    precs = ([*BASELINES, "untrained", "learned"] if cfg.get("preconditioners") is None
+             else list(cfg.preconditioners))
     bad = [p for p in precs if p not in PRECONDITIONERS]
     if bad:
-        raise EvaluationConfigError(f"preconditioners: unknown {bad}; choose from {', '.join(PRECONDITIONERS)}")
+        raise EvaluationConfigError(f"preconditioners: unknown {bad}; choose from "
+                                    f"{', '.join(PRECONDITIONERS)}")
     amg = OmegaConf.to_container(cfg.get("amg") or {}, resolve=True)
     safeguard = cfg.get("safeguard", True)
     if not isinstance(safeguard, bool):
@@ -88,7 +91,8 @@ def build_suite(bcfg) -> Suite:
     name = bcfg.get("name") or "this benchmark"
     missing = [k for k in bcfg if OmegaConf.is_missing(bcfg, k)]
     if missing:
-        raise EvaluationConfigError(f"benchmark={name} needs {', '.join(f'benchmark.{k}=...' for k in missing)}"
+        raise EvaluationConfigError(f"benchmark={name} needs "
+                                    f"{', '.join(f'benchmark.{k}=...' for k in missing)}"
                                     + (" (a folder of .mtx files)" if "path" in missing else ""))
     try:
         return hydra.utils.instantiate(bcfg)
@@ -127,9 +131,10 @@ def _surrogate_loaders(stored: dict, data_dir: str | None, progress: bool) -> di
 
 
 def untrained_row(loaded, preconditioners) -> tuple[object | None, dict | None]:
-    """(the checkpoint's model at its initial parameters, what that start is) when ``untrained`` is asked for and the
-    model has a classical start (:meth:`learnsolve.models.base.LearnedModel.classical_start`); (None, why) when it has
-    none (its untrained rows are then left out, and the metadata says why); (None, None) without a checkpoint."""
+    """(the checkpoint's model at its initial parameters, what that start is) when ``untrained`` is asked for
+    and the model has a classical start (:meth:`learnsolve.models.base.LearnedModel.classical_start`); (None,
+    why) when it has none (its untrained rows are then left out, and the metadata says why); (None, None)
+    without a checkpoint."""
     if loaded is None or "untrained" not in preconditioners:
         return None, None
     what = loaded.model.classical_start()
@@ -160,8 +165,9 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
     from learnsolve.models.checkpoint import load_checkpoint
 
     if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise EvaluationConfigError("give ckpt_path=PATH (a training checkpoint, e.g. .../checkpoints/last.ckpt) "
-                                    "or ckpt_path=null to evaluate the classical baselines alone")
+        raise EvaluationConfigError("give ckpt_path=PATH (a training checkpoint, e.g. "
+                                    ".../checkpoints/last.ckpt) or ckpt_path=null to evaluate the classical "
+                                    "baselines alone")
     out = Path(cfg.paths.output_dir)
     ckpt = cfg.ckpt_path
     opts = options(cfg)
@@ -187,8 +193,8 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
             paths = write_surrogate_results(out, rows, meta)
             table, cols = surrogate_markdown_table(rows), SURROGATE_COLUMNS
         else:
-            rows = evaluate_suite(model, suite, progress=bool(cfg.progress), total=len(suite), untrained=untrained,
-                                  **opts)
+            rows = evaluate_suite(model, suite, progress=bool(cfg.progress), total=len(suite),
+                                  untrained=untrained, **opts)
             paths = write_results(out, rows, meta, plots=bool(cfg.plots))
             table, cols = markdown_table(rows, opts["rtols"]), columns(opts["rtols"])
         if run is not None:

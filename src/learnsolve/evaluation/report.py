@@ -28,9 +28,9 @@ METHOD_NOTE = (
     "of {repeats} further full solve(s) at rtol {rtol:g}: setup = building the preconditioner (learned "
     "preconditioner: network forward + one application), solve = the Krylov iterations, total = setup + "
     "solve. The learned preconditioner is checked at setup by its safeguard (a few PCG steps against its "
-    "classical fallback, IC(0) by default; the check is part of its setup time) unless safeguard=false: fallback "
-    "= yes where it was rejected and the row was solved with the fallback (the note says why). Solver: CG for SPD "
-    "matrices (symmetric, positive diagonal), restarted GMRES({restart}) otherwise "
+    "classical fallback, IC(0) by default; the check is part of its setup time) unless safeguard=false: "
+    "fallback = yes where it was rejected and the row was solved with the fallback (the note says why). "
+    "Solver: CG for SPD matrices (symmetric, positive diagonal), restarted GMRES({restart}) otherwise "
     "(solver={solver}); flexible CG for a nonlinear learned preconditioner; at most {maxiter} iterations. "
     "vs IC(0) = iterations / IC(0) iterations at the same rtol (ILU(0) on nonsymmetric matrices). Status: ok "
     "= the solver's test passed at rtol {rtol:g} and the true residual is at most 10 x rtol; not_converged = "
@@ -63,7 +63,8 @@ def write_json(path: str | os.PathLike, rows: Sequence[Mapping], meta: Mapping) 
     """``{"meta": ..., "rows": [...]}``; rows keep their residual histories (relative, per iteration)."""
     def clean(r):
         return {k: ([_plain(x) for x in v] if isinstance(v, list) else _plain(v)) for k, v in r.items()}
-    return write_text(path, json.dumps({"meta": dict(meta), "rows": [clean(r) for r in rows]}, indent=1) + "\n")
+    return write_text(path,
+                      json.dumps({"meta": dict(meta), "rows": [clean(r) for r in rows]}, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,8 +100,8 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def markdown_table(rows: Sequence[Mapping], rtols: Sequence[float]) -> str:
     """The results as a Markdown table; reasons become numbered notes below it."""
     header = ["matrix", "n", "solver", "preconditioner", "status", *[f"iters {r:g}" for r in rtols],
-              *[f"vs IC(0) {r:g}" for r in rtols], "setup ms", "network ms", "safeguard ms", "solve ms", "total ms",
-              "rel. residual", "fallback", "note"]
+              *[f"vs IC(0) {r:g}" for r in rtols], "setup ms", "network ms", "safeguard ms", "solve ms",
+              "total ms", "rel. residual", "fallback", "note"]
     notes: dict[str, int] = {}
     body = []
     for r in rows:
@@ -111,9 +112,10 @@ def markdown_table(rows: Sequence[Mapping], rtols: Sequence[float]) -> str:
                      _fmt(r.get("preconditioner")), str(r.get("status")),
                      *[_fmt(r.get(rtol_key("iters", t))) for t in rtols],
                      *[_fmt(r.get(rtol_key("ratio_ic0", t)), "ratio") for t in rtols],
-                     _fmt(r.get("setup_s"), "ms"), _fmt(r.get("inference_s"), "ms"), _fmt(r.get("safeguard_s"), "ms"),
-                     _fmt(r.get("solve_s"), "ms"), _fmt(r.get("total_s"), "ms"),
-                     _fmt(r.get("rel_residual"), "sci"), _fmt(r.get("fallback"), "yesno"), note])
+                     _fmt(r.get("setup_s"), "ms"), _fmt(r.get("inference_s"), "ms"),
+                     _fmt(r.get("safeguard_s"), "ms"), _fmt(r.get("solve_s"), "ms"),
+                     _fmt(r.get("total_s"), "ms"), _fmt(r.get("rel_residual"), "sci"),
+                     _fmt(r.get("fallback"), "yesno"), note])
     text = _md_table(header, body)
     if notes:
         text += "\n\n" + "\n".join(f"[{i}] {' '.join(t.split())}  " for t, i in notes.items())
@@ -143,8 +145,8 @@ def write_markdown(path: str | os.PathLike, rows: Sequence[Mapping], meta: Mappi
 
 def write_surrogate_markdown(path: str | os.PathLike, rows: Sequence[Mapping], meta: Mapping) -> Path:
     text = (_header(meta).replace(f"on `{meta.get('benchmark')}`", "on its own test set")
-            + "A surrogate model (no solver iterations): the means over the test graphs of the model's metrics "
-              "(batch means weighted by graphs).\n\n" + surrogate_markdown_table(rows) + "\n")
+            + "A surrogate model (no solver iterations): the means over the test graphs of the model's "
+              "metrics (batch means weighted by graphs).\n\n" + surrogate_markdown_table(rows) + "\n")
     return write_text(path, text)
 
 
@@ -175,7 +177,8 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "matrix"
 
 
-def plot_convergence(rows: Sequence[Mapping], folder: str | os.PathLike, rtols: Sequence[float]) -> list[Path]:
+def plot_convergence(rows: Sequence[Mapping], folder: str | os.PathLike,
+                     rtols: Sequence[float]) -> list[Path]:
     """One PNG per matrix: relative residual (log) against iteration, every preconditioner on it."""
     plt = _pyplot()
     by_matrix: dict[str, list[Mapping]] = {}
@@ -186,7 +189,8 @@ def plot_convergence(rows: Sequence[Mapping], folder: str | os.PathLike, rtols: 
     for name, rs in by_matrix.items():
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for r in rs:
-            h = [v if (v is not None and math.isfinite(v) and v > 0) else float("nan") for v in r[HISTORY_KEY]]
+            h = [v if (v is not None and math.isfinite(v) and v > 0) else float("nan")
+                 for v in r[HISTORY_KEY]]
             label = f"{r['preconditioner']} ({r['solver']})"
             ax.semilogy(range(len(h)), h, label=label, lw=2.2 if r["preconditioner"] == "learned" else 1.2)
         for t in rtols:
@@ -207,7 +211,8 @@ def plot_summary(rows: Sequence[Mapping], path: str | os.PathLike, rtols: Sequen
     matrices = list(dict.fromkeys(r["matrix"] for r in rows if r.get("status") in ("ok", "not_converged")))
     precs = list(dict.fromkeys(r["preconditioner"] for r in rows
                                if r.get("preconditioner") and r["preconditioner"] not in ("ic0", "ilu0")))
-    fig, axes = plt.subplots(1, len(rtols), figsize=(max(6.0, 1.1 * len(matrices) + 3) * len(rtols) / 1.4, 4.4),
+    fig, axes = plt.subplots(1, len(rtols),
+                             figsize=(max(6.0, 1.1 * len(matrices) + 3) * len(rtols) / 1.4, 4.4),
                              squeeze=False)
     width = 0.8 / max(len(precs), 1)
     for ax, t in zip(axes[0], rtols):
@@ -216,7 +221,8 @@ def plot_summary(rows: Sequence[Mapping], path: str | os.PathLike, rtols: Sequen
         for j, p in enumerate(precs):
             xs, ys = [], []
             for i, m in enumerate(matrices):
-                v = next((r.get(key) for r in rows if r["matrix"] == m and r.get("preconditioner") == p), None)
+                v = next((r.get(key) for r in rows if r["matrix"] == m
+                          and r.get("preconditioner") == p), None)
                 if v is not None and math.isfinite(v) and v > 0:
                     xs.append(i + (j - (len(precs) - 1) / 2) * width)
                     ys.append(v)
@@ -263,7 +269,8 @@ def write_results(outdir: str | os.PathLike, rows: Sequence[Mapping], meta: Mapp
     return paths
 
 
-def write_surrogate_results(outdir: str | os.PathLike, rows: Sequence[Mapping], meta: Mapping) -> dict[str, Path]:
+def write_surrogate_results(outdir: str | os.PathLike, rows: Sequence[Mapping],
+                            meta: Mapping) -> dict[str, Path]:
     out = Path(outdir)
     return {"csv": write_csv(out / "results.csv", rows, SURROGATE_COLUMNS),
             "json": write_json(out / "results.json", rows, meta),

@@ -21,16 +21,17 @@ AMG -- and the learned model) :func:`evaluate_suite` returns one row:
   (building the preconditioner; for a learned preconditioner the network forward, the safeguard's check and
   one application, the NaN/Inf check; 0 for a learned solver, whose network runs inside its solve) timed apart
   from the solve; ``total_s = setup_s + solve_s``. The history solve also serves as the warm-up.
-  ``inference_s``: the part of ``setup_s`` that is the learned model's own work (network forward and assembly of
-  its preconditioner: ``setup_s`` less the safeguard's check and less the classical factor a model builds as its
-  base, which it reports as ``base_seconds``); ``safeguard_s``: the safeguard's check (its race and the fallback's
-  setup); both 0 for the classical baselines.
-- ``untrained`` rows (``evaluate_suite(..., untrained=model_at_init)``): the same model at its initial parameters,
-  i.e. its classical start; learned / untrained is what training bought.
-- ``fallback``: for a learned linear preconditioner with ``safeguard=True`` (the default), whether the safeguard
-  (:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`: a short PCG race against the model's
-  ``fallback_for``: the faster of MIC(0) and IC(0) by default) rejected it, so that the row was solved with the
-  fallback; the reason then says e.g. "safeguard: fell back to MIC(0) (<why>)". Empty for baselines, learned solvers and ``safeguard=False``.
+  ``inference_s``: the part of ``setup_s`` that is the learned model's own work (network forward and assembly
+  of its preconditioner: ``setup_s`` less the safeguard's check and less the classical factor a model builds
+  as its base, which it reports as ``base_seconds``); ``safeguard_s``: the safeguard's check (its race and the
+  fallback's setup); both 0 for the classical baselines.
+- ``untrained`` rows (``evaluate_suite(..., untrained=model_at_init)``): the same model at its initial
+  parameters, i.e. its classical start; learned / untrained is what training bought.
+- ``fallback``: for a learned linear preconditioner with ``safeguard=True`` (the default), whether the
+  safeguard (:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`: a short PCG race against the
+  model's ``fallback_for``: the faster of MIC(0) and IC(0) by default) rejected it, so that the row was solved
+  with the fallback; the reason then says e.g. "safeguard: fell back to MIC(0) (<why>)". Empty for baselines,
+  learned solvers and ``safeguard=False``.
 - ``ratio_ic0_<rtol>``: iterations / IC(0) iterations (ILU(0) for nonsymmetric matrices) at that rtol,
   empty when that baseline did not reach it.
 - ``status``: ok | not_converged (iteration cap ``maxiter``, a breakdown, or a true residual above
@@ -60,7 +61,8 @@ from learnsolve.linalg import SparseMatrix, solve
 from .baselines import BASELINES, REFERENCE_LABELS, NotApplicable, SetupFailed, baseline_setup
 
 PRECONDITIONERS = (*BASELINES, "untrained", "learned")
-LEARNED_ROWS = ("untrained", "learned")  # the model at its initial parameters (its classical start), and trained
+# the model at its initial parameters (its classical start), and trained
+LEARNED_ROWS = ("untrained", "learned")
 SOLVERS = ("auto", "cg", "gmres", "bicgstab")
 STATUSES = ("ok", "not_converged", "skipped", "failed", "error")
 EVALUATED = ("ok", "not_converged")  # statuses of a row that was actually solved
@@ -129,9 +131,10 @@ def rtol_key(prefix: str, rtol: float) -> str:
 
 def columns(rtols: Sequence[float]) -> list[str]:
     """The result columns, in order (``residual_history`` is kept out of the tables)."""
-    return ["matrix", "n", "nnz", "symmetric", "spd", "singular", "solver", "preconditioner", "status", "reason",
-            *[rtol_key("iters", r) for r in rtols], *[rtol_key("ratio_ic0", r) for r in rtols],
-            "setup_s", "inference_s", "safeguard_s", "solve_s", "total_s", "rel_residual", "converged", "fallback"]
+    return ["matrix", "n", "nnz", "symmetric", "spd", "singular", "solver", "preconditioner", "status",
+            "reason", *[rtol_key("iters", r) for r in rtols], *[rtol_key("ratio_ic0", r) for r in rtols],
+            "setup_s", "inference_s", "safeguard_s", "solve_s", "total_s", "rel_residual", "converged",
+            "fallback"]
 
 
 def _row(info: MatrixInfo | None, name: str, rtols, **kw) -> dict:
@@ -170,10 +173,11 @@ def _finite(t: torch.Tensor) -> bool:
 
 
 def _measure(setup: Callable, solve: Callable, repeats: int, classical: Callable[[], float] = lambda: 0.0):
-    """History solve (also the warm-up), then ``repeats`` timed (setup, solve) pairs; medians of (setup, solve,
-    inference, safeguard). Safeguard: the check's seconds (``note.seconds``, when the note is a safeguard result);
-    inference: the setup less the check and less ``classical()`` (the seconds of the classical part the model built
-    in that setup, e.g. neural_if's base factor): the network forward and the assembly of its preconditioner."""
+    """History solve (also the warm-up), then ``repeats`` timed (setup, solve) pairs; medians of (setup,
+    solve, inference, safeguard). Safeguard: the check's seconds (``note.seconds``, when the note is a
+    safeguard result); inference: the setup less the check and less ``classical()`` (the seconds of the
+    classical part the model built in that setup, e.g. neural_if's base factor): the network forward and the
+    assembly of its preconditioner."""
     state, note = setup()
     X, sinfo = solve(state)
     setups, solves, inference, guard = [], [], [], []
@@ -187,8 +191,8 @@ def _measure(setup: Callable, solve: Callable, repeats: int, classical: Callable
         solves.append(t2 - t1)
         guard.append(getattr(nt, "seconds", 0.0))
         inference.append(max(0.0, t1 - t0 - guard[-1] - classical()))
-    return (X, sinfo, note, statistics.median(setups), statistics.median(solves), statistics.median(inference),
-            statistics.median(guard))
+    return (X, sinfo, note, statistics.median(setups), statistics.median(solves),
+            statistics.median(inference), statistics.median(guard))
 
 
 def _first(mask: torch.Tensor) -> int | None:
@@ -196,7 +200,8 @@ def _first(mask: torch.Tensor) -> int | None:
     return int(idx[0, 0]) if idx.numel() else None
 
 
-def _fill_from_solve(row: dict, sysm: _System, X: torch.Tensor, sinfo, rtols, maxiter: int, learned: bool) -> None:
+def _fill_from_solve(row: dict, sysm: _System, X: torch.Tensor, sinfo, rtols, maxiter: int,
+                     learned: bool) -> None:
     hist = sinfo.residual_history.detach().reshape(sinfo.residual_history.shape[0], -1)[:, 0].double()
     bnorm = float(sinfo.b_norm.detach().reshape(-1)[0])
     scale = bnorm if bnorm > 0 else 1.0
@@ -259,7 +264,8 @@ def _run_baseline(name, sysm, method, rtols, repeats, maxiter, options, amg_opti
     except SetupFailed as e:
         row.update(status="failed", reason="; ".join([*notes, str(e)]))
     except Exception as e:  # noqa: BLE001 -- one failing preconditioner must not stop the evaluation
-        row.update(status="failed", reason="; ".join([*notes, f"{label} {stage[0]} failed: {type(e).__name__}: {e}"]))
+        row.update(status="failed",
+                   reason="; ".join([*notes, f"{label} {stage[0]} failed: {type(e).__name__}: {e}"]))
     else:
         row.update(setup_s=ts, inference_s=0.0, safeguard_s=0.0, solve_s=tv, total_s=ts + tv)
     rows_out.append(row)
@@ -291,7 +297,8 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
     rtol = min(rtols)
     try:
         if getattr(model, "requires_spd", False) and not info.spd:
-            raise _Skip(f"{mname} needs an SPD matrix (it runs CG or flexible CG); this one is {info.why_not_spd}")
+            raise _Skip(f"{mname} needs an SPD matrix (it runs CG or flexible CG); this one is "
+                        f"{info.why_not_spd}")
         try:
             batch = Batch.from_data_list([sysm.data])
         except Exception:  # noqa: BLE001 -- metadata that does not collate: the bare Data works as one graph
@@ -337,7 +344,8 @@ def _run_learned(model, sysm, method, rtols, repeats, maxiter, options, rows_out
 
 
 def _add_ratios(rows: list[dict], rtols) -> None:
-    base = next((r for r in rows if r["preconditioner"] in REFERENCE_LABELS and r["status"] in EVALUATED), None)
+    base = next((r for r in rows if r["preconditioner"] in REFERENCE_LABELS
+                 and r["status"] in EVALUATED), None)
     for r in rows:
         for t in rtols:
             key, it = rtol_key("ratio_ic0", t), rtol_key("iters", t)
@@ -346,27 +354,29 @@ def _add_ratios(rows: list[dict], rtols) -> None:
 
 
 def rounding_level_rhs(A_sp, b: np.ndarray, x) -> str | None:
-    """Why the relative residuals of ``A x = b`` are not meaningful, or None: ``b`` is rounding noise of the product
-    A x that it equals (||b|| <= 1e3 eps ||A||_F ||x||, e.g. b = A @ ones with ones in A's null space). Asked of the
-    solution the system has (its reference ``x``), not of ||b|| against ||A|| alone: a random b with a large ||A||
-    (bcsstk13: ||A||_F = 7.5e12, ||b|| = 45) is meaningful. Without a reference solution nothing is said."""
+    """Why the relative residuals of ``A x = b`` are not meaningful, or None: ``b`` is rounding noise of the
+    product A x that it equals (||b|| <= 1e3 eps ||A||_F ||x||, e.g. b = A @ ones with ones in A's null
+    space). Asked of the solution the system has (its reference ``x``), not of ||b|| against ||A|| alone: a
+    random b with a large ||A|| (bcsstk13: ||A||_F = 7.5e12, ||b|| = 45) is meaningful. Without a reference
+    solution nothing is said."""
     if x is None:
         return None
     xn = float(np.linalg.norm(np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)))
     bn, an = float(np.linalg.norm(b)), float(sp_norm(A_sp))
     if 0 < bn <= 1e3 * np.finfo(np.float64).eps * an * xn:
-        return (f"||b|| = {bn:.1e} is at rounding level of A x (||A||_F ||x|| = {an * xn:.1e}: b = A @ ones with ones "
-                "in A's null space?): relative residuals are not meaningful")
+        return (f"||b|| = {bn:.1e} is at rounding level of A x (||A||_F ||x|| = {an * xn:.1e}: b = A @ ones "
+                "with ones in A's null space?): relative residuals are not meaningful")
     return None
 
 
 def evaluate_matrix(model, name: str, data, *, rtols: Sequence[float] = (1e-6, 1e-8), repeats: int = 3,
-                    maxiter: int = 2000, solver: str = "auto", preconditioners: Iterable[str] = PRECONDITIONERS,
-                    gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None,
-                    safeguard: bool = True, untrained=None) -> list[dict]:
-    """The rows of one matrix (see the module docstring); ``model=None`` drops the learned row, ``untrained=None``
-    the untrained row (``untrained``: the same model at its initial parameters); ``safeguard=False`` runs a
-    learned preconditioner without its safeguard (studies)."""
+                    maxiter: int = 2000, solver: str = "auto",
+                    preconditioners: Iterable[str] = PRECONDITIONERS, gmres_restart: int = 50,
+                    amg_options: Mapping[str, Mapping] | None = None, safeguard: bool = True,
+                    untrained=None) -> list[dict]:
+    """The rows of one matrix (see the module docstring); ``model=None`` drops the learned row,
+    ``untrained=None`` the untrained row (``untrained``: the same model at its initial parameters);
+    ``safeguard=False`` runs a learned preconditioner without its safeguard (studies)."""
     rtols = sorted({float(r) for r in rtols}, reverse=True)
     amg_options = amg_options or {}
     try:
@@ -405,9 +415,9 @@ def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e
              gmres_restart: int = 50, amg_options: Mapping[str, Mapping] | None = None, progress: bool = True,
              total: int | None = None, safeguard: bool = True, untrained=None) -> list[dict]:
     """Rows for every matrix of ``suite`` (``(name, Data)`` items or :class:`SuiteError` records) and every
-    preconditioner: see the module docstring. ``model=None``: the classical baselines alone; ``untrained``: the same
-    model at its initial parameters (rows ``untrained``; None: none); ``safeguard=False``: the learned
-    preconditioner without its safeguard. A suite
+    preconditioner: see the module docstring. ``model=None``: the classical baselines alone; ``untrained``:
+    the same model at its initial parameters (rows ``untrained``; None: none); ``safeguard=False``: the
+    learned preconditioner without its safeguard. A suite
     member that cannot be read is one row with status ``error``; an exception raised by the suite itself
     ends the suite with such a row. ``progress`` shows a bar of matrices done (``total`` when known).
 
@@ -457,7 +467,8 @@ def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e
                                  reason=f"the benchmark suite stopped: {type(e).__name__}: {e}"))
                 break
             if isinstance(item, SuiteError):
-                rows.append(_row(None, item.name, rtols, status="error", reason=f"{item.path}: {item.reason}"))
+                rows.append(_row(None, item.name, rtols, status="error",
+                                 reason=f"{item.path}: {item.reason}"))
                 advance(item.name)
                 continue
             name, data = item
@@ -513,8 +524,8 @@ def evaluate_surrogate(model, loaders: Mapping[str, Iterable]) -> list[dict]:
                         sums[k] = sums.get(k, 0.0) + float(v) * g
                     graphs += g
             except Exception as e:  # noqa: BLE001
-                rows.append({"split": split, "metric": None, "value": None, "graphs": graphs, "status": "failed",
-                             "reason": f"{mname}: {type(e).__name__}: {e}"})
+                rows.append({"split": split, "metric": None, "value": None, "graphs": graphs,
+                             "status": "failed", "reason": f"{mname}: {type(e).__name__}: {e}"})
                 continue
             for k, s in sums.items():
                 v = s / max(graphs, 1)
@@ -533,6 +544,6 @@ def exit_code(rows: Sequence[dict]) -> int:
     return 0 if any(r.get("status") in EVALUATED for r in rows) else 1
 
 
-__all__ = ["BASELINES", "EVALUATED", "HISTORY_KEY", "LEARNED_ROWS", "PRECONDITIONERS", "SOLVERS", "STATUSES", "SURROGATE_COLUMNS",
-           "MatrixInfo", "choose_solver", "classify", "columns", "evaluate_matrix", "evaluate_suite", "evaluate_surrogate",
-           "exit_code", "rtol_key"]
+__all__ = ["BASELINES", "EVALUATED", "HISTORY_KEY", "LEARNED_ROWS", "PRECONDITIONERS", "SOLVERS", "STATUSES",
+           "SURROGATE_COLUMNS", "MatrixInfo", "choose_solver", "classify", "columns", "evaluate_matrix",
+           "evaluate_suite", "evaluate_surrogate", "exit_code", "rtol_key"]

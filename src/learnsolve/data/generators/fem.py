@@ -58,7 +58,8 @@ def _p1_gradients(points: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.n
     p = points[tri]  # (T, 3, 2)
     area = _signed_areas(points, tri)
     nxt, prv = p[:, [1, 2, 0]], p[:, [2, 0, 1]]
-    grad = np.stack([nxt[..., 1] - prv[..., 1], prv[..., 0] - nxt[..., 0]], axis=-1) / (2.0 * area[:, None, None])
+    grad = (np.stack([nxt[..., 1] - prv[..., 1], prv[..., 0] - nxt[..., 0]], axis=-1)
+            / (2.0 * area[:, None, None]))
     return area, grad
 
 
@@ -73,11 +74,13 @@ def _assemble(local: np.ndarray, dofs: np.ndarray, n: int) -> sp.csr_matrix:
     return A
 
 
-def _vertex_average(values: np.ndarray, area: np.ndarray, tri: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _vertex_average(values: np.ndarray, area: np.ndarray, tri: np.ndarray,
+                    n: int) -> tuple[np.ndarray, np.ndarray]:
     """Area-weighted average to the vertices of per-element ``values``, and the patch areas / 3."""
     w = np.repeat(area / 3.0, 3)
     mass = np.bincount(tri.ravel(), weights=w, minlength=n)
-    avg = np.bincount(tri.ravel(), weights=w * np.repeat(values, 3), minlength=n) / np.where(mass > 0, mass, 1)
+    avg = (np.bincount(tri.ravel(), weights=w * np.repeat(values, 3), minlength=n)
+           / np.where(mass > 0, mass, 1))
     return avg, mass
 
 
@@ -269,13 +272,14 @@ def _square_mesh(m: int) -> tuple[np.ndarray, np.ndarray]:
     X, Y = np.meshgrid(g, g, indexing="xy")
     nodes = np.stack([X.ravel(), Y.ravel()], axis=1)
     idx = np.arange((m + 1) ** 2).reshape(m + 1, m + 1)
-    p00, p10, p01, p11 = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    p00, p10, p01, p11 = (idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(),
+                          idx[1:, 1:].ravel())
     return nodes, np.concatenate([np.stack([p00, p10, p11], 1), np.stack([p00, p11, p01], 1)])
 
 
 def stiffness_without_bc(m: int = 16, *, seed: int = 0, nu: float = 0.3, E_sigma2: float = 1.0,
-                         corr_len: float = 0.2,
-                         rng: np.random.Generator | None = None) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+                         corr_len: float = 0.2, rng: np.random.Generator | None = None
+                         ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """Full (singular) plane-strain P1 stiffness matrix on the unit square, no boundary condition.
 
     Mesh: ``m x m`` squares, each split into two triangles along its (0,0)-(1,1) diagonal;
@@ -348,4 +352,5 @@ def elasticity2d(m: int = 16, *, seed: int = 0, rhs: str = "random", nu: float =
 
 GENERATORS = {"fem_poisson": fem_poisson, "elasticity2d": elasticity2d}
 
-__all__ = ["DOMAINS", "GENERATORS", "Mesh", "elasticity2d", "fem_poisson", "make_mesh", "stiffness_without_bc"]
+__all__ = ["DOMAINS", "GENERATORS", "Mesh", "elasticity2d", "fem_poisson", "make_mesh",
+           "stiffness_without_bc"]

@@ -80,7 +80,8 @@ def graph_laplacian(n: int = 1024, *, seed: int = 0, rhs: str = "random", sigma2
     if isinstance(n, bool) or int(n) != n or n < 4:
         raise ValueError(f"graph_laplacian: n (the number of nodes) must be an integer >= 4, got {n!r}")
     if not 0 <= sigma2 < np.inf:
-        raise ValueError(f"graph_laplacian: sigma2 (the variance of log w) must be finite and >= 0, got {sigma2!r}")
+        raise ValueError("graph_laplacian: sigma2 (the variance of log w) must be finite and >= 0, got "
+                         f"{sigma2!r}")
     if f is None and rhs not in RHS_KINDS:
         raise ValueError(f"graph_laplacian: unknown right-hand side kind rhs={rhs!r}; choose one of "
                          f"{', '.join(RHS_KINDS)}")

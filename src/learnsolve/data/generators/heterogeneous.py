@@ -51,8 +51,8 @@ from .structured import (
 __all__ = ["GENERATORS", "channel_field", "channels2d", "lognormal2d"]
 
 
-def lognormal2d(m: int = 32, *, seed: int = 0, rhs: str = "random", sigma2: float = 4.0, corr_len: float = 0.0,
-                f: PosFn | None = None, reference: bool = True) -> Data:
+def lognormal2d(m: int = 32, *, seed: int = 0, rhs: str = "random", sigma2: float = 4.0,
+                corr_len: float = 0.0, f: PosFn | None = None, reference: bool = True) -> Data:
     """Diffusion with a rough lognormal coefficient: ``k = exp(g)``, ``g`` Gaussian with variance ``sigma2``.
 
     ``corr_len = 0`` (default): ``g = sqrt(sigma2) z`` with ``z ~ N(0, 1)`` i.i.d. per cell (the
@@ -68,7 +68,8 @@ def lognormal2d(m: int = 32, *, seed: int = 0, rhs: str = "random", sigma2: floa
     """
     m = _check_m(m, "lognormal2d")
     if not 0 <= sigma2 < np.inf:
-        raise ValueError(f"lognormal2d: sigma2 (the variance of log k) must be finite and >= 0, got {sigma2!r}")
+        raise ValueError("lognormal2d: sigma2 (the variance of log k) must be finite and >= 0, got "
+                         f"{sigma2!r}")
     if not 0 <= corr_len < np.inf:
         raise ValueError(f"lognormal2d: corr_len must be >= 0 (0: i.i.d. cells), got {corr_len!r}")
     rng = np.random.default_rng(seed)
@@ -170,7 +171,8 @@ def channels2d(m: int = 32, *, seed: int = 0, rhs: str = "random", contrast: flo
     Cost: O(n) plus the reference solve (``reference=False`` skips it).
     """
     m = _check_m(m, "channels2d")
-    num_channels, num_inclusions = _count(num_channels, "num_channels"), _count(num_inclusions, "num_inclusions")
+    num_channels, num_inclusions = (_count(num_channels, "num_channels"),
+                                    _count(num_inclusions, "num_inclusions"))
     if num_channels + num_inclusions < 1:
         raise ValueError("channels2d: num_channels + num_inclusions must be >= 1 (nothing of high contrast), "
                          f"got {num_channels} and {num_inclusions}")

@@ -194,7 +194,8 @@ def gaussian_random_field(shape: int | tuple[int, ...], sigma2: float, corr_len:
     shape = (shape,) if np.isscalar(shape) else tuple(int(s) for s in shape)
     d = len(shape)
     if sigma2 < 0 or not corr_len > 0:
-        raise ValueError(f"gaussian_random_field: need sigma2 >= 0 and corr_len > 0, got {sigma2}, {corr_len}")
+        raise ValueError(f"gaussian_random_field: need sigma2 >= 0 and corr_len > 0, got {sigma2}, "
+                         f"{corr_len}")
     if spacing is None:
         spacing = tuple(1.0 / s for s in shape)
     elif np.isscalar(spacing):
@@ -280,7 +281,8 @@ def diffusion2d(m: int = 32, *, seed: int = 0, rhs: str = "random", sigma2: floa
 
     Args:
         m: cells per side (n = m^2 unknowns).
-        seed: seed of the coefficient field and the right-hand side: the system is a function of its arguments.
+        seed: seed of the coefficient field and the right-hand side: the system is a function of its
+            arguments.
         rhs: ``"random"``, ``"smooth"`` or ``"point"`` (see ``make_rhs``); ignored when ``f`` is given.
         sigma2: variance of log k.
         corr_len: correlation length of log k (unit square).
@@ -356,7 +358,8 @@ def draw_log_uniform(value: float | Sequence[float], rng: np.random.Generator, *
         if not 0 < lo <= hi < np.inf:
             raise ValueError(f"{family}: {name} as a range must be [lo, hi] with 0 < lo <= hi, got {value!r}")
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), (lo, hi)
-    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
+    if (isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.number))
+            or not 0 < value < np.inf):
         raise ValueError(f"{family}: {name} must be a positive number or a range [lo, hi], got {value!r}")
     return float(value), None
 
@@ -368,13 +371,15 @@ def anisotropic_stencil(epsilon: float, theta: float, stencil: str = "fd") -> di
     coefficients before the division by ``h^2``; see :func:`anisotropic2d` for both formulas.
     """
     if stencil not in ANISOTROPIC_STENCILS:
-        raise ValueError(f"anisotropic2d: stencil must be one of {', '.join(ANISOTROPIC_STENCILS)}, got {stencil!r}")
+        raise ValueError(f"anisotropic2d: stencil must be one of {', '.join(ANISOTROPIC_STENCILS)}, got "
+                         f"{stencil!r}")
     (a11, a12), (_, a22) = anisotropy_tensor(epsilon, theta)
     if stencil == "fd":
         c, ew, ns, ne, nw = 2.0 * (a11 + a22), -a11, -a22, -a12 / 2, a12 / 2
     else:
         s = a11 + a22
-        c, ew, ns, ne, nw = 4.0 * s / 3, (a22 - 2 * a11) / 3, (a11 - 2 * a22) / 3, -s / 6 - a12 / 2, -s / 6 + a12 / 2
+        c, ew, ns, ne, nw = (4.0 * s / 3, (a22 - 2 * a11) / 3, (a11 - 2 * a22) / 3, -s / 6 - a12 / 2,
+                             -s / 6 + a12 / 2)
     return {(0, 0): c, (1, 0): ew, (-1, 0): ew, (0, 1): ns, (0, -1): ns,
             (1, 1): ne, (-1, -1): ne, (-1, 1): nw, (1, -1): nw}
 
@@ -422,7 +427,8 @@ def anisotropic2d(m: int = 32, *, seed: int = 0, rhs: str = "random", epsilon: f
     """
     m = _check_m(m, "anisotropic2d")
     if stencil not in ANISOTROPIC_STENCILS:
-        raise ValueError(f"anisotropic2d: stencil must be one of {', '.join(ANISOTROPIC_STENCILS)}, got {stencil!r}")
+        raise ValueError(f"anisotropic2d: stencil must be one of {', '.join(ANISOTROPIC_STENCILS)}, got "
+                         f"{stencil!r}")
     rng = np.random.default_rng(seed)
     theta_value, theta_random = _draw_theta(theta, rng)
     eps_value, eps_range = draw_log_uniform(epsilon, rng, name="epsilon", family="anisotropic2d")
@@ -431,7 +437,8 @@ def anisotropic2d(m: int = 32, *, seed: int = 0, rhs: str = "random", epsilon: f
     centre = st.pop((0, 0))
     A = _assemble((m, m), centre / h**2, [(off, v / h**2) for off, v in st.items()])
     b = _rhs(rhs, f, pos, rng)
-    params = {"m": m, "epsilon": eps_value, "theta": theta_value, "stencil": stencil, "rhs": _rhs_label(rhs, f)}
+    params = {"m": m, "epsilon": eps_value, "theta": theta_value, "stencil": stencil,
+              "rhs": _rhs_label(rhs, f)}
     if theta_random:
         params["theta_random"] = True
     if eps_range is not None:

@@ -75,8 +75,8 @@ def _check(family: str, a: float, beta: float, t_final: float, num_times) -> int
 
 def _trajectory(family: str, m: int, seed: int, rhs: str, sigma2: float, corr_len: float, t_final: float,
                 num_times: int, field, params: dict) -> Data:
-    """Integrate ``dy/dt = field(ei, Kd, n)(t, y)`` from y0 on diffusion2d's cells and pack the Data (shared by
-    the trajectory families; ``params`` are the family's own parameters, between corr_len and t_final)."""
+    """Integrate ``dy/dt = field(ei, Kd, n)(t, y)`` from y0 on diffusion2d's cells and pack the Data (shared
+    by the trajectory families; ``params`` are the family's own parameters, between corr_len and t_final)."""
     base = diffusion2d(m, seed=seed, rhs=rhs, sigma2=sigma2, corr_len=corr_len)
     n = int(base.num_nodes)
     scale = float(base.b.abs().max())
@@ -94,8 +94,9 @@ def _trajectory(family: str, m: int, seed: int, rhs: str, sigma2: float, corr_le
                 num_nodes=n, family=family, params=params, seed=int(seed), symmetric=True)
 
 
-def trajectory2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: float = 0.25, corr_len: float = 0.2,
-                 a: float = 1.0, beta: float = 0.5, t_final: float = 0.05, num_times: int = 16) -> Data:
+def trajectory2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: float = 0.25,
+                 corr_len: float = 0.2, a: float = 1.0, beta: float = 0.5, t_final: float = 0.05,
+                 num_times: int = 16) -> Data:
     """One trajectory of ``M(y) dy/dt = -K y`` on an ``m x m`` grid (see the module docstring).
 
     Parameters: ``m`` cells per direction (``n = m^2``); ``seed`` draws the coefficient field, then
@@ -129,12 +130,12 @@ def forced2d(m: int = 8, *, seed: int = 0, rhs: str = "smooth", sigma2: float = 
 
         A(y) = M(y) + stiffness K,
 
-    ``M(y)`` the mass of :func:`trajectory2d` and ``K`` diffusion2d's stiffness on the same cells (``stiffness``
-    0.005 makes its off-diagonal entries, about -0.3 at m = 8, comparable to M's 0.125: a real coupling). A(y) is
-    SPD for every y (M is, K is PSD). Same fields as :func:`trajectory2d` (``edge_attr``: K's values, the pattern
-    A lives on), ``family="forced2d"``; the reference is dopri5 (rtol 1e-9, atol 1e-11) with a dense solve.
-    Time scale: the eigenvalues of A(y) lie in about [1, 5], so the default ``t_final = 3`` covers the decay of y0
-    and the forced oscillation."""
+    ``M(y)`` the mass of :func:`trajectory2d` and ``K`` diffusion2d's stiffness on the same cells
+    (``stiffness`` 0.005 makes its off-diagonal entries, about -0.3 at m = 8, comparable to M's 0.125: a real
+    coupling). A(y) is SPD for every y (M is, K is PSD). Same fields as :func:`trajectory2d` (``edge_attr``:
+    K's values, the pattern A lives on), ``family="forced2d"``; the reference is dopri5 (rtol 1e-9, atol
+    1e-11) with a dense solve. Time scale: the eigenvalues of A(y) lie in about [1, 5], so the default
+    ``t_final = 3`` covers the decay of y0 and the forced oscillation."""
     if not stiffness >= 0:
         raise ValueError(f"forced2d: stiffness must be >= 0, got {stiffness}")
     num_times = _check("forced2d", a, beta, t_final, num_times)
