@@ -1,7 +1,7 @@
 """Learned solvers and preconditioners (plain nn.Modules) and their registry.
 
-Every model derives from :class:`~learnsolve.models.base.LearnedModel`, and the training module, evaluation and
-export ask it rather than test its class:
+Every model derives from :class:`~learnsolve.models.base.LearnedModel`, and the training module, evaluation
+and export ask it rather than test its class:
 
 - class attributes ``kind`` ("solver": solves A x = b itself; "preconditioner": M^{-1} used in (flexible) CG;
   "surrogate": predicts solutions or trajectories), ``requires_spd``, ``is_linear`` (the preconditioner is a

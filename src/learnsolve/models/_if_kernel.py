@@ -1,16 +1,17 @@
-"""Compiled inference of neural_if's light network (:class:`learnsolve.models.neural_if.LightIFNet`) and the assembly of
-its factor L, in passes over the CSR rows of A with no per-entry intermediate beyond one feature per entry (no torch
-imported here).
+"""Compiled inference of neural_if's light network (:class:`learnsolve.models.neural_if.LightIFNet`) and the
+assembly of its factor L, in passes over the CSR rows of A with no per-entry intermediate beyond one feature
+per entry (no torch imported here).
 
-``light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, work)`` writes L's values on
-tril(A) (in tril(A)'s CSR order) into ``out`` (float64) and the diagonal outputs into ``w_diag``. The features and the
-factor are computed in float64, the network in the weights' dtype (float32 for a trained model), as the torch forward
-(:meth:`LightIFNet.forward`) does: the two agree to the network dtype's rounding (the sums run in another order).
+``light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, work)`` writes L's values
+on tril(A) (in tril(A)'s CSR order) into ``out`` (float64) and the diagonal outputs into ``w_diag``. The
+features and the factor are computed in float64, the network in the weights' dtype (float32 for a trained
+model), as the torch forward (:meth:`LightIFNet.forward`) does: the two agree to the network dtype's rounding
+(the sums run in another order).
 
-The per-entry passes (messages, heads) are ``prange`` loops over rows (independent within a pass: h and s live in
-separate buffers); the node-level products are BLAS calls into preallocated buffers. On this machine a fresh 4 MB
-buffer cost about 1 ms in page faults on first touch, as much as a layer's arithmetic at 256^2, so ``work`` keeps the
-node buffers between calls for systems of one size.
+The per-entry passes (messages, heads) are ``prange`` loops over rows (independent within a pass: h and s live
+in separate buffers); the node-level products are BLAS calls into preallocated buffers. On this machine a
+fresh 4 MB buffer cost about 1 ms in page faults on first touch, as much as a layer's arithmetic at 256^2, so
+``work`` keeps the node buffers between calls for systems of one size.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from numba import prange
 
 @numba.njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def _diagonals(crow, col, val, base, lptr, isd, bdiag):
-    """isd = 1 / sqrt(diag A); bdiag = the base's diagonal (the last entry of row i of tril(A)), sqrt(a_ii) for the
-    Gauss-Seidel base."""
+    """isd = 1 / sqrt(diag A); bdiag = the base's diagonal (the last entry of row i of tril(A)), sqrt(a_ii)
+    for the Gauss-Seidel base."""
     for i in prange(crow.shape[0] - 1):
         d = 0.0
         for p in range(crow[i], crow[i + 1]):
@@ -84,8 +85,9 @@ def _relu_into(T, T2, bias, H, residual, zero):
 
 @numba.njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def _heads(crow, col, val, ef, isd, base, bdiag, lptr, AB, bias, we, wb, v, v0, H, dv, dv0, out, w_diag, eb):
-    """The factor on tril(A): L_ij = B_ij + a_ij / sqrt(a_jj) * (v . relu(AB[i, :C] + bias + AB[j, C:] + we e_ij
-    + wb b_ij) + v0) (i > j), L_ii = B_ii exp(dv . H[i] + dv0); the Gauss-Seidel base where ``base`` is empty."""
+    """The factor on tril(A): L_ij = B_ij + a_ij / sqrt(a_jj) * (v . relu(AB[i, :C] + bias + AB[j, C:]
+    + we e_ij + wb b_ij) + v0) (i > j), L_ii = B_ii exp(dv . H[i] + dv0); the Gauss-Seidel base where
+    ``base`` is empty."""
     n, C = H.shape
     has_base = base.shape[0] > 0
     for i in prange(n):
@@ -126,12 +128,13 @@ def _lower_pointers(crow, col):
 
 
 def pack_weights(enc_w, enc_b, msg_w, msg_b, upd_w, upd_b, head_w, head_b, head_v, head_v0, diag_v, diag_v0):
-    """The network's parameters (numpy, one float dtype) in the layout :func:`light_factor` reads: the pair layers'
-    two node halves as one (C, 2C) matrix for one product per layer."""
+    """The network's parameters (numpy, one float dtype) in the layout :func:`light_factor` reads: the pair
+    layers' two node halves as one (C, 2C) matrix for one product per layer."""
     C = enc_b.shape[0]
 
     def pair(W):
-        return np.ascontiguousarray(np.concatenate([W[:, :C].T, W[:, C:2 * C].T], 1)), np.ascontiguousarray(W[:, 2 * C:])
+        return (np.ascontiguousarray(np.concatenate([W[:, :C].T, W[:, C:2 * C].T], 1)),
+                np.ascontiguousarray(W[:, 2 * C:]))
 
     layers = []
     for lv in range(msg_w.shape[0]):
@@ -147,9 +150,9 @@ def pack_weights(enc_w, enc_b, msg_w, msg_b, upd_w, upd_b, head_w, head_b, head_
 
 
 def light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, work=None, lptr=None):
-    """See the module docstring. ``base``: the base factor's values on tril(A) (float64), or an empty array for the
-    Gauss-Seidel base; ``weights``: :func:`pack_weights`; ``work``: a dict of buffers reused between calls; ``lptr``:
-    the row pointers of tril(A) (computed when None)."""
+    """See the module docstring. ``base``: the base factor's values on tril(A) (float64), or an empty array
+    for the Gauss-Seidel base; ``weights``: :func:`pack_weights`; ``work``: a dict of buffers reused between
+    calls; ``lptr``: the row pointers of tril(A) (computed when None)."""
     lptr = _lower_pointers(crow, col) if lptr is None else lptr
     if lptr[-1] != out.shape[0]:
         raise ValueError(f"light_factor: out holds {out.shape[0]} values, tril(A) has {lptr[-1]}")
@@ -161,10 +164,10 @@ def light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w
         work.clear()
         work.update(shape=(n, nnz, C, dt), x=np.empty((n, 3), dt), ef=np.empty(nnz, dt), isd=np.empty(n),
                     eb=np.empty(n, dt),
-                    bdiag=np.empty(n), H=np.empty((n, C), dt), S=np.empty((n, C), dt), AB=np.empty((n, 2 * C), dt),
-                    T=np.empty((n, C), dt), T2=np.empty((n, C), dt))
-    x, ef, isd, eb, bdiag, H, S, AB, T, T2 = (work[k] for k in ("x", "ef", "isd", "eb", "bdiag", "H", "S", "AB", "T",
-                                                                  "T2"))
+                    bdiag=np.empty(n), H=np.empty((n, C), dt), S=np.empty((n, C), dt),
+                    AB=np.empty((n, 2 * C), dt), T=np.empty((n, C), dt), T2=np.empty((n, C), dt))
+    x, ef, isd, eb, bdiag, H, S, AB, T, T2 = (work[k] for k in ("x", "ef", "isd", "eb", "bdiag", "H", "S",
+                                                                 "AB", "T", "T2"))
     _inputs(crow, col, val, coeff, graph, num_graphs, base, lptr, x, ef, isd, bdiag)
     np.matmul(x, encT, out=T)
     _relu_into(T, T, enc_b, H, False, zero)

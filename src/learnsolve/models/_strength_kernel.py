@@ -1,13 +1,13 @@
-"""Compiled inference of :class:`learnsolve.models.gnn_solver.StrengthNet` (ReLU activations): the level features,
-the encoder, the message-passing layers and the per-entry head fused in loops over the CSR rows, with no (E, C)
-intermediate (no torch imported here).
+"""Compiled inference of :class:`learnsolve.models.gnn_solver.StrengthNet` (ReLU activations): the level
+features, the encoder, the message-passing layers and the per-entry head fused in loops over the CSR rows,
+with no (E, C) intermediate (no torch imported here).
 
-``strength_logits(crow, col, val, graph, num_graphs, enc, convs, head, out)`` writes one logit per stored entry into
-``out`` (float64). ``graph``: the block (system) of every row; ``enc`` = (W1 (C, 2), b1, W2 (C, C), b2); ``convs`` =
-(phi W1 (L, C, 2C + F), phi b1 (L, C), phi W2 (L, C, C), phi b2 (L, C), psi W1 (L, C, 2C), psi b1, psi W2, psi b2);
-``head`` = (W1 (C, 2C + F), b1 (C,), w2 (C,), b2 ()). The same arithmetic as the torch forward
-(:func:`learnsolve.models.gnn_solver.level_features` with the aggregate indicator 0, :class:`learnsolve.nn.SystemConv`),
-in float64.
+``strength_logits(crow, col, val, graph, num_graphs, enc, convs, head, out)`` writes one logit per stored
+entry into ``out`` (float64). ``graph``: the block (system) of every row; ``enc`` = (W1 (C, 2), b1, W2 (C, C),
+b2); ``convs`` = (phi W1 (L, C, 2C + F), phi b1 (L, C), phi W2 (L, C, C), phi b2 (L, C), psi W1 (L, C, 2C),
+psi b1, psi W2, psi b2); ``head`` = (W1 (C, 2C + F), b1 (C,), w2 (C,), b2 ()). The same arithmetic as the
+torch forward (:func:`learnsolve.models.gnn_solver.level_features` with the aggregate indicator 0,
+:class:`learnsolve.nn.SystemConv`), in float64.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def _head_pass(crow, col, val, sq, rinv, A, B, Wc, w2, b2, logits):
 
 @numba.njit(cache=True, fastmath={"contract"})
 def _mlp2(X, W1, b1, W2, b2, out, residual):
-    """out[i] = (out[i] if residual else 0) + W2 relu(W1 X[i] + b1) + b2 for every row (no (n, C) temporaries)."""
+    """out[i] = (out[i] if residual else 0) + W2 relu(W1 X[i] + b1) + b2 for every row (no (n, C)
+    temporaries)."""
     n, k = X.shape
     C = b1.shape[0]
     Co = b2.shape[0]
@@ -110,7 +111,8 @@ def _mlp2(X, W1, b1, W2, b2, out, residual):
 
 @numba.njit(cache=True, fastmath={"contract"})
 def _pair(h, W, bias, A, B):
-    """A[i] = W[:, :C] h[i] + bias, B[i] = W[:, C:2C] h[i]: the node halves of a pair layer's first linear map."""
+    """A[i] = W[:, :C] h[i] + bias, B[i] = W[:, C:2C] h[i]: the node halves of a pair layer's first linear
+    map."""
     n, C = h.shape
     Co = A.shape[1]
     for i in range(n):

@@ -1,4 +1,5 @@
-"""The base of every learned model: its kind, its capabilities, and what training, evaluation and export ask it.
+"""The base of every learned model: its kind, its capabilities, and what training, evaluation and export ask
+it.
 
 Every entry of :data:`learnsolve.models.MODELS` derives from :class:`LearnedModel`. Callers ask the model
 instead of testing its class:
@@ -7,12 +8,13 @@ instead of testing its class:
   (its preconditioner is a fixed linear map: plain PCG; else flexible CG), ``matrix_type`` (the form of its
   per-matrix export, one of :data:`MATRIX_TYPES`, or None) and ``num_nodes`` (the one system size it serves,
   None for any size);
-- ``training_loss(batch)``; ``solve(batch, rtol, maxiter)``; ``preconditioner_for(batch)`` (the raw learned map);
-  ``metrics(batch)`` (surrogates); :meth:`LearnedModel.implements` says which of the
+- ``training_loss(batch)``; ``solve(batch, rtol, maxiter)``; ``preconditioner_for(batch)`` (the raw learned
+  map); ``metrics(batch)`` (surrogates); :meth:`LearnedModel.implements` says which of the
   optional ones a class provides;
-- the safeguard of a learned preconditioner: ``fallback_for(batch)`` (the classical preconditioner it falls back
-  to) and ``safe_preconditioner_for(batch)`` (the learned one where :func:`learnsolve.linalg.preconditioners.safeguard` accepts it,
-  per graph, the fallback elsewhere); the default ``solve`` uses it unless ``safeguard=False``;
+- the safeguard of a learned preconditioner: ``fallback_for(batch)`` (the classical preconditioner it falls
+  back to) and ``safe_preconditioner_for(batch)`` (the learned one where
+  :func:`learnsolve.linalg.preconditioners.safeguard` accepts it, per graph, the fallback elsewhere); the
+  default ``solve`` uses it unless ``safeguard=False``;
 - export: ``matrix_export_reason(name)`` / ``export_matrix(batch)`` (the preconditioner of one matrix as
   arrays) and ``export_program()`` (a :class:`ProgramSpec`, or the reason why there is none).
 
@@ -57,13 +59,14 @@ SYSTEM_INPUTS = [
     ("edge_index (2, E) int64: row and column of every stored entry of A, in CSR order (sorted by row, then "
      "column, no duplicates), diagonal included"),
     "values (E,) float64: the entries of A",
-    ("feat (n, 3) float64: node features (diag(A), coefficient, b) as learnsolve.data.make_system builds them; "
-     "only column 1, the coefficient, is read (ones for a matrix file)"),
+    ("feat (n, 3) float64: node features (diag(A), coefficient, b) as learnsolve.data.make_system builds "
+     "them; only column 1, the coefficient, is read (ones for a matrix file)"),
 ]
 
 
 def check_choice(model: str, arg: str, value, choices) -> None:
-    """ValueError ``"<model>: unknown <arg> <value>; choose one of ..."`` unless ``value`` is in ``choices``."""
+    """ValueError ``"<model>: unknown <arg> <value>; choose one of ..."`` unless ``value`` is in
+    ``choices``."""
     if value not in choices:
         raise ValueError(f"{model}: unknown {arg} {value!r}; choose one of {', '.join(choices)}")
 
@@ -94,15 +97,16 @@ def one_system_batch(data):
 
 @dataclass
 class MatrixExport:
-    """The preconditioner of one matrix as arrays: ``type`` a key of :data:`MATRIX_TYPES`, ``arrays`` as it says."""
+    """The preconditioner of one matrix as arrays: ``type`` a key of :data:`MATRIX_TYPES`, ``arrays`` as it
+    says."""
 
     type: str
     arrays: dict[str, Any]
 
 
 def matrix_export_of(P: Preconditioner) -> MatrixExport | None:
-    """The arrays of a preconditioner of ONE system, learned or classical: an :class:`LLT` (IC(0), MIC(0), a learned
-    factor) as ``"llt"``, Jacobi as ``"llt"`` with L = diag(A)^(1/2), a :class:`LowRankDiagonal` as
+    """The arrays of a preconditioner of ONE system, learned or classical: an :class:`LLT` (IC(0), MIC(0), a
+    learned factor) as ``"llt"``, Jacobi as ``"llt"`` with L = diag(A)^(1/2), a :class:`LowRankDiagonal` as
     ``"lowrank_diag"``; None for any other preconditioner."""
     import scipy.sparse as sp
 
@@ -119,16 +123,17 @@ def matrix_export_of(P: Preconditioner) -> MatrixExport | None:
     return None
 
 
-_LAST_MATRIX: list = []  # [(edge_index, edge_attr, batch vector, versions, num_nodes, A)]: the last batch's matrix
+# [(edge_index, edge_attr, batch vector, versions, num_nodes, A)]: the last batch's matrix
+_LAST_MATRIX: list = []
 
 
 def system_matrix(batch) -> SparseMatrix:
-    """The detached block-diagonal A of a PyG batch (``SparseMatrix.from_pyg(batch).detach()``), built once for
-    the last batch seen: the learned factor, its classical base, the safeguard's fallback and the solve then share
-    one matrix, and so the sparsity analysis cached on its pattern (CSR order, transpose, triangular patterns).
-    Measured at 256x256 (one thread): IC(0) of a fresh matrix took 18 ms, of an analysed one 2.5 ms. Rebuilt
-    when the batch's edge tensors are other tensors or were modified in place (inference tensors, which keep no
-    version counter: when they are other tensors)."""
+    """The detached block-diagonal A of a PyG batch (``SparseMatrix.from_pyg(batch).detach()``), built once
+    for the last batch seen: the learned factor, its classical base, the safeguard's fallback and the solve
+    then share one matrix, and so the sparsity analysis cached on its pattern (CSR order, transpose,
+    triangular patterns). Measured at 256x256 (one thread): IC(0) of a fresh matrix took 18 ms, of an analysed
+    one 2.5 ms. Rebuilt when the batch's edge tensors are other tensors or were modified in place (inference
+    tensors, which keep no version counter: when they are other tensors)."""
     ei, ea, vec = batch.edge_index, batch.edge_attr, getattr(batch, "batch", None)
     versions = tuple(None if t is None or t.is_inference() else t._version for t in (ei, ea, vec))
     n = int(batch.num_nodes)
@@ -147,8 +152,8 @@ def _spd_like(A: SparseMatrix) -> bool:
 
 
 class ProgramModule(nn.Module):
-    """Base of the module of a :class:`ProgramSpec`: it holds the model, and its ``forward`` calls the model's own
-    tensor functions (the code path of the model's batched forward), never a copy of its formulas."""
+    """Base of the module of a :class:`ProgramSpec`: it holds the model, and its ``forward`` calls the model's
+    own tensor functions (the code path of the model's batched forward), never a copy of its formulas."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -159,10 +164,11 @@ class ProgramModule(nn.Module):
 class ProgramSpec:
     """A model's network as a plain tensor function of ONE system, for torch.export / TorchScript.
 
-    ``module(edge_index, values, feat, *extra)`` (inputs as :data:`SYSTEM_INPUTS`, then one length-n vector per
-    entry of ``extra_inputs``, of length n (per node) or E (per entry of A)); ``inputs(data, seed)`` builds its input tuple for a PyG Data (random extras from
-    ``seed``); ``reference(data, inputs)`` computes the same outputs, in the same form, through the model's
-    batched path (export checks the compiled program against it); ``outputs`` describes them.
+    ``module(edge_index, values, feat, *extra)`` (inputs as :data:`SYSTEM_INPUTS`, then one length-n vector
+    per entry of ``extra_inputs``, of length n (per node) or E (per entry of A)); ``inputs(data, seed)``
+    builds its input tuple for a PyG Data (random extras from ``seed``); ``reference(data, inputs)`` computes
+    the same outputs, in the same form, through the model's batched path (export checks the compiled program
+    against it); ``outputs`` describes them.
     """
 
     module: ProgramModule
@@ -188,7 +194,8 @@ class LearnedModel(nn.Module, abc.ABC):
     is_linear: ClassVar[bool] = False  # preconditioner_for is a fixed linear map (PCG); else flexible CG
     matrix_type: ClassVar[str | None] = None  # form of export_matrix's arrays (a key of MATRIX_TYPES)
     num_nodes: int | None = None  # the one system size the model serves (None: any size)
-    safeguard_options: ClassVar[dict] = {}  # steps / probes of its safeguard race (linalg.preconditioners.safeguard's defaults)
+    # steps / probes of its safeguard race (linalg.preconditioners.safeguard's defaults)
+    safeguard_options: ClassVar[dict] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -209,8 +216,8 @@ class LearnedModel(nn.Module, abc.ABC):
         return own or (method == "solve" and cls.implements("preconditioner_for"))
 
     def classical_start(self) -> str | None:
-        """The classical method this model equals at its initial parameters (its output layers start at zero), in
-        words; None when it has none (surrogates, or a start that is not a classical method). Evaluation's
+        """The classical method this model equals at its initial parameters (its output layers start at zero),
+        in words; None when it has none (surrogates, or a start that is not a classical method). Evaluation's
         ``untrained`` rows run the model at those parameters: learned / untrained is what training bought."""
         return None
 
@@ -228,11 +235,11 @@ class LearnedModel(nn.Module, abc.ABC):
         raise self._unsupported("preconditioner")
 
     def fallback_for(self, batch) -> Preconditioner:
-        """The classical preconditioner this model's preconditioner falls back to where the safeguard rejects it: on
-        a symmetric A with a positive diagonal the faster of MIC(0) and IC(0) per system
-        (:func:`learnsolve.linalg.fastest_factor`: MIC(0) where it does not break down and its pivots are not tiny,
-        else a short race against IC(0) on the batch's right-hand side), Jacobi otherwise. A model may override it
-        (lowrank_precond's forward side: Jacobi; neural_if reuses its MIC(0) base)."""
+        """The classical preconditioner this model's preconditioner falls back to where the safeguard rejects
+        it: on a symmetric A with a positive diagonal the faster of MIC(0) and IC(0) per system
+        (:func:`learnsolve.linalg.fastest_factor`: MIC(0) where it does not break down and its pivots are not
+        tiny, else a short race against IC(0) on the batch's right-hand side), Jacobi otherwise. A model may
+        override it (lowrank_precond's forward side: Jacobi; neural_if reuses its MIC(0) base)."""
         A = system_matrix(batch)
         if not _spd_like(A):
             return Jacobi(A)
@@ -240,19 +247,21 @@ class LearnedModel(nn.Module, abc.ABC):
         return fastest_factor(A, b=None if b is None else b.view(-1), mic=self.reusable_mic0(A))
 
     def reusable_mic0(self, A: SparseMatrix) -> Preconditioner | None:
-        """A MIC(0) factor of A the model already built (its base), for :meth:`fallback_for`; None by default."""
+        """A MIC(0) factor of A the model already built (its base), for :meth:`fallback_for`; None by
+        default."""
         return None
 
     @torch.no_grad()
-    def safe_preconditioner_for(self, batch, *, rhs: bool = True,
-                                candidate: Preconditioner | None = None) -> tuple[Preconditioner, SafeguardResult | None]:
-        """(M^{-1}, check): :meth:`preconditioner_for` where :func:`learnsolve.linalg.preconditioners.safeguard` accepts it against
-        :meth:`fallback_for` (built lazily), graph by graph, the fallback elsewhere. ``rhs``: the race's first probe
-        is the batch's right-hand side ``b`` (the systems about to be solved); False: random probes only (a matrix
-        without its right-hand side, e.g. an exported preconditioner). The check is None, and M the raw map, for a
+    def safe_preconditioner_for(self, batch, *, rhs: bool = True, candidate: Preconditioner | None = None
+                                ) -> tuple[Preconditioner, SafeguardResult | None]:
+        """(M^{-1}, check): :meth:`preconditioner_for` where
+        :func:`learnsolve.linalg.preconditioners.safeguard` accepts it against :meth:`fallback_for` (built
+        lazily), graph by graph, the fallback elsewhere. ``rhs``: the race's first probe is the batch's
+        right-hand side ``b`` (the systems about to be solved); False: random probes only (a matrix without
+        its right-hand side, e.g. an exported preconditioner). The check is None, and M the raw map, for a
         nonlinear preconditioner (the PCG race needs a fixed linear M). Cost: the network plus
-        ``check.seconds`` (a few PCG iterations with both and the fallback's setup). ``candidate``: the batch's
-        :meth:`preconditioner_for`, already built (e.g. to time the network and the check apart)."""
+        ``check.seconds`` (a few PCG iterations with both and the fallback's setup). ``candidate``: the
+        batch's :meth:`preconditioner_for`, already built (e.g. to time the network and the check apart)."""
         P = self.preconditioner_for(batch) if candidate is None else candidate
         if not (self.is_linear and P.linear):
             return P, None
@@ -263,7 +272,8 @@ class LearnedModel(nn.Module, abc.ABC):
         return check.preconditioner, check
 
     @torch.no_grad()
-    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000, safeguard: bool = True) -> tuple[Tensor, SolveInfo]:
+    def solve(self, batch, rtol: float = 1e-6, maxiter: int = 2000,
+              safeguard: bool = True) -> tuple[Tensor, SolveInfo]:
         """(x (N,), per-graph SolveInfo) for every system of the batch. Default: CG with
         :meth:`safe_preconditioner_for` (``safeguard=False``: the raw :meth:`preconditioner_for`, for studies;
         flexible CG when it is not linear)."""
@@ -273,9 +283,10 @@ class LearnedModel(nn.Module, abc.ABC):
         return self.solve_with(batch, M, rtol, maxiter)
 
     @torch.no_grad()
-    def solve_with(self, batch, M: Preconditioner, rtol: float = 1e-6, maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
-        """(x (N,), per-graph SolveInfo): CG on the batch's systems with the preconditioner M (flexible CG when M
-        is nonlinear), e.g. the first item of :meth:`safe_preconditioner_for`."""
+    def solve_with(self, batch, M: Preconditioner, rtol: float = 1e-6,
+                   maxiter: int = 2000) -> tuple[Tensor, SolveInfo]:
+        """(x (N,), per-graph SolveInfo): CG on the batch's systems with the preconditioner M (flexible CG
+        when M is nonlinear), e.g. the first item of :meth:`safe_preconditioner_for`."""
         A = system_matrix(batch)
         method = cg if getattr(M, "linear", self.is_linear) else fcg
         return method(A, batch.b.view(-1).to(A.dtype), M, rtol=rtol, maxiter=maxiter)
@@ -298,8 +309,8 @@ class LearnedModel(nn.Module, abc.ABC):
         return f"{name} is a learned {self.kind} without a fixed preconditioner matrix M to export"
 
     def export_matrix(self, batch) -> MatrixExport:
-        """The preconditioner of the ONE system in ``batch`` as arrays of type ``matrix_type``. Default: read off
-        the :class:`LLT` / :class:`LowRankDiagonal` that :meth:`preconditioner_for` returns."""
+        """The preconditioner of the ONE system in ``batch`` as arrays of type ``matrix_type``. Default: read
+        off the :class:`LLT` / :class:`LowRankDiagonal` that :meth:`preconditioner_for` returns."""
         reason = self.matrix_export_reason()
         if reason is not None:
             raise NotImplementedError(reason)
@@ -308,13 +319,13 @@ class LearnedModel(nn.Module, abc.ABC):
         exported = matrix_export_of(P)
         if exported is not None and exported.type == self.matrix_type:
             return exported
-        raise TypeError(f"{type(self).__name__} declares matrix_type {self.matrix_type!r}, but preconditioner_for "
-                        f"returned a {type(P).__name__}: override export_matrix")
+        raise TypeError(f"{type(self).__name__} declares matrix_type {self.matrix_type!r}, but "
+                        f"preconditioner_for returned a {type(P).__name__}: override export_matrix")
 
     def export_program(self) -> ProgramSpec | str:
         """The model's compiled program (:class:`ProgramSpec`), or the reason why there is none."""
-        return (f"{type(self).__name__} is a {self.kind} model without a compiled program: exported as weights "
-                "and config only (rebuild it with learnsolve.export.load_exported_model)")
+        return (f"{type(self).__name__} is a {self.kind} model without a compiled program: exported as "
+                "weights and config only (rebuild it with learnsolve.export.load_exported_model)")
 
 
 __all__ = [

@@ -101,8 +101,8 @@ class FCGNet(nn.Module):
         A = system_matrix(batch)
         require_positive_diagonal(A.diagonal(), "gnn_solver")
         red = A.reducer()
-        ctx = self.context(A.pattern.row.long(), A.pattern.col.long(), A.values, node_coefficient(batch, A.values),
-                           red.segment, red.G)
+        ctx = self.context(A.pattern.row.long(), A.pattern.col.long(), A.values,
+                           node_coefficient(batch, A.values), red.segment, red.G)
         base = IC0(A, shift="auto").apply if self.base == "ic0" else None
 
         def apply(R: Tensor) -> Tensor:
@@ -138,8 +138,8 @@ class FCGNet(nn.Module):
             extra.append("pr (n,) float64: P r, the IC(0) preconditioner applied to r "
                          "(learnsolve.linalg.IC0(A, shift='auto')), computed by the caller")
         module = _JacobiProgram(self) if self.base == "jacobi" else _BaseInputProgram(self)
-        z = ("z (n,) float64: one application z = f(r) of the nonlinear preconditioner (use it inside flexible "
-             "CG / FGMRES, not plain CG)")
+        z = ("z (n,) float64: one application z = f(r) of the nonlinear preconditioner (use it inside "
+             "flexible CG / FGMRES, not plain CG)")
         return ProgramSpec(module, inputs=inputs, reference=reference, extra_inputs=extra, outputs=[z])
 
     # -- training and solving -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""``lowrank_precond``: a learned low-rank correction of a preconditioner, on the inverse side (default) or the
-forward side.
+"""``lowrank_precond``: a learned low-rank correction of a preconditioner, on the inverse side (default) or
+the forward side.
 
 ``side="inverse"`` (default): a learned coarse space corrects a classical B (``base``: IC(0) default, MIC(0),
 Jacobi) where it is weak, at the small eigenvalues of B^{-1} A:
@@ -7,13 +7,15 @@ Jacobi) where it is weak, at the small eigenvalues of B^{-1} A:
     M^{-1} = Q + (I - Q A) B^{-1} (I - A Q),     Q = Z (Z^T A Z)^{-1} Z^T,     Z = diag(w) S,
 
 with S the 0/1 indicator of subdomains of about 9^``levels`` unknowns (repeated aggregation of A's graph) and
-w > 0 one weight per unknown (:class:`learnsolve.linalg.CoarseCorrected`, SPD by construction; rank(Z) = number of
-subdomains). ``variant="gnn"``: w_i = softplus(g(h_i) + log(e - 1)) from the node embeddings below (g starts at
-zero: the untrained model is B with Nicolaides' piecewise-constant coarse space); ``variant="fixed"``:
-w = exp(l), l a parameter per unknown for one size. Loss: the mean log Lanczos kappa(M^{-1} A) from
-``cond_steps`` PCG steps (``loss="kappa"``), or the probe residual below (``loss="probe"``).
+w > 0 one weight per unknown (:class:`learnsolve.linalg.CoarseCorrected`, SPD by construction; rank(Z) =
+number of subdomains). ``variant="gnn"``: w_i = softplus(g(h_i) + log(e - 1)) from the node embeddings below
+(g starts at zero: the untrained model is B with Nicolaides' piecewise-constant coarse space);
+``variant="fixed"``: w = exp(l), l a parameter per unknown for one size. Loss: the mean log Lanczos
+kappa(M^{-1} A) from ``cond_steps`` PCG steps (``loss="kappa"``), or the probe residual below
+(``loss="probe"``).
 
-``side="forward"`` (the original design, kept as an option): for each system (graph g of a PyG batch, n_g unknowns) the model builds
+``side="forward"`` (the original design, kept as an option): for each system (graph g of a PyG batch, n_g
+unknowns) the model builds
 
     M_g = D_g + U_g U_g^T,      D_g = diag(d) > 0 (n_g), U_g (n_g, r)
 
@@ -43,8 +45,8 @@ normal vectors z per graph (an unbiased estimate of ||A M^{-1} - I||_F^2 / n_g),
 (:func:`learnsolve.linalg.solvers.spectral.condition_estimate`).
 
 Note: M >= D in the Loewner order, so for a fixed D the forward low-rank term can only lower eigenvalues of
-M^{-1} A (Courant-Fischer on x^T A x / x^T M x); it cannot lift the smallest ones (measured: it ended at Jacobi's
-iterations). The inverse side lifts them.
+M^{-1} A (Courant-Fischer on x^T A x / x^T M x); it cannot lift the smallest ones (measured: it ended at
+Jacobi's iterations). The inverse side lifts them.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ class LowRankPreconditioner(LearnedModel):
     kind = "preconditioner"
     requires_spd = True
     is_linear = True
-    matrix_type = None  # per instance: "lowrank_diag" on the forward side; the inverse side has no one-matrix form
+    # per instance: "lowrank_diag" on the forward side; the inverse side has no one-matrix form
+    matrix_type = None
 
     def __init__(self, variant: str = "gnn", rank: int = 4, num_nodes: int | None = None, hidden: int = 16,
                  layers: int = 2, probes: int = 4, cond_weight: float = 0.0, cond_steps: int = 60,
@@ -139,8 +142,8 @@ class LowRankPreconditioner(LearnedModel):
         self.probes, self.cond_weight, self.cond_steps = int(probes), float(cond_weight), int(cond_steps)
         if variant == "fixed":
             if num_nodes is None or int(num_nodes) != num_nodes or num_nodes < 1:
-                raise ValueError(f"lowrank_precond: variant 'fixed' needs num_nodes (an integer >= 1, the system "
-                                 f"size it is built for), got {num_nodes!r}")
+                raise ValueError("lowrank_precond: variant 'fixed' needs num_nodes (an integer >= 1, the "
+                                 f"system size it is built for), got {num_nodes!r}")
             self.num_nodes = int(num_nodes)
             self.log_d = nn.Parameter(torch.zeros(self.num_nodes))  # inverse side: log w
             if side == "forward":
@@ -165,8 +168,8 @@ class LowRankPreconditioner(LearnedModel):
         require_positive_diagonal(A.diagonal(), "lowrank_precond")
         return A
 
-    def factor_arrays(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor, graph: Tensor | None = None,
-                      num_graphs: int = 1) -> tuple[Tensor, Tensor]:
+    def factor_arrays(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor,
+                      graph: Tensor | None = None, num_graphs: int = 1) -> tuple[Tensor, Tensor]:
         """(D (N,), U (N, r)) in the values' dtype from A's COO entries in CSR order (row, col, values (E,),
         coefficient (N,); ``graph`` (N,) graph of each node, None for one system). Plain tensor code: the
         batched :meth:`factors` and the exported program both run it. The fixed variant needs graphs of
@@ -177,7 +180,8 @@ class LowRankPreconditioner(LearnedModel):
             dmean = graph_mean(d, graph, num_graphs)
             copies = d.shape[0] // self.num_nodes
             D = dmean * torch.exp(self.log_d).to(dt).repeat(copies)
-            U = torch.sqrt(dmean / graph_size(graph, num_graphs, d)).unsqueeze(-1) * self.u.to(dt).repeat(copies, 1)
+            U = (torch.sqrt(dmean / graph_size(graph, num_graphs, d)).unsqueeze(-1)
+                 * self.u.to(dt).repeat(copies, 1))
             return D, U
         pdt = self.head_d[-1].weight.dtype
         f = system_features(row, col, values, coeff, graph, num_graphs, rowsum=True)
@@ -202,8 +206,9 @@ class LowRankPreconditioner(LearnedModel):
         return self._precond(batch, self._system(batch))
 
     def fallback_for(self, batch) -> Preconditioner:
-        """Forward side: Jacobi, M = diag(A), the classical method it extends (its D starts at diag(A)); inverse side:
-        IC(0) (:meth:`LearnedModel.fallback_for`). The safeguard's reference and the fallback where it rejects M."""
+        """Forward side: Jacobi, M = diag(A), the classical method it extends (its D starts at diag(A));
+        inverse side: IC(0) (:meth:`LearnedModel.fallback_for`). The safeguard's reference and the fallback
+        where it rejects M."""
         if self.side == "inverse":
             return super().fallback_for(batch)
         return Jacobi(self._system(batch))
@@ -215,11 +220,13 @@ class LowRankPreconditioner(LearnedModel):
         return (IC0 if self.base == "ic0" else MIC0)(A, shift="auto")
 
     def _check_sizes(self, A: SparseMatrix) -> None:
-        """The fixed variant serves graphs of ``num_nodes`` nodes only: ValueError naming the first other one."""
+        """The fixed variant serves graphs of ``num_nodes`` nodes only: ValueError naming the first other
+        one."""
         if self.variant != "fixed":
             return
         red = A.reducer()
-        sizes = torch.bincount(red.segment, minlength=red.G).tolist() if red.segment is not None else [A.shape[0]]
+        sizes = (torch.bincount(red.segment, minlength=red.G).tolist() if red.segment is not None
+                 else [A.shape[0]])
         bad = [(g, s) for g, s in enumerate(sizes) if s != self.num_nodes]
         if bad:
             g, s = bad[0]
@@ -233,7 +240,8 @@ class LowRankPreconditioner(LearnedModel):
             self._check_sizes(A)
             return torch.exp(self.log_d).to(A.dtype).repeat(A.shape[0] // self.num_nodes)
         row, col = A.pattern.row.long(), A.pattern.col.long()
-        f = system_features(row, col, A.values, node_coefficient(batch, A.values), red.segment, red.G, rowsum=True)
+        f = system_features(row, col, A.values, node_coefficient(batch, A.values), red.segment, red.G,
+                            rowsum=True)
         pdt = self.head_d[-1].weight.dtype
         h = self.encoder(f.node.to(pdt))
         ei, edge = torch.stack([row, col]), f.edge.to(pdt)
@@ -264,7 +272,8 @@ class LowRankPreconditioner(LearnedModel):
     def classical_start(self) -> str | None:
         if self.side == "inverse" and self.variant == "gnn":
             return f"{BASE_TITLES.get(self.base, self.base)} with Nicolaides' piecewise-constant coarse space"
-        return None  # forward side / fixed variant: a random low-rank term at the start, not a classical method
+        # forward side / fixed variant: a random low-rank term at the start, not a classical method
+        return None
 
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         A = self._system(batch)

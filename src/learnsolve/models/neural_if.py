@@ -1,5 +1,5 @@
-"""``neural_if``: a learned incomplete factorisation M = L L^T for PCG (NeuralIF, Häusner et al. 2024, adapted),
-optionally as a learned CORRECTION of a classical factor (PreCorrector, ICML 2025).
+"""``neural_if``: a learned incomplete factorisation M = L L^T for PCG (NeuralIF, Häusner et al. 2024,
+adapted), optionally as a learned CORRECTION of a classical factor (PreCorrector, ICML 2025).
 
 A GNN on the graph of A (one graph of a PyG batch) outputs a lower-triangular factor L on the pattern of
 tril(A), diagonal included. With d = diag(A), a base factor B on the same pattern and network outputs w (edge
@@ -67,18 +67,18 @@ ARCHS = ("gnn", "light")
 class LightIFNet(nn.Module):
     r"""neural_if's light network: one ReLU per entry and layer, narrow channels, node-level updates.
 
-    With node inputs x_i (N, 3) and per-entry inputs e_ij = a_ij / sqrt(a_ii a_jj) and, on the factor's strictly
-    lower entries, b_ij = B_ij / sqrt(a_ii) (B the base factor):
+    With node inputs x_i (N, 3) and per-entry inputs e_ij = a_ij / sqrt(a_ii a_jj) and, on the factor's
+    strictly lower entries, b_ij = B_ij / sqrt(a_ii) (B the base factor):
 
     .. math::
         h_i = \mathrm{relu}(W_0 x_i + c_0), \qquad
         s_i = \sum_{j \in N(i)} \mathrm{relu}(P h_i + Q h_j + r e_{ij} + c), \qquad
         h_i \leftarrow h_i + \mathrm{relu}(U [h_i, s_i] + u)
 
-    per layer (the row's diagonal entry among N(i)), then w_ij = v . relu(F h_i + G h_j + f e_ij + g b_ij + f_0) + v_0
-    for i > j and w_ii = d . h_i + d_0; v, v_0, d, d_0 start at zero (the untrained factor is the base). Per entry
-    and layer: C multiply-adds and one ReLU (SystemConv: an edge MLP of 2C + 1 -> C -> C with GELU); O(N C^2) at
-    the nodes. :mod:`._if_kernel` runs the same arithmetic compiled for inference.
+    per layer (the row's diagonal entry among N(i)), then w_ij = v . relu(F h_i + G h_j + f e_ij + g b_ij +
+    f_0) + v_0 for i > j and w_ii = d . h_i + d_0; v, v_0, d, d_0 start at zero (the untrained factor is the
+    base). Per entry and layer: C multiply-adds and one ReLU (SystemConv: an edge MLP of 2C + 1 -> C -> C with
+    GELU); O(N C^2) at the nodes. :mod:`._if_kernel` runs the same arithmetic compiled for inference.
     """
 
     def __init__(self, hidden: int, layers: int):
@@ -93,7 +93,8 @@ class LightIFNet(nn.Module):
         for lin in (self.head_out, self.diag_out):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        self._work: dict = {}  # the compiled kernel's node buffers, reused while the system size stays the same
+        # the compiled kernel's node buffers, reused while the system size stays the same
+        self._work: dict = {}
 
     @staticmethod
     def _pair(lin: nn.Linear, h: Tensor, i: Tensor, j: Tensor, edge: Tensor) -> Tensor:
@@ -103,8 +104,8 @@ class LightIFNet(nn.Module):
 
     def forward(self, node: Tensor, edge: Tensor, row: Tensor, col: Tensor, lrow: Tensor, lcol: Tensor,
                 ledge: Tensor) -> tuple[Tensor, Tensor]:
-        """node (N, 3), edge (E, 1) on A's entries (row, col), ledge (E_o, 2) on the strictly lower ones (lrow, lcol)
-        -> (w_diag (N,), w_off (E_o,))."""
+        """node (N, 3), edge (E, 1) on A's entries (row, col), ledge (E_o, 2) on the strictly lower ones
+        (lrow, lcol) -> (w_diag (N,), w_off (E_o,))."""
         h = torch.relu(self.encoder(node))
         for msg, upd in zip(self.msg, self.upd):
             s = h.new_zeros(h.shape).index_add(0, row, self._pair(msg, h, row, col, edge))
@@ -112,9 +113,11 @@ class LightIFNet(nn.Module):
         w_off = self.head_out(self._pair(self.head, h, lrow, lcol, ledge)).view(-1)
         return self.diag_out(h).view(-1), w_off
 
-    def compiled_factor(self, crow, col, val, coeff, graph, num_graphs: int, base, out, w_diag, lptr=None) -> None:
-        """The factor's values on tril(A) into ``out`` and w_ii into ``w_diag`` by :func:`._if_kernel.light_factor`
-        (numpy arrays; ``base`` empty for the Gauss-Seidel base), the network in the parameters' dtype."""
+    def compiled_factor(self, crow, col, val, coeff, graph, num_graphs: int, base, out, w_diag,
+                        lptr=None) -> None:
+        """The factor's values on tril(A) into ``out`` and w_ii into ``w_diag`` by
+        :func:`._if_kernel.light_factor` (numpy arrays; ``base`` empty for the Gauss-Seidel base), the network
+        in the parameters' dtype."""
         from ._if_kernel import light_factor, pack_weights
 
         def arr(t: Tensor):
@@ -126,8 +129,8 @@ class LightIFNet(nn.Module):
         msg_b = torch.stack([m.bias for m in self.msg]) if len(self.msg) else none[:, :, 0]
         upd_w = torch.stack([m.weight for m in self.upd]) if len(self.upd) else none[:, :, :2 * C]
         upd_b = torch.stack([m.bias for m in self.upd]) if len(self.upd) else none[:, :, 0]
-        weights = pack_weights(arr(self.encoder.weight), arr(self.encoder.bias), arr(msg_w), arr(msg_b), arr(upd_w),
-                               arr(upd_b), arr(self.head.weight), arr(self.head.bias),
+        weights = pack_weights(arr(self.encoder.weight), arr(self.encoder.bias), arr(msg_w), arr(msg_b),
+                               arr(upd_w), arr(upd_b), arr(self.head.weight), arr(self.head.bias),
                                arr(self.head_out.weight).reshape(-1), float(self.head_out.bias),
                                arr(self.diag_out.weight).reshape(-1), float(self.diag_out.bias))
         light_factor(crow, col, val, coeff, graph, num_graphs, base, weights, out, w_diag, self._work, lptr)
@@ -138,14 +141,15 @@ class NeuralIF(LearnedModel):
 
     Args: ``hidden`` channels, ``layers`` message-passing layers (>= 0), ``loss`` ("data" | "probe" |
     "inverse"), ``num_probes`` Gaussian probes per graph for the probe losses, ``diag_reg`` >= 0 weight of the
-    log-diagonal penalty, ``base`` ("none" | "ic0" | "mic0" | "auto": the faster of MIC(0) and IC(0) per system,
-    :func:`learnsolve.linalg.fastest_factor`) the classical factor the network corrects, ``arch``
-    ("gnn": :class:`learnsolve.nn.SystemConv` layers; "light": :class:`LightIFNet`, compiled on the CPU at inference).
+    log-diagonal penalty, ``base`` ("none" | "ic0" | "mic0" | "auto": the faster of MIC(0) and IC(0) per
+    system, :func:`learnsolve.linalg.fastest_factor`) the classical factor the network corrects, ``arch``
+    ("gnn": :class:`learnsolve.nn.SystemConv` layers; "light": :class:`LightIFNet`, compiled on the CPU at
+    inference).
 
     The safeguard falls back to the faster of MIC(0) and IC(0) (:meth:`LearnedModel.fallback_for`,
-    :func:`learnsolve.linalg.fastest_factor`), reusing the MIC(0) base: MIC(0) where it neither breaks down nor has
-    tiny pivots (outside M-matrices it can be far worse than IC(0): 383 vs 107 iterations on 1138_bus with a
-    shift), else a short race of the two.
+    :func:`learnsolve.linalg.fastest_factor`), reusing the MIC(0) base: MIC(0) where it neither breaks down
+    nor has tiny pivots (outside M-matrices it can be far worse than IC(0): 383 vs 107 iterations on 1138_bus
+    with a shift), else a short race of the two.
     """
 
     kind = "preconditioner"
@@ -161,7 +165,8 @@ class NeuralIF(LearnedModel):
         check_choice("neural_if", "arch", arch, ARCHS)
         self.base, self.arch = base, arch
         extra = 0 if base == "none" else 1  # base-factor features: one per node, one per factor entry
-        hidden, layers = check_int("neural_if", "hidden", hidden, 1), check_int("neural_if", "layers", layers, 0)
+        hidden, layers = (check_int("neural_if", "hidden", hidden, 1),
+                          check_int("neural_if", "layers", layers, 0))
         if not float(diag_reg) >= 0.0:
             raise ValueError(f"neural_if: diag_reg must be >= 0, got {diag_reg}")
         self.loss_kind, self.diag_reg = loss, float(diag_reg)
@@ -171,7 +176,8 @@ class NeuralIF(LearnedModel):
             return
         self.encoder = mlp([2 + extra, hidden, hidden])
         self.convs = nn.ModuleList(SystemConv(hidden, edge_dim=1) for _ in range(layers))
-        self.edge_head = mlp([2 * hidden + 1 + extra, hidden, 1])  # w_ij from [h_i, h_j, e_ij (, B_ij)], i > j
+        # w_ij from [h_i, h_j, e_ij (, B_ij)], i > j
+        self.edge_head = mlp([2 * hidden + 1 + extra, hidden, 1])
         self.diag_head = mlp([hidden, hidden, 1])  # w_ii from h_i
         for head in (self.edge_head, self.diag_head):
             # zero output layer: the untrained factor is the base factor
@@ -179,13 +185,14 @@ class NeuralIF(LearnedModel):
             nn.init.zeros_(head[-1].bias)
 
     # -- the factor ----------------------------------------------------------------------------------
-    def factor_entries(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor, graph: Tensor | None = None,
-                       num_graphs: int = 1, base_values: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The factor from A's COO entries in CSR order (row, col, values (E,), coefficient (N,); ``graph`` (N,)
-        graph of each node, None for one system; ``base_values`` (E_L,) the base factor B on the entries of
-        tril(A) in A's order, None for the Gauss-Seidel base): (row, col, values) of L on the entries of tril(A),
-        in A's order (so in tril(A)'s CSR order), and the (N,) diagonal outputs w_ii. Plain tensor code: the
-        batched :meth:`factor` and the exported program both run it. Cost O(nnz(A) hidden^2)."""
+    def factor_entries(self, row: Tensor, col: Tensor, values: Tensor, coeff: Tensor,
+                       graph: Tensor | None = None, num_graphs: int = 1,
+                       base_values: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The factor from A's COO entries in CSR order (row, col, values (E,), coefficient (N,); ``graph``
+        (N,) graph of each node, None for one system; ``base_values`` (E_L,) the base factor B on the entries
+        of tril(A) in A's order, None for the Gauss-Seidel base): (row, col, values) of L on the entries of
+        tril(A), in A's order (so in tril(A)'s CSR order), and the (N,) diagonal outputs w_ii. Plain tensor
+        code: the batched :meth:`factor` and the exported program both run it. Cost O(nnz(A) hidden^2)."""
         f = system_features(row, col, values, coeff, graph, num_graphs)
         sd = torch.sqrt(f.diag)
         low = row >= col
@@ -197,7 +204,8 @@ class NeuralIF(LearnedModel):
         if self.arch == "light":
             pdt = self.net.encoder.weight.dtype
             bdiag = torch.zeros_like(sd).index_add(0, lr[~off], base[~off])
-            node = torch.cat([f.node, torch.log((bdiag * bdiag / f.diag).clamp_min(1e-300)).unsqueeze(-1)], -1)
+            node = torch.cat([f.node,
+                              torch.log((bdiag * bdiag / f.diag).clamp_min(1e-300)).unsqueeze(-1)], -1)
             ledge = torch.stack([f.edge[low][off][:, 0], base[off] / sd[lr_o]], -1)
             w_diag, w_off = self.net(node.to(pdt), f.edge.to(pdt), row, col, lr_o, lc_o, ledge.to(pdt))
             w_diag, w_off = w_diag.to(values.dtype), w_off.to(values.dtype)
@@ -226,9 +234,9 @@ class NeuralIF(LearnedModel):
         return lr, lc, vals, w_diag
 
     def base_factor(self, A: SparseMatrix) -> SparseMatrix | None:
-        """The base factor B on tril(A) (detached; IC(0) / MIC(0) retried with a diagonal shift where it breaks
-        down), or None for the Gauss-Seidel base (computed inside :meth:`factor_entries`). Built anew on every call
-        (so a timed setup includes it); the safeguard's fallback reuses the last one."""
+        """The base factor B on tril(A) (detached; IC(0) / MIC(0) retried with a diagonal shift where it
+        breaks down), or None for the Gauss-Seidel base (computed inside :meth:`factor_entries`). Built anew
+        on every call (so a timed setup includes it); the safeguard's fallback reuses the last one."""
         if self.base == "none":
             return None
         t0 = time.perf_counter()
@@ -272,14 +280,16 @@ class NeuralIF(LearnedModel):
                              "A = A^T; use an SPD family (not convdiff2d)")
         red = A.reducer()
         B = self.base_factor(A)
-        if self.arch == "light" and not torch.is_grad_enabled() and A.values.device.type == "cpu" and A.values.ndim == 1:
+        if (self.arch == "light" and not torch.is_grad_enabled() and A.values.device.type == "cpu"
+                and A.values.ndim == 1):
             return (A, *self._compiled_factor(A, node_coefficient(batch, A.values), red, B))
         _, _, vals, w_diag = self.factor_entries(A.pattern.row.long(), A.pattern.col.long(), A.values,
                                                  node_coefficient(batch, A.values), red.segment, red.G,
                                                  None if B is None else B.values)
         return A, A.tril().with_values(vals), w_diag
 
-    def _compiled_factor(self, A: SparseMatrix, coeff: Tensor, red, B: SparseMatrix | None) -> tuple[SparseMatrix, Tensor]:
+    def _compiled_factor(self, A: SparseMatrix, coeff: Tensor, red,
+                         B: SparseMatrix | None) -> tuple[SparseMatrix, Tensor]:
         """(L, w_diag) by the compiled kernel: the light network's inference path (CPU, no autograd)."""
         import numpy as np
 
@@ -291,14 +301,16 @@ class NeuralIF(LearnedModel):
         def idx(t: Tensor):
             return np.asarray(t.numpy(), dtype=np.int64)  # no copy where the pattern is int64 already
 
-        self.net.compiled_factor(idx(A.pattern.crow), idx(A.pattern.col), A.values.detach().to(torch.float64).numpy(),
+        self.net.compiled_factor(idx(A.pattern.crow), idx(A.pattern.col),
+                                 A.values.detach().to(torch.float64).numpy(),
                                  coeff.detach().to(torch.float64).numpy(), graph, int(red.G),
-                                 np.zeros(0) if B is None else B.values.detach().to(torch.float64).numpy(), out, w_diag,
-                                 idx(Lpat.pattern.crow))
+                                 np.zeros(0) if B is None else B.values.detach().to(torch.float64).numpy(),
+                                 out, w_diag, idx(Lpat.pattern.crow))
         return Lpat.with_values(torch.from_numpy(out).to(A.dtype)), torch.from_numpy(w_diag).to(A.dtype)
 
     def preconditioner_for(self, batch) -> LLT:
-        """M^{-1} = L^{-T} L^{-1} on canonical (1, N, 1) blocks of the batch's block-diagonal A (linear, SPD)."""
+        """M^{-1} = L^{-T} L^{-1} on canonical (1, N, 1) blocks of the batch's block-diagonal A (linear,
+        SPD)."""
         return LLT(self.factor(batch)[1])
 
     def export_program(self) -> ProgramSpec:
@@ -319,17 +331,18 @@ class NeuralIF(LearnedModel):
             return edge_index, values, feat, full
 
         title = BASE_TITLES.get(self.base, self.base)
-        how = ("learnsolve.linalg.fastest_factor(A).L, the faster of MIC(0) and IC(0)" if self.base == "auto" else
-               f"learnsolve.linalg.{title}(A, shift='auto').L")
+        how = ("learnsolve.linalg.fastest_factor(A).L, the faster of MIC(0) and IC(0)"
+               if self.base == "auto" else f"learnsolve.linalg.{title}(A, shift='auto').L")
         return ProgramSpec(_CorrectionProgram(self), reference=reference, outputs=outputs, inputs=inputs,
-                           extra_inputs=[(f"base (E,) float64: the base factor of A ({how}) on A's lower entries, in "
-                                          "the input's order, 0 on the upper ones")])
+                           extra_inputs=[(f"base (E,) float64: the base factor of A ({how}) on A's lower "
+                                          "entries, in the input's order, 0 on the upper ones")])
 
     # -- training ------------------------------------------------------------------------------------
     def classical_start(self) -> str | None:
         if self.base == "auto":
             return "MIC(0) or IC(0) factor (the faster, per system)"
-        return "symmetric Gauss-Seidel factor" if self.base == "none" else f"{BASE_TITLES.get(self.base, self.base)} factor"
+        return ("symmetric Gauss-Seidel factor" if self.base == "none"
+                else f"{BASE_TITLES.get(self.base, self.base)} factor")
 
     def training_loss(self, batch) -> tuple[Tensor, dict]:
         A, L, w_diag = self.factor(batch)
@@ -345,7 +358,8 @@ class NeuralIF(LearnedModel):
                           "log_diag_rms": float(w_diag.detach().pow(2).mean().sqrt())}
         if self.loss_kind == "data":
             if getattr(batch, "x", None) is None:
-                raise ValueError("neural_if: loss='data' needs the reference solution batch.x; use loss='probe'")
+                raise ValueError("neural_if: loss='data' needs the reference solution batch.x; use "
+                                 "loss='probe'")
             X = batch.x.view(1, -1, 1).to(A.dtype)
             T = A.mv(X) if getattr(batch, "b", None) is None else batch.b.view(1, -1, 1).to(A.dtype)
         elif self.loss_kind == "probe":

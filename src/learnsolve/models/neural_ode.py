@@ -6,8 +6,8 @@ matrix A_theta(y) from the state, on the problem's sparsity pattern, and the mod
     A_theta(y) dy/dt = f(t, y) = -y + sin(t),        y(0) = y0,
 
 each right-hand-side evaluation being one differentiable CG solve with A_theta(y) (the same network and SPD
-construction as M_theta below). ``form="mass"`` (class default): for a trajectory family (``trajectory2d``: ``M(y) dy/dt = -K y`` with K known), the model learns the
-mass and integrates
+construction as M_theta below). ``form="mass"`` (class default): for a trajectory family (``trajectory2d``:
+``M(y) dy/dt = -K y`` with K known), the model learns the mass and integrates
 
     dy/dt = M_theta(y)^{-1} (-K y),         y(0) = y0,
 
@@ -114,15 +114,18 @@ class NeuralODE(LearnedModel):
         check_choice("neural_ode", "method", method, FIXED_METHODS + ADAPTIVE_METHODS)
         check_choice("neural_ode", "form", form, FORMS)
         self.form = form
-        hidden, layers = check_int("neural_ode", "hidden", hidden, 1), check_int("neural_ode", "layers", layers, 1)
+        hidden, layers = (check_int("neural_ode", "hidden", hidden, 1),
+                          check_int("neural_ode", "layers", layers, 1))
         if not 0 < step_size <= 1:
-            raise ValueError(f"neural_ode: step_size is a fraction of the output spacing in (0, 1], got {step_size}")
+            raise ValueError("neural_ode: step_size is a fraction of the output spacing in (0, 1], got "
+                             f"{step_size}")
         if not 0 < solver_rtol < 1:
             raise ValueError(f"neural_ode: solver_rtol must be in (0, 1), got {solver_rtol}")
         if not 0 < eps < 1:
             raise ValueError(f"neural_ode: eps must be in (0, 1), got {eps}")
         if not (ode_rtol > 0 and ode_atol > 0):
-            raise ValueError(f"neural_ode: ode_rtol and ode_atol must be positive, got {ode_rtol}, {ode_atol}")
+            raise ValueError(f"neural_ode: ode_rtol and ode_atol must be positive, got {ode_rtol}, "
+                             f"{ode_atol}")
         self.method, self.adjoint = method, bool(adjoint)
         self.step_size, self.solver_rtol, self.eps = float(step_size), float(solver_rtol), float(eps)
         self.ode_rtol, self.ode_atol = float(ode_rtol), float(ode_atol)
@@ -145,9 +148,10 @@ class NeuralODE(LearnedModel):
         families = set(fam) if isinstance(fam, (list, tuple)) else {fam}
         other = {f for f in families if f in FAMILY.values() and f != FAMILY[self.form]}
         if other:
-            raise ValueError(f"neural_ode (form {self.form!r}) integrates {FAMILY[self.form]} trajectories, the batch "
-                             f"holds {min(other)}: use form={next(k for k, v in FAMILY.items() if v in other)!r} "
-                             f"or data={FAMILY[self.form]}")
+            raise ValueError(f"neural_ode (form {self.form!r}) integrates {FAMILY[self.form]} trajectories, "
+                             f"the batch holds {min(other)}: use "
+                             f"form={next(k for k, v in FAMILY.items() if v in other)!r} or "
+                             f"data={FAMILY[self.form]}")
         K = SparseMatrix.from_pyg(batch).detach()
         row, col = K.pattern.row.long(), K.pattern.col.long()
         dpos = K.pattern.diag_positions()
@@ -155,7 +159,8 @@ class NeuralODE(LearnedModel):
             raise ValueError("neural_ode needs K's diagonal in the sparsity pattern (the mass lives on it)")
         d = K.diagonal()
         if bool((d <= 0).any()):
-            raise ValueError("neural_ode needs an SPD stiffness K (positive diagonal); got a non-positive k_ii")
+            raise ValueError("neural_ode needs an SPD stiffness K (positive diagonal); got a non-positive "
+                             "k_ii")
         off = (row != col).nonzero().squeeze(1)
         pdt = self.node_mlp[-1].weight.dtype
         khat = edge_features(row[off], col[off], K.values[off], d).to(pdt)
@@ -233,11 +238,13 @@ class NeuralODE(LearnedModel):
         y0 = batch.y0.to(ctx.K.dtype)
         f = self.vector_field(ctx)
         if self.method in FIXED_METHODS:
-            kw = {"method": self.method, "options": {"grid_constructor": _grid(math.ceil(1.0 / self.step_size - 1e-9))}}
+            kw = {"method": self.method,
+                  "options": {"grid_constructor": _grid(math.ceil(1.0 / self.step_size - 1e-9))}}
         else:
             kw = {"method": self.method, "rtol": self.ode_rtol, "atol": self.ode_atol}
         if self.adjoint:
-            Y = odeint_adjoint(f, y0, t, adjoint_params=tuple(p for p in self.parameters() if p.requires_grad), **kw)
+            Y = odeint_adjoint(f, y0, t,
+                               adjoint_params=tuple(p for p in self.parameters() if p.requires_grad), **kw)
         else:
             Y = odeint(f, y0, t, **kw)
         return Y.T  # (T, N) -> (N, T)
@@ -252,11 +259,13 @@ class NeuralODE(LearnedModel):
         Y = self.trajectory(batch, ctx)
         ref = batch.traj.to(Y.dtype)
         if ref.shape != Y.shape:
-            raise ValueError(f"neural_ode: batch.traj has shape {tuple(ref.shape)}, expected {tuple(Y.shape)}")
+            raise ValueError(f"neural_ode: batch.traj has shape {tuple(ref.shape)}, expected "
+                             f"{tuple(Y.shape)}")
         E = Y - ref
         err2 = self._per_graph((E * E).sum(1), ctx)
         ref2 = self._per_graph((ref * ref).sum(1), ctx)
-        fin = torch.sqrt(self._per_graph(E[:, -1] ** 2, ctx) / self._per_graph(ref[:, -1] ** 2, ctx).clamp_min(1e-300))
+        fin = torch.sqrt(self._per_graph(E[:, -1] ** 2, ctx)
+                         / self._per_graph(ref[:, -1] ** 2, ctx).clamp_min(1e-300))
         return err2, ref2.clamp_min(1e-300), fin
 
     def training_loss(self, batch) -> tuple[Tensor, dict]:
@@ -268,6 +277,7 @@ class NeuralODE(LearnedModel):
 
     @torch.no_grad()
     def metrics(self, batch) -> dict[str, Tensor]:
-        """Means over graphs of ``||Y - Y*||_F / ||Y*||_F`` (all times) and of the final-time relative error."""
+        """Means over graphs of ``||Y - Y*||_F / ||Y*||_F`` (all times) and of the final-time relative
+        error."""
         err2, ref2, fin = self._errors(batch)
         return {"traj_rel_error": torch.sqrt(err2 / ref2).mean(), "final_rel_error": fin.mean()}

@@ -188,13 +188,15 @@ class PhysicsNN(LearnedModel):
     kind = "surrogate"
     requires_spd = True  # the sparse variant assembles SPD M-matrices: symmetric families only
 
-    def __init__(self, variant: str = "sparse", hidden: int = 32, layers: int = 2, num_nodes: int | None = None,
-                 dense_form: str = "spd", rtol: float = 1e-8, eps: float = 1e-8, on_fail: str = "warn"):
+    def __init__(self, variant: str = "sparse", hidden: int = 32, layers: int = 2,
+                 num_nodes: int | None = None, dense_form: str = "spd", rtol: float = 1e-8, eps: float = 1e-8,
+                 on_fail: str = "warn"):
         super().__init__()
         for arg, value, choices in (("variant", variant, VARIANTS), ("dense_form", dense_form, DENSE_FORMS),
                                     ("on_fail", on_fail, ON_FAIL)):
             check_choice("physics_nn", arg, value, choices)
-        hidden, layers = check_int("physics_nn", "hidden", hidden, 1), check_int("physics_nn", "layers", layers, 1)
+        hidden, layers = (check_int("physics_nn", "hidden", hidden, 1),
+                          check_int("physics_nn", "layers", layers, 1))
         if not 0.0 < rtol < 1.0:
             raise ValueError(f"physics_nn: rtol must be in (0, 1), got {rtol!r}")
         if not 0.0 <= eps < 1.0:
@@ -219,14 +221,14 @@ class PhysicsNN(LearnedModel):
             self.requires_spd = dense_form == "spd"
             n = self.num_nodes
             if n is None or n < 1:
-                raise ValueError(f"physics_nn: variant='dense' needs num_nodes >= 1 (unknowns per system), got "
-                                 f"{num_nodes!r}")
+                raise ValueError("physics_nn: variant='dense' needs num_nodes >= 1 (unknowns per system), "
+                                 f"got {num_nodes!r}")
             if n > MAX_DENSE_NODES:
                 gib = 4.0 * n * n * (n + 1) / 2**30
-                raise ValueError(f"physics_nn: variant='dense' with num_nodes={n} needs a linear layer of n^2 (n+1) "
-                                 f"= {n * n * (n + 1):.3g} weights ({gib:.3g} GiB in float32) plus n x n dense "
-                                 f"matrices per system; the limit is {MAX_DENSE_NODES} unknowns: use "
-                                 "variant='sparse'")
+                raise ValueError(f"physics_nn: variant='dense' with num_nodes={n} needs a linear layer of "
+                                 f"n^2 (n+1) = {n * n * (n + 1):.3g} weights ({gib:.3g} GiB in float32) plus "
+                                 f"n x n dense matrices per system; the limit is {MAX_DENSE_NODES} unknowns: "
+                                 "use variant='sparse'")
             self.dense = nn.Linear(n, n * n)
             with torch.no_grad():
                 nn.init.zeros_(self.dense.weight)
@@ -243,7 +245,8 @@ class PhysicsNN(LearnedModel):
 
     # -- sparse variant: the learned discretisation ----------------------------------------------------
     def coefficients(self, st: Stencil) -> tuple[Tensor, Tensor, Tensor]:
-        """Network outputs in float64: t (E,) unsymmetrised transmissibilities, beta (N,), log-scale c (N,)."""
+        """Network outputs in float64: t (E,) unsymmetrised transmissibilities, beta (N,), log-scale c
+        (N,)."""
         pdt = self._pdt
         ri, cj = st.row[st.off], st.col[st.off]
         s = F.softplus(self.edge_net(st.edge_feat.to(pdt))).squeeze(1).to(torch.float64)
@@ -256,7 +259,8 @@ class PhysicsNN(LearnedModel):
     def system(self, batch) -> tuple[SparseMatrix, Tensor, Stencil]:
         """(A(theta) block-diagonal over the batch's graphs, b(theta) (N,), the stencil); float64."""
         if self.variant != "sparse":
-            raise ValueError("physics_nn: system() assembles the sparse variant; this model is variant='dense'")
+            raise ValueError("physics_nn: system() assembles the sparse variant; this model is "
+                             "variant='dense'")
         st = build_stencil(batch)
         t, beta, c = self.coefficients(st)
         A = st.A.with_values(assemble(st, t, beta, self.eps))
@@ -273,8 +277,9 @@ class PhysicsNN(LearnedModel):
         sizes = torch.bincount(st.seg, minlength=st.G)
         if bool((sizes != n).any()):
             bad = int(sizes[sizes != n][0])
-            raise ValueError(f"physics_nn (dense): built for num_nodes={n} unknowns per system, got a system with "
-                             f"{bad}; set model.net.num_nodes to the data's size (m^2 for an m x m grid)")
+            raise ValueError(f"physics_nn (dense): built for num_nodes={n} unknowns per system, got a system "
+                             f"with {bad}; set model.net.num_nodes to the data's size (m^2 for an m x m "
+                             "grid)")
         G = st.G
         f = torch.log(st.k).view(G, n).to(self._pdt)
         W = self.dense(f).view(G, n, n).to(torch.float64)
@@ -320,21 +325,24 @@ class PhysicsNN(LearnedModel):
         x, x_ref, seg, ex = self._predict(batch)
         G = int(seg.max()) + 1
         ratios = self._ratios(x, x_ref, seg, G)
-        # not "rel_error": metrics() reports that one under val/ and test/ (the same key would be logged twice)
+        # not "rel_error": metrics() reports that one under val/ and test/ (the same key would be logged
+        # twice)
         logs = {"solve_iters": float(ex["iters"].to(torch.float64).mean())}
         return ratios.mean(), logs
 
     @torch.no_grad()
     def metrics(self, batch) -> dict[str, Tensor]:
-        """Per-graph means of: ``rel_error`` ||x - x_ref|| / ||x_ref||; ``coef_rel_error`` ||A(theta) - A||_F / ||A||_F
-        (sparse: on the stored entries; dense: on all n^2 entries); ``coef_rel_error_scaled`` the same for the
-        best multiple alpha A(theta) (the scale that b(theta) can absorb, see the module docstring)."""
+        """Per-graph means of: ``rel_error`` ||x - x_ref|| / ||x_ref||; ``coef_rel_error`` ||A(theta) - A||_F
+        / ||A||_F (sparse: on the stored entries; dense: on all n^2 entries); ``coef_rel_error_scaled`` the
+        same for the best multiple alpha A(theta) (the scale that b(theta) can absorb, see the module
+        docstring)."""
         x, x_ref, seg, ex = self._predict(batch)
         G = int(seg.max()) + 1
         rel = self._ratios(x, x_ref, seg, G).sqrt().mean()
         if self.variant == "sparse":
             st = ex["st"]
-            a, a0, g = ex["A"].values, st.A.values, st.seg[st.row]  # entries of all graphs, graph of each entry
+            # entries of all graphs, graph of each entry
+            a, a0, g = ex["A"].values, st.A.values, st.seg[st.row]
         else:
             a, a0 = ex["A"].reshape(-1), ex["A_data"].reshape(-1)
             g = torch.arange(G, device=a.device).repeat_interleave(ex["A"][0].numel())

@@ -24,9 +24,10 @@ A-norm error, so s = t = 0 is a global minimiser of the energy loss (its gradien
 (MINRES minimises it), so it has a descent direction at s = t = 0.
 ``solve``: the untrained model (s = t = 0) runs ONE uninterrupted (P)CG recurrence to the tolerance, so it is
 exactly (P)CG (a version restarted at x_K: 101.75 vs 101.6 iterations, K = 8, Jacobi, 32x32); a trained
-model runs its K learned steps and then (P)CG restarted at x_K (continuing the recurrence after learned steps is
-not CG any more: 138.4 vs 100.4 iterations, see :meth:`UnrolledCG.solve`). Fixed-budget use (the brief's: K steps
-as a layer inside a network): :meth:`UnrolledCG.iterate`. Cost per step: 1 SpMV, 2 per-graph dots, 3 axpys.
+model runs its K learned steps and then (P)CG restarted at x_K (continuing the recurrence after learned steps
+is not CG any more: 138.4 vs 100.4 iterations, see :meth:`UnrolledCG.solve`). Fixed-budget use (the brief's: K
+steps as a layer inside a network): :meth:`UnrolledCG.iterate`. Cost per step: 1 SpMV, 2 per-graph dots, 3
+axpys.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class UnrolledCG(LearnedModel):
         return unrolled_cg(A, Bm, self.s, self.t, M, rtol)
 
     def export_program(self) -> str:
-        return ("unrolled_cg has no network to compile: its learned parameters are the K step scalings exp(s_k) "
-                "and direction scalings exp(t_k) (tensors s and t in model.safetensors) of plain (P)CG")
+        return ("unrolled_cg has no network to compile: its learned parameters are the K step scalings "
+                "exp(s_k) and direction scalings exp(t_k) (tensors s and t in model.safetensors) of plain "
+                "(P)CG")
 
     # -- training and solving ------------------------------------------------------------------------
     def classical_start(self) -> str | None:
@@ -104,12 +106,14 @@ class UnrolledCG(LearnedModel):
         A, Bm, M = self._system(batch)
         if bool((self.s == 0).all()) and bool((self.t == 0).all()):
             # plain (P)CG: one uninterrupted recurrence, iteration for iteration the same as linalg.cg
-            X, _, taken, hist = unrolled_cg(A, Bm, self.s, self.t, M, rtol=rtol, total=max(int(maxiter), self.steps))
+            X, _, taken, hist = unrolled_cg(A, Bm, self.s, self.t, M, rtol=rtol,
+                                            total=max(int(maxiter), self.steps))
             red = A.reducer()
             bn = red.norm(Bm).view(-1)
             history = torch.stack(hist).reshape(len(hist), -1)
-            info = SolveInfo(method="unrolled_cg", iterations=taken.view(-1), converged=history[-1] <= rtol * bn,
-                             residual_history=history, b_norm=bn, rtol=float(rtol), atol=0.0)
+            info = SolveInfo(method="unrolled_cg", iterations=taken.view(-1),
+                             converged=history[-1] <= rtol * bn, residual_history=history, b_norm=bn,
+                             rtol=float(rtol), atol=0.0)
             return X.view(-1), info
         # learned steps, then CG restarted at x_K: continuing the recurrence after learned steps is not CG any
         # more (measured, K = 8, Jacobi, trained 300 steps, held-out 32x32: 138.4 iterations continued, 100.4
@@ -126,8 +130,8 @@ class UnrolledCG(LearnedModel):
 def unrolled_cg(A: SparseMatrix, Bm: Tensor, s: Tensor, t: Tensor, M=None, rtol: float = 0.0,
                 total: int | None = None):
     """K = len(s) (P)CG steps with step scalings exp(s_k) and direction scalings exp(t_k) from x_0 = 0, then
-    (``total`` > K) plain steps of the same recurrence up to ``total`` steps, stopping once every graph reached
-    ``rtol`` (``total`` None: K).
+    (``total`` > K) plain steps of the same recurrence up to ``total`` steps, stopping once every graph
+    reached ``rtol`` (``total`` None: K).
 
     A: (block-diagonal) operator; Bm: canonical (1, N, 1) right-hand sides; M: None or a callable
     applying P on canonical blocks. Returns ``(X_K, R_K, steps_taken, history)``: per-graph
