@@ -11,9 +11,9 @@
   ``scipy.sparse.linalg.cg``) or a :class:`learnsolve.linalg.Preconditioner` (``backend="torch"``).
 
 What is exported is asked of the model (:class:`learnsolve.models.base.LearnedModel`: ``export_program``,
-``matrix_export_reason`` / ``export_matrix``): nonlinear models (gnn_solver), learned solvers (unrolled_cg) and
-surrogates define no fixed matrix and are exported as a model (and a program where one exists) only. A training
-checkpoint becomes a model through :mod:`learnsolve.models.checkpoint` (the one loader). Errors are
+``matrix_export_reason`` / ``export_matrix``): nonlinear models (gnn_solver), learned solvers (unrolled_cg)
+and surrogates define no fixed matrix and are exported as a model (and a program where one exists) only. A
+training checkpoint becomes a model through :mod:`learnsolve.models.checkpoint` (the one loader). Errors are
 :class:`ExportError`.
 """
 

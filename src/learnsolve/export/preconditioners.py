@@ -1,26 +1,27 @@
 """Per-matrix preconditioner files: a linear learned preconditioner applied to Matrix Market files.
 
-The model says what its preconditioner of one matrix is (:meth:`learnsolve.models.base.LearnedModel.export_matrix`:
-arrays of one of the types of :data:`learnsolve.models.base.MATRIX_TYPES`, or
-``matrix_export_reason`` says why it has none); this module writes the files of that type (every file name
-carries the matrix's name):
+The model says what its preconditioner of one matrix is
+(:meth:`learnsolve.models.base.LearnedModel.export_matrix`: arrays of one of the types of
+:data:`learnsolve.models.base.MATRIX_TYPES`, or ``matrix_export_reason`` says why it has none); this module
+writes the files of that type (every file name carries the matrix's name):
 
 - type ``"llt"`` (M = L L^T; neural_if): ``<stem>_L.mtx`` (Matrix Market, coordinate real general, lower
   triangular) and ``<stem>_L.npz`` (``scipy.sparse.save_npz``, CSR), the same factor L;
 - type ``"lowrank_diag"`` (M = D + U V^T; lowrank_precond, V = U): ``<stem>_lowrank.npz`` (``numpy.savez``:
   ``D`` (n,), ``U`` (n, r), ``V`` (n, r));
-- ``<stem>.json``: ``{"format", "matrix", "source", "n", "nnz_A", "model", "type", "factor", "safeguard", "files",
-  "apply", ...}``.
+- ``<stem>.json``: ``{"format", "matrix", "source", "n", "nnz_A", "model", "type", "factor", "safeguard",
+  "files", "apply", ...}``.
 
-The safeguard (on by default): the model's preconditioner of each matrix is checked against its classical fallback
-(:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`, random probes: the users' right-hand sides
-are unknown); where it would be slower the FALLBACK is written (IC(0) as an ``"llt"`` factor; lowrank_precond's
-Jacobi as an ``"llt"`` diagonal factor L = diag(A)^(1/2)), and the JSON says which (``"factor": "learned"`` or
-``"fallback:ic0"``, ``"fallback:jacobi"``, ...) and why (``"safeguard"``: accepted, reason, the fallback's name,
-the energy ratio and Ritz condition estimates of the race, the seconds it took).
+The safeguard (on by default): the model's preconditioner of each matrix is checked against its classical
+fallback (:meth:`learnsolve.models.base.LearnedModel.safe_preconditioner_for`, random probes: the users'
+right-hand sides are unknown); where it would be slower the FALLBACK is written (IC(0) as an ``"llt"`` factor;
+lowrank_precond's Jacobi as an ``"llt"`` diagonal factor L = diag(A)^(1/2)), and the JSON says which
+(``"factor": "learned"`` or ``"fallback:ic0"``, ``"fallback:jacobi"``, ...) and why (``"safeguard"``:
+accepted, reason, the fallback's name, the energy ratio and Ritz condition estimates of the race, the seconds
+it took).
 
-:func:`learnsolve.export.load_preconditioner` reads them back. The preconditioner of a matrix file depends on A
-only (its coefficient feature is ones and no model reads b).
+:func:`learnsolve.export.load_preconditioner` reads them back. The preconditioner of a matrix file depends on
+A only (its coefficient feature is ones and no model reads b).
 """
 
 from __future__ import annotations
@@ -87,18 +88,19 @@ def _system(path: Path, model, name: str):
         scale = abs(A).max() if A.nnz else 0.0
         asym = abs(A - A.T).max() if A.nnz else 0.0
         if asym > 1e-10 * scale:
-            raise ValueError(f"not symmetric (max |a_ij - a_ji| = {asym:.3g}, max |a_ij| = {scale:.3g}): {name} "
-                             "builds an SPD preconditioner for symmetric positive definite matrices")
+            raise ValueError(f"not symmetric (max |a_ij - a_ji| = {asym:.3g}, max |a_ij| = {scale:.3g}): "
+                             f"{name} builds an SPD preconditioner for symmetric positive definite matrices")
         d = A.diagonal()
         if n and not (d > 0).all():
             i = int(np.flatnonzero(~(d > 0))[0])
-            raise ValueError(f"non-positive diagonal entry a_ii = {d[i]:g} in row {i}: not SPD, and {name} builds "
-                             "an SPD preconditioner for SPD matrices")
+            raise ValueError(f"non-positive diagonal entry a_ii = {d[i]:g} in row {i}: not SPD, and {name} "
+                             "builds an SPD preconditioner for SPD matrices")
     if model.num_nodes is not None and n != model.num_nodes:
         raise ValueError(f"{name} was trained for n = {model.num_nodes} unknowns; this matrix has n = {n}")
     data = make_system(A, A @ np.ones(n), pos=(np.arange(n, dtype=np.float64) / max(n, 1)).reshape(n, 1),
                        coeff=np.ones(n), family="matrix_market",
-                       params={"name": matrix_stem(path), "path": str(path)}, seed=0, x=np.zeros(n), symmetric=True)
+                       params={"name": matrix_stem(path), "path": str(path)}, seed=0, x=np.zeros(n),
+                       symmetric=True)
     return A, data
 
 
@@ -110,7 +112,8 @@ def _write_llt(arrays: dict, out: Path, stem: str, name: str, written: list[Path
         raise ValueError(f"{name} produced a non-finite factor on this matrix")
     files = {"L_mtx": f"{stem}_L.mtx", "L_npz": f"{stem}_L.npz"}
     written.append(out / files["L_mtx"])
-    write_matrix_market(out / files["L_mtx"], L, comment=f"{name} factor L of {stem}: M = L L^T", symmetric=False)
+    write_matrix_market(out / files["L_mtx"], L, comment=f"{name} factor L of {stem}: M = L L^T",
+                        symmetric=False)
     written.append(out / files["L_npz"])
     with atomic_open(out / files["L_npz"], "wb") as fh:
         sp.save_npz(fh, L, compressed=True)
@@ -126,7 +129,8 @@ def _write_lowrank(arrays: dict, out: Path, stem: str, name: str, written: list[
     written.append(out / files["lowrank"])
     with atomic_open(out / files["lowrank"], "wb") as fh:
         np.savez(fh, D=D, U=U, V=V)
-    return {"files": files, "rank": int(U.shape[1]), "apply": APPLY["lowrank_diag"].format(npz=files["lowrank"])}
+    return {"files": files, "rank": int(U.shape[1]),
+            "apply": APPLY["lowrank_diag"].format(npz=files["lowrank"])}
 
 
 WRITERS = {"llt": _write_llt, "lowrank_diag": _write_lowrank}
@@ -141,11 +145,13 @@ def _number(v: float) -> float | None:
 def safeguard_record(check) -> dict:
     """The ``"safeguard"`` entry of a per-matrix JSON: what the check of one system decided and why."""
     return {"accepted": check.all_accepted, "reason": check.reason, "fallback": check.fallback_name,
-            "energy_ratio": _number(check.energy_ratio.reshape(-1)[0]), "kappa_learned": _number(check.kappa.reshape(-1)[0]),
+            "energy_ratio": _number(check.energy_ratio.reshape(-1)[0]),
+            "kappa_learned": _number(check.kappa.reshape(-1)[0]),
             "kappa_fallback": _number(check.kappa_fallback.reshape(-1)[0]), "steps": check.steps,
             "seconds": check.seconds, "notes": list(check.notes),
-            "rule": "a short PCG race from random right-hand sides: the learned factor is kept only where its A-norm "
-                    "error after the race is no larger than the fallback's (learnsolve.linalg.preconditioners.safeguard)"}
+            "rule": "a short PCG race from random right-hand sides: the learned factor is kept only where "
+                    "its A-norm error after the race is no larger than the fallback's "
+                    "(learnsolve.linalg.preconditioners.safeguard)"}
 
 
 def _chosen_matrix(model, batch, name: str, safeguard: bool):
@@ -172,13 +178,15 @@ def _export_one(model, name: str, path: Path, out: Path, stem: str, safeguard: b
     label = name if factor == "learned" else f"{record['fallback']} (the safeguard's fallback for {name})"
     return write_matrix_files(exported, out, stem, label, {
         "source": str(path), "n": int(A.shape[0]), "nnz_A": int(A.nnz), "model": name,
-        "model_class": f"{type(model).__module__}.{type(model).__name__}", "factor": factor, "safeguard": record})
+        "model_class": f"{type(model).__module__}.{type(model).__name__}", "factor": factor,
+        "safeguard": record})
 
 
 def write_matrix_files(exported, out: Path, stem: str, label: str, meta: dict) -> Path:
-    """Write one matrix's preconditioner (a :class:`learnsolve.models.base.MatrixExport`) as ``<stem>`` files in
-    ``out`` with its ``<stem>.json`` (``meta``: source, n, nnz_A, model, factor, ... as in the module doc; ``label``
-    names the factor's maker in the files' comments). Returns the JSON's path; on failure no file is left."""
+    """Write one matrix's preconditioner (a :class:`learnsolve.models.base.MatrixExport`) as ``<stem>`` files
+    in ``out`` with its ``<stem>.json`` (``meta``: source, n, nnz_A, model, factor, ... as in the module doc;
+    ``label`` names the factor's maker in the files' comments). Returns the JSON's path; on failure no file is
+    left."""
     if exported.type not in WRITERS:
         raise ValueError(f"{label} exports a matrix of type {exported.type!r}, which export cannot write "
                          f"(it writes {', '.join(WRITERS)})")
@@ -186,8 +194,8 @@ def write_matrix_files(exported, out: Path, stem: str, label: str, meta: dict) -
     written: list[Path] = []
     try:
         meta.update(WRITERS[exported.type](exported.arrays, out, stem, label, written))
-        meta["load"] = (f"learnsolve.export.load_preconditioner('{stem}.json') (scipy LinearOperator applying "
-                        "M^-1; backend='torch' for learnsolve.linalg)")
+        meta["load"] = (f"learnsolve.export.load_preconditioner('{stem}.json') (scipy LinearOperator "
+                        "applying M^-1; backend='torch' for learnsolve.linalg)")
         written.append(out / f"{stem}.json")
         write_json(out / f"{stem}.json", meta)
     except BaseException:
@@ -209,10 +217,10 @@ def _model_and_name(source, name: str | None):
 def export_preconditioners(model, matrices, out_dir: str | os.PathLike, *, name: str | None = None,
                            progress=None, safeguard: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
     """Apply ``model`` (a learnsolve model, or an exported model folder) to each matrix and write its
-    preconditioner files into ``out_dir`` (created when missing): the learned factor where the safeguard keeps it,
-    its fallback where it rejects it (see the module doc; ``safeguard=False``: always the learned factor, and the
-    JSON's ``"safeguard"`` is null). A matrix that fails (malformed file, wrong kind for the model, duplicate
-    name) leaves no file and is reported; the others are written.
+    preconditioner files into ``out_dir`` (created when missing): the learned factor where the safeguard keeps
+    it, its fallback where it rejects it (see the module doc; ``safeguard=False``: always the learned factor,
+    and the JSON's ``"safeguard"`` is null). A matrix that fails (malformed file, wrong kind for the model,
+    duplicate name) leaves no file and is reported; the others are written.
 
     Args:
         model: a learnsolve model, or an exported model folder.
@@ -244,7 +252,8 @@ def export_preconditioners(model, matrices, out_dir: str | os.PathLike, *, name:
     for path in files:
         stem = matrix_stem(path)
         if stem in seen:
-            failed[f"{stem} ({path})"] = f"{path}: a second matrix named {stem!r} (first: {seen[stem]}); not exported"
+            failed[f"{stem} ({path})"] = (f"{path}: a second matrix named {stem!r} (first: {seen[stem]}); "
+                                          "not exported")
             if progress:
                 progress(stem, False, failed[f"{stem} ({path})"])
             continue

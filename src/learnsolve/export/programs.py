@@ -1,10 +1,10 @@
 """Compiled programs: a model's network as a plain tensor function of ONE linear system, saved and checked.
 
 The model says what its program is (:meth:`learnsolve.models.base.LearnedModel.export_program`: a
-:class:`~learnsolve.models.base.ProgramSpec` whose module calls the model's own tensor functions, or the reason
-why it has none); this module compiles it, ``torch.export`` first (non-strict, dynamic n and E) and a TorchScript
-trace when that fails, and keeps a program only when, loaded back from its file, it reproduces the model's
-batched code path on the trace example AND on a system of another size (:func:`compile_program`).
+:class:`~learnsolve.models.base.ProgramSpec` whose module calls the model's own tensor functions, or the
+reason why it has none); this module compiles it, ``torch.export`` first (non-strict, dynamic n and E) and a
+TorchScript trace when that fails, and keeps a program only when, loaded back from its file, it reproduces the
+model's batched code path on the trace example AND on a system of another size (:func:`compile_program`).
 
 Measured with torch 2.13: ``torch.export`` captures the neural_if, lowrank_precond and gnn_solver programs,
 PyG's ``MessagePassing.propagate`` and the boolean masks included; the TorchScript trace fallback also
@@ -25,7 +25,8 @@ from .reader import PROGRAM_FILES, load_program_file
 
 
 def example_system(rows: int, cols: int, seed: int):
-    """A variable-coefficient 5-point diffusion system on a rows x cols grid (SPD, Dirichlet), as a PyG Data."""
+    """A variable-coefficient 5-point diffusion system on a rows x cols grid (SPD, Dirichlet), as a PyG
+    Data."""
     import numpy as np
     import scipy.sparse as sp
 
@@ -42,13 +43,15 @@ def example_system(rows: int, cols: int, seed: int):
     off = sp.coo_matrix((-t, (i, j)), shape=(n, n))
     A = (off + off.T).tocsr()
     A = (A + sp.diags(-np.asarray(A.sum(axis=1)).ravel() + k)).tocsr()  # diagonally dominant: SPD
-    pos = np.stack(np.meshgrid(np.arange(rows) / rows, np.arange(cols) / cols, indexing="ij"), -1).reshape(n, 2)
-    return make_system(A, rng.standard_normal(n), pos=pos, coeff=k, family="export_check", params={}, seed=seed,
-                       x=np.zeros(n))
+    pos = np.stack(np.meshgrid(np.arange(rows) / rows, np.arange(cols) / cols, indexing="ij"),
+                   -1).reshape(n, 2)
+    return make_system(A, rng.standard_normal(n), pos=pos, coeff=k, family="export_check", params={},
+                       seed=seed, x=np.zeros(n))
 
 
 def check_systems(model: nn.Module):
-    """(trace example, check system of another size): (5 x 6, 7 x 9) grids, or two grids of the model's one size."""
+    """(trace example, check system of another size): (5 x 6, 7 x 9) grids, or two grids of the model's one
+    size."""
     n = getattr(model, "num_nodes", None)
     if n is None:
         return example_system(5, 6, 1), example_system(7, 9, 2)
@@ -100,9 +103,9 @@ def _as_tuple(out) -> tuple:
 
 
 def compile_program(model: nn.Module, folder: Path, formats=("torch.export", "torchscript")) -> dict:
-    """Write the model's program into ``folder``: torch.export first (dynamic n and E unless the model serves one
-    size), TorchScript (trace) when that fails. Returns the config.json fields ``program``, ``program_format``,
-    ``program_note`` (why none, or what was checked) and ``program_inputs``."""
+    """Write the model's program into ``folder``: torch.export first (dynamic n and E unless the model serves
+    one size), TorchScript (trace) when that fails. Returns the config.json fields ``program``,
+    ``program_format``, ``program_note`` (why none, or what was checked) and ``program_inputs``."""
     spec = model.export_program()
     if isinstance(spec, str):
         return {"program": None, "program_format": None, "program_note": spec, "program_inputs": None}
@@ -115,7 +118,8 @@ def compile_program(model: nn.Module, folder: Path, formats=("torch.export", "to
         refs = [_as_tuple(spec.reference(d, i)) for d, i in zip(systems, inputs)]
     describe = spec.describe()
     if fixed is not None:
-        describe["inputs"] = [*describe["inputs"], f"n must equal num_nodes = {fixed} (the one size it serves)"]
+        describe["inputs"] = [*describe["inputs"],
+                              f"n must equal num_nodes = {fixed} (the one size it serves)"]
     describe["dynamic"] = ["E"] if fixed is not None else ["n", "E"]
     notes = []
     for fmt in formats:
