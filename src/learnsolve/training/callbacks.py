@@ -103,7 +103,8 @@ class ConvergenceCurves(pl.Callback):
             keys = list(curves)
             plot = wandb.plot.line_series(xs=[list(range(len(curves[k]))) for k in keys],
                                           ys=[[math.log10(max(v, 1e-300)) for v in curves[k]] for k in keys],
-                                          keys=keys, title=f"log10 relative residual vs iteration (epoch {epoch})",
+                                          keys=keys,
+                                          title=f"log10 relative residual vs iteration (epoch {epoch})",
                                           xname="iteration")
             run.log({"val/convergence": plot, "trainer/global_step": trainer.global_step})
 

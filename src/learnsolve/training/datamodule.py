@@ -55,7 +55,8 @@ from learnsolve.data.dataset import LinearSystemDataset, plain
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 EXTRA_TEST_OFFSET, EXTRA_TEST_STRIDE = 3_000_000, 1_000_000
 REPORT_OFFSET = 2_500_000  # the final table's held-out systems at a size of their own (report_dataloader)
-COMPONENT_STRIDE = 10_000  # seed stride between the components of a mixture (and their most systems per split)
+# seed stride between the components of a mixture (and their most systems per split)
+COMPONENT_STRIDE = 10_000
 MAX_COMPONENTS = SPLIT_OFFSETS["val"] // COMPONENT_STRIDE  # seeds stay inside their split's range
 MIXED = "mixed"            # the family name of a mixture
 EXTRA_TEST_FAMILY = "diffusion2d"  # a mixture's extra_test_sizes: this component at the larger sizes
@@ -89,7 +90,8 @@ def parse_mixture(mixture: Sequence[Mapping[str, Any]], rhs: str = "random",
     """Validate the listed components and expand ``sizes`` (see the module docstring)."""
     out: list[MixtureComponent] = []
     if isinstance(mixture, (str, bytes, Mapping)) or not len(mixture):
-        raise ValueError("mixture must be a non-empty list of components {family, size|sizes, params, weight|count}")
+        raise ValueError("mixture must be a non-empty list of components {family, size|sizes, params, "
+                         "weight|count}")
     for e, raw in enumerate(plain(mixture)):
         where = f"mixture[{e}]"
         if not isinstance(raw, dict):
@@ -99,22 +101,25 @@ def parse_mixture(mixture: Sequence[Mapping[str, Any]], rhs: str = "random",
             raise ValueError(f"{where}: unknown keys {unknown}; allowed: {', '.join(COMPONENT_KEYS)}")
         family = raw.get("family")
         if families is not None and family not in families:
-            raise ValueError(f"{where}: unknown data family {family!r}; choose one of {', '.join(sorted(families))}")
+            raise ValueError(f"{where}: unknown data family {family!r}; choose one of "
+                             f"{', '.join(sorted(families))}")
         if ("size" in raw) == ("sizes" in raw):
             raise ValueError(f"{where} ({family}): give exactly one of size or sizes")
         sizes = [raw["size"]] if "size" in raw else raw["sizes"]
         if not isinstance(sizes, list) or not sizes or not all(_count(s) and s >= 1 for s in sizes):
-            raise ValueError(f"{where} ({family}): sizes must be a non-empty list of positive integers; got {sizes!r}")
+            raise ValueError(f"{where} ({family}): sizes must be a non-empty list of positive integers; got "
+                             f"{sizes!r}")
         if "weight" in raw and "count" in raw:
             raise ValueError(f"{where} ({family}): give weight or count, not both")
         weight, counts = None, None
         if "count" in raw:
             c = raw["count"]
-            counts = {k: c.get(k, 0) for k in SPLIT_OFFSETS} if isinstance(c, dict) else dict.fromkeys(SPLIT_OFFSETS, c)
+            counts = ({k: c.get(k, 0) for k in SPLIT_OFFSETS} if isinstance(c, dict)
+                      else dict.fromkeys(SPLIT_OFFSETS, c))
             if (isinstance(c, dict) and set(c) - set(SPLIT_OFFSETS)) or \
                     not all(_count(v) and v <= COMPONENT_STRIDE for v in counts.values()):
-                raise ValueError(f"{where} ({family}): count must be an integer in [0, {COMPONENT_STRIDE}] or a "
-                                 f"mapping {{train, val, test}} of such integers; got {c!r}")
+                raise ValueError(f"{where} ({family}): count must be an integer in [0, {COMPONENT_STRIDE}] "
+                                 f"or a mapping {{train, val, test}} of such integers; got {c!r}")
         else:
             weight = raw.get("weight", 1.0)
             if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 < weight < math.inf:
@@ -126,7 +131,8 @@ def parse_mixture(mixture: Sequence[Mapping[str, Any]], rhs: str = "random",
             out.append(MixtureComponent(family, int(s), params, raw.get("rhs", rhs), len(out), e,
                                         None if weight is None else float(weight) / len(sizes), counts))
     if len(out) > MAX_COMPONENTS:
-        raise ValueError(f"a mixture has at most {MAX_COMPONENTS} components (sizes expanded); got {len(out)}")
+        raise ValueError(f"a mixture has at most {MAX_COMPONENTS} components (sizes expanded); got "
+                         f"{len(out)}")
     return out
 
 
@@ -150,8 +156,8 @@ def mixture_counts(components: Sequence[MixtureComponent], totals: Mapping[str, 
         weighted = [c for c in components if c.weight is not None]
         rest = int(total) - sum(counts)
         if weighted and rest < 0:
-            raise ValueError(f"mixture: the fixed counts take {sum(counts)} {split} systems, more than num_{split}="
-                             f"{total}; raise num_{split} or lower the counts")
+            raise ValueError(f"mixture: the fixed counts take {sum(counts)} {split} systems, more than "
+                             f"num_{split}={total}; raise num_{split} or lower the counts")
         if weighted:
             entries = list(dict.fromkeys(c.entry for c in weighted))
             per_entry = apportion(rest, [sum(c.weight for c in weighted if c.entry == e) for e in entries])
@@ -160,9 +166,11 @@ def mixture_counts(components: Sequence[MixtureComponent], totals: Mapping[str, 
                 for c, n in zip(members, apportion(k, [c.weight for c in members])):
                     counts[c.index] = n
         if sum(counts) < 1:
-            raise ValueError(f"mixture: the {split} split has no system; raise num_{split} or a component's count")
+            raise ValueError(f"mixture: the {split} split has no system; raise num_{split} or a component's "
+                             "count")
         if max(counts) > COMPONENT_STRIDE:
-            raise ValueError(f"mixture: at most {COMPONENT_STRIDE} {split} systems per component; got {max(counts)}")
+            raise ValueError(f"mixture: at most {COMPONENT_STRIDE} {split} systems per component; got "
+                             f"{max(counts)}")
         out[split] = counts
     return out
 
@@ -178,8 +186,8 @@ class MixtureDataset(ConcatDataset):
     """One split of a mixture: the components' ``LinearSystemDataset`` caches concatenated. Items are
     shallow copies made collatable across families: ``pos`` padded with zero columns to ``pos_dim`` (at
     least 3), ``params`` as its JSON string (families have different parameter keys), and scalar attributes
-    (``seed``, ``symmetric``, ...) as (1,) tensors (a one-system cache returns them as Python numbers, a larger
-    one as tensors: PyG cannot collate the two together)."""
+    (``seed``, ``symmetric``, ...) as (1,) tensors (a one-system cache returns them as Python numbers, a
+    larger one as tensors: PyG cannot collate the two together)."""
 
     def __init__(self, parts: Sequence[tuple[MixtureComponent, LinearSystemDataset]], root: str):
         super().__init__([ds for _, ds in parts])
@@ -192,7 +200,8 @@ class MixtureDataset(ConcatDataset):
             if k != keys[0]:
                 raise ValueError(f"mixture: {c.family} (size {c.size}) systems carry {sorted(k ^ keys[0])} "
                                  f"unlike {self.components[0].family}'s: they cannot share a batch")
-        self.pos_dim = max([3] + [int(d.pos.shape[-1]) for d in firsts if getattr(d, "pos", None) is not None])
+        self.pos_dim = max([3]
+                           + [int(d.pos.shape[-1]) for d in firsts if getattr(d, "pos", None) is not None])
 
     def __getitem__(self, idx):
         data = copy.copy(super().__getitem__(idx))
@@ -208,11 +217,11 @@ class MixtureDataset(ConcatDataset):
 
 
 class LinearSystemDataModule(pl.LightningDataModule):
-    def __init__(self, family: str = "diffusion2d", size: int | None = 32, num_train: int = 64, num_val: int = 16,
-                 num_test: int = 16, seed: int = 0, rhs: str = "random", params: Mapping[str, Any] | None = None,
-                 batch_size: int = 8, data_dir: str = "data", extra_test_sizes: Sequence[int] = (),
-                 num_workers: int = 0, progress: bool = True, generators=None,
-                 mixture: Sequence[Mapping[str, Any]] | None = None):
+    def __init__(self, family: str = "diffusion2d", size: int | None = 32, num_train: int = 64,
+                 num_val: int = 16, num_test: int = 16, seed: int = 0, rhs: str = "random",
+                 params: Mapping[str, Any] | None = None, batch_size: int = 8, data_dir: str = "data",
+                 extra_test_sizes: Sequence[int] = (), num_workers: int = 0, progress: bool = True,
+                 generators=None, mixture: Sequence[Mapping[str, Any]] | None = None):
         super().__init__()
         for name, v in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
                         ("batch_size", batch_size)):
@@ -237,8 +246,8 @@ class LinearSystemDataModule(pl.LightningDataModule):
             raise ValueError(f"a mixture needs family={MIXED!r} and a mixture list (got family={family!r}, "
                              f"mixture={'none' if mixture is None else 'given'})")
         if size is not None or self.params:
-            raise ValueError("a mixture has no module-level size or params (set size: null, params: {}): give each "
-                             "component its own size/sizes and params")
+            raise ValueError("a mixture has no module-level size or params (set size: null, params: {}): "
+                             "give each component its own size/sizes and params")
         if generators is None:
             from learnsolve.data.generators import GENERATORS as generators
         self.size = None
@@ -265,7 +274,8 @@ class LinearSystemDataModule(pl.LightningDataModule):
     def _dataset(self, size: int, count: int, offset: int, component: MixtureComponent | None = None):
         family, params, rhs, seed = self.family, self.params, self.rhs, self.seed + offset
         if component is not None:
-            family, params, rhs, seed = component.family, component.params, component.rhs, component.seed(self.seed, offset)
+            family, params, rhs, seed = (component.family, component.params, component.rhs,
+                                         component.seed(self.seed, offset))
         return LinearSystemDataset(self.data_dir, family, size, count, seed=seed, rhs=rhs, params=params,
                                    generators=self.generators, progress=self.progress)
 
@@ -285,9 +295,10 @@ class LinearSystemDataModule(pl.LightningDataModule):
     def mixture_specs(self) -> list[dict[str, Any]]:
         """One row per (split, component) of a mixture with at least one system: split, family, size,
         params, rhs, count and first seed (empty for one family)."""
-        return [{"split": split, "family": c.family, "size": c.size, "params": c.params, "rhs": c.rhs, "count": n,
-                 "seed": c.seed(self.seed, SPLIT_OFFSETS[split])}
-                for split, counts in self.component_counts.items() for c, n in zip(self.components, counts) if n]
+        return [{"split": split, "family": c.family, "size": c.size, "params": c.params, "rhs": c.rhs,
+                 "count": n, "seed": c.seed(self.seed, SPLIT_OFFSETS[split])}
+                for split, counts in self.component_counts.items()
+                for c, n in zip(self.components, counts) if n]
 
     def build(self, name: str) -> LinearSystemDataset | MixtureDataset:
         """Generate or load one split (cached in ``self.datasets``)."""
@@ -309,8 +320,9 @@ class LinearSystemDataModule(pl.LightningDataModule):
     def _check_data_dir(self) -> None:
         root = Path(self.data_dir)
         if root.exists() and not root.is_dir():
-            raise NotADirectoryError(f"data_dir {str(root)!r} exists but is not a folder: point data.data_dir "
-                                     "(or paths.data_dir) to a folder for the generated datasets")
+            raise NotADirectoryError(f"data_dir {str(root)!r} exists but is not a folder: point "
+                                     "data.data_dir (or paths.data_dir) to a folder for the generated "
+                                     "datasets")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -341,11 +353,13 @@ class LinearSystemDataModule(pl.LightningDataModule):
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         world, rank = self._world()
         if shuffle or world > 1:
-            # our own sampler (Lightning keeps an existing DistributedSampler): the same global batches at any W
+            # our own sampler (Lightning keeps an existing DistributedSampler): the same global batches at any
+            # W
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
             return DataLoader(ds, batch_size=self.per_device_batch_size, sampler=sampler,
                               num_workers=self.num_workers)
-        return DataLoader(ds, batch_size=self.per_device_batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(ds, batch_size=self.per_device_batch_size, shuffle=False,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self):
         return self._loader(self.datasets["train"], shuffle=True)
@@ -359,9 +373,10 @@ class LinearSystemDataModule(pl.LightningDataModule):
         return loaders[0] if len(loaders) == 1 else loaders
 
     def report_dataloader(self, size: int | None = None) -> DataLoader:
-        """The whole test split, unsharded, in batches of the global batch size (rank-zero report); with ``size``
-        (not the training size) held-out systems of that size instead: the extra test set of that size, or as many
-        systems as the test split from their own seed range (a mixture: of its extra-test component)."""
+        """The whole test split, unsharded, in batches of the global batch size (rank-zero report); with
+        ``size`` (not the training size) held-out systems of that size instead: the extra test set of that
+        size, or as many systems as the test split from their own seed range (a mixture: of its extra-test
+        component)."""
         if size is None or (not self.is_mixture and int(size) == self.size):
             ds = self.build("test")
         elif int(size) in self.extra_test_sizes:

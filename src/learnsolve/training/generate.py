@@ -25,7 +25,8 @@ def condition_estimate(A) -> float | None:
                 lo, hi = np.abs(ev).min(), np.abs(ev).max()
             else:
                 hi = abs(spla.eigsh(A, k=1, which="LM", return_eigenvectors=False, tol=1e-3)[0])
-                lo = abs(spla.eigsh(A.tocsc(), k=1, sigma=0, which="LM", return_eigenvectors=False, tol=1e-3)[0])
+                lo = abs(spla.eigsh(A.tocsc(), k=1, sigma=0, which="LM", return_eigenvectors=False,
+                                    tol=1e-3)[0])
         elif n <= 2000:
             s = np.linalg.svd(A.toarray(), compute_uv=False)
             lo, hi = s.min(), s.max()

@@ -1,28 +1,29 @@
 """The gradient that trains THIS model, checked while it trains: :class:`TrainingGradientCheck`.
 
-Every ``every_n_steps`` optimizer steps (and at the first and the last step), on rank zero, on a fixed small batch
-(the first ``graphs`` graphs of the first training batch), on a float64 copy of the model:
+Every ``every_n_steps`` optimizer steps (and at the first and the last step), on rank zero, on a fixed small
+batch (the first ``graphs`` graphs of the first training batch), on a float64 copy of the model:
 
-- g (float64 when the model runs in it, else the model's precision): the gradient of the model's own training loss (``model.training_loss``) w.r.t. its trainable parameters, by
-  the backward the model trains with (its solves' implicit / unrolled / stochastic mode, unchanged);
-- central finite differences of the same loss along ``directions`` random parameter directions v (each parameter
-  tensor's part scaled to its entries' mean size) with each step of ``fd_steps``: ``grad/param_fd_rel_error`` =
-  ||D - F|| / ||F|| and ``grad/param_fd_cosine`` = cos(D, F) for the directional derivatives D_i = g . v_i and the
-  differences F_i of the step that agrees best (the next step is tried only when one disagrees by more than 1e-3;
-  ``grad/fd_step``: a small step meets the loss's own rounding noise,
+- g (float64 when the model runs in it, else the model's precision): the gradient of the model's own training
+  loss (``model.training_loss``) w.r.t. its trainable parameters, by the backward the model trains with (its
+  solves' implicit / unrolled / stochastic mode, unchanged);
+- central finite differences of the same loss along ``directions`` random parameter directions v (each
+  parameter tensor's part scaled to its entries' mean size) with each step of ``fd_steps``:
+  ``grad/param_fd_rel_error`` = ||D - F|| / ||F|| and ``grad/param_fd_cosine`` = cos(D, F) for the directional
+  derivatives D_i = g . v_i and the differences F_i of the step that agrees best (the next step is tried only
+  when one disagrees by more than 1e-3; ``grad/fd_step``: a small step meets the loss's own rounding noise,
   a large one its curvature; neural_if's Lanczos-kappa loss: relative error 0.25 at 1e-5, 3e-3 at 1e-3). The
   random draws inside the loss are the same in every evaluation (a fixed seed, the global RNG untouched);
-- where the loss solves through :func:`learnsolve.linalg.solve`: the same gradient with every solve differentiated
-  by ``compare_mode`` (:func:`learnsolve.linalg.override_backward`), ``grad/mode_rel_error`` = ||g - g_mode|| /
-  ||g_mode||;
+- where the loss solves through :func:`learnsolve.linalg.solve`: the same gradient with every solve
+  differentiated by ``compare_mode`` (:func:`learnsolve.linalg.override_backward`), ``grad/mode_rel_error``
+  = ||g - g_mode|| / ||g_mode||;
 - ``grad/norm`` = ||g||, and the solves inside the loss (:func:`learnsolve.linalg.record_solves`):
-  ``solve/fwd_iters``, ``solve/adjoint_iters`` (summed over the loss's solves), ``solve/not_converged`` (systems,
-  forward and adjoint); ``grad/check_seconds`` and ``grad/check_fraction`` (the check's share of the wall time
-  since training started).
+  ``solve/fwd_iters``, ``solve/adjoint_iters`` (summed over the loss's solves), ``solve/not_converged``
+  (systems, forward and adjoint); ``grad/check_seconds`` and ``grad/check_fraction`` (the check's share of the
+  wall time since training started).
 
-The metrics go to every logger of the trainer (W&B, CSV ``metrics.csv``), to ``dirpath/training_gradient.jsonl``
-and to the plot ``dirpath/gradient_quality.png`` (errors and cosine against the step). A failing check is logged
-as a warning, never stops training.
+The metrics go to every logger of the trainer (W&B, CSV ``metrics.csv``), to
+``dirpath/training_gradient.jsonl`` and to the plot ``dirpath/gradient_quality.png`` (errors and cosine
+against the step). A failing check is logged as a warning, never stops training.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class TrainingGradientCheck(pl.Callback):
                  seed: int = 0):
         fd_steps = tuple(float(h) for h in (fd_steps if isinstance(fd_steps, (list, tuple)) else [fd_steps]))
         if int(directions) < 1 or int(graphs) < 0 or not fd_steps or min(fd_steps) <= 0:
-            raise ValueError("TrainingGradientCheck: directions >= 1, graphs >= 0 and fd_steps > 0 are needed")
+            raise ValueError("TrainingGradientCheck: directions >= 1, graphs >= 0 and fd_steps > 0 are "
+                             "needed")
         self.dirpath, self.every = Path(dirpath), int(every_n_steps)
         self.directions, self.graphs, self.fd_steps = int(directions), int(graphs), fd_steps
         self.compare_mode, self.float64, self.seed = compare_mode, bool(float64), int(seed)
@@ -111,7 +113,8 @@ class TrainingGradientCheck(pl.Callback):
 
         def grad() -> torch.Tensor:
             gs = torch.autograd.grad(loss(), params, allow_unused=True)
-            return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, params)])
+            return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                              for g, p in zip(gs, params)])
 
         with record_solves() as rec:
             g = grad()
@@ -119,7 +122,8 @@ class TrainingGradientCheck(pl.Callback):
         gen = torch.Generator().manual_seed(self.seed)
         dirs = [[torch.randn(p.shape, generator=gen, dtype=p.dtype) * (p.detach().abs().mean() + 1e-3)
                  for p in params] for _ in range(self.directions)]
-        D = torch.tensor([float(g @ torch.cat([x.reshape(-1) for x in vs])) for vs in dirs], dtype=torch.float64)
+        D = torch.tensor([float(g @ torch.cat([x.reshape(-1) for x in vs])) for vs in dirs],
+                         dtype=torch.float64)
 
         def differences(h: float) -> torch.Tensor:
             out = []
@@ -136,8 +140,8 @@ class TrainingGradientCheck(pl.Callback):
                     out.append((up - down) / (2 * h))
             return torch.tensor(out, dtype=torch.float64)
 
-        # a small step meets the loss's own rounding noise, a large one its curvature: the better of the steps (the
-        # next step only when this one disagrees by more than 1e-3)
+        # a small step meets the loss's own rounding noise, a large one its curvature: the better of the steps
+        # (the next step only when this one disagrees by more than 1e-3)
         e, Fb, best = math.inf, None, None
         for h in self.fd_steps:
             f = differences(h)
@@ -163,13 +167,16 @@ class TrainingGradientCheck(pl.Callback):
         try:
             try:
                 metrics = self.measure(pl_module.model, self._batch)
-            except (RuntimeError, TypeError) as e:  # e.g. a model that cannot run in float64: its own precision
+            # e.g. a model that cannot run in float64: its own precision
+            except (RuntimeError, TypeError) as e:
                 if not self.float64:
                     raise
-                log.info("training-gradient check in float64 failed (%s); checking in the model's precision", e)
+                log.info("training-gradient check in float64 failed (%s); checking in the model's "
+                         "precision", e)
                 self.float64 = False
                 metrics = self.measure(pl_module.model, self._batch)
-        except (RuntimeError, ValueError, ArithmeticError, TypeError) as e:  # a diagnostic must not kill the run
+        # a diagnostic must not kill the run
+        except (RuntimeError, ValueError, ArithmeticError, TypeError) as e:
             log.warning("training-gradient check failed at step %d: %s", trainer.global_step, e)
             return
         dt = time.perf_counter() - t0
@@ -179,7 +186,8 @@ class TrainingGradientCheck(pl.Callback):
         metrics["grad/check_fraction"] = self._spent / wall if wall > 0 else math.nan
         record = {"step": trainer.global_step, "epoch": trainer.current_epoch, **metrics}
         self.history.append(record)
-        write_text(self.dirpath / "training_gradient.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        write_text(self.dirpath / "training_gradient.jsonl",
+                   "".join(json.dumps(r) + "\n" for r in self.history))
         for lg in trainer.loggers:
             lg.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=trainer.global_step)
         self._plot()

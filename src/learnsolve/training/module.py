@@ -29,10 +29,11 @@ def baseline_iterations(batch, precond: str | None, rtol: float, maxiter: int) -
 
 @torch.no_grad()
 def safeguarded_solve(model, batch, rtol: float, maxiter: int):
-    """``(x, SolveInfo, check)``: the model's solve of every graph of ``batch``. A linear learned preconditioner is
-    solved with :meth:`~learnsolve.models.base.LearnedModel.safe_preconditioner_for` (the fallback on the graphs
-    where the safeguard rejects it) and ``check`` is its :class:`learnsolve.linalg.SafeguardResult`; for learned
-    solvers and nonlinear preconditioners ``check`` is None (nothing to check)."""
+    """``(x, SolveInfo, check)``: the model's solve of every graph of ``batch``. A linear learned
+    preconditioner is solved with :meth:`~learnsolve.models.base.LearnedModel.safe_preconditioner_for` (the
+    fallback on the graphs where the safeguard rejects it) and ``check`` is its
+    :class:`learnsolve.linalg.SafeguardResult`; for learned solvers and nonlinear preconditioners ``check`` is
+    None (nothing to check)."""
     if model.kind == "preconditioner":
         M, check = model.safe_preconditioner_for(batch)
         if check is not None:
@@ -44,15 +45,15 @@ class LearnedSolverModule(pl.LightningModule):
     """Lightning wrapper of a learned solver, preconditioner or surrogate.
 
     Metrics: ``train/loss`` and ``val/loss`` (the model's ``training_loss``) plus the model's logs; for
-    the iterative kinds also ``val/iters`` (mean iterations to ``eval_rtol`` on the validation systems; a linear
-    learned preconditioner runs with its safeguard, i.e. with the fallback on the systems where the safeguard
-    rejects it), ``val/fallback_rate`` (linear learned preconditioners: the fraction of validation systems where
-    the safeguard rejected the learned preconditioner) and ``val/iters_ratio_<baseline>`` for every training
-    baseline of the registry but "none" (per-system ratio to that baseline's PCG iterations, averaged; e.g.
-    ``val/iters_ratio_ic0``). The baselines'
-    iterations do not change while the model trains: they are computed once per system and cached. For surrogates
-    the model's ``metrics(batch)``. The same under ``test/``. A non-finite loss stops training with the
-    step and the offending batch's seeds. Metrics are reduced across processes under DDP.
+    the iterative kinds also ``val/iters`` (mean iterations to ``eval_rtol`` on the validation systems; a
+    linear learned preconditioner runs with its safeguard, i.e. with the fallback on the systems where the
+    safeguard rejects it), ``val/fallback_rate`` (linear learned preconditioners: the fraction of validation
+    systems where the safeguard rejected the learned preconditioner) and ``val/iters_ratio_<baseline>`` for
+    every training baseline of the registry but "none" (per-system ratio to that baseline's PCG iterations,
+    averaged; e.g. ``val/iters_ratio_ic0``). The baselines'
+    iterations do not change while the model trains: they are computed once per system and cached. For
+    surrogates the model's ``metrics(batch)``. The same under ``test/``. A non-finite loss stops training with
+    the step and the offending batch's seeds. Metrics are reduced across processes under DDP.
     """
 
     def __init__(self, model: nn.Module, optimizer, scheduler=None, eval_rtol: float = 1e-6,
@@ -60,14 +61,14 @@ class LearnedSolverModule(pl.LightningModule):
         super().__init__()
         kind = getattr(model, "kind", None)
         if kind not in (*ITERATIVE_KINDS, "surrogate"):
-            raise TypeError(f"{type(model).__name__} is not a learnsolve model: its class attribute `kind` must be "
-                            f"'solver', 'preconditioner' or 'surrogate', got {kind!r}")
+            raise TypeError(f"{type(model).__name__} is not a learnsolve model: its class attribute `kind` "
+                            f"must be 'solver', 'preconditioner' or 'surrogate', got {kind!r}")
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.eval_rtol, self.eval_maxiter = float(eval_rtol), int(eval_maxiter)
         self.config = config  # the composed run config, stored in every checkpoint
-        # the model at its initial parameters (its classical start): stored in every checkpoint, so evaluation can
-        # show what training bought ("untrained" rows); a resumed run restores it from its checkpoint
+        # the model at its initial parameters (its classical start): stored in every checkpoint, so evaluation
+        # can show what training bought ("untrained" rows); a resumed run restores it from its checkpoint
         self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._baseline_iters: dict[tuple, torch.Tensor] = {}  # (baseline, seeds) -> per-graph iterations
 
@@ -86,9 +87,10 @@ class LearnedSolverModule(pl.LightningModule):
         loss, logs = self.model.training_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite {stage} loss {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}); "
-                f"offending batch: systems with seeds {batch.seed.view(-1).tolist()}. Lower the learning rate "
-                "(model.optimizer.lr), keep gradient clipping on (trainer.gradient_clip_val), or check the data.")
+                f"non-finite {stage} loss {float(loss.detach())} at step {self.global_step} (epoch "
+                f"{self.current_epoch}); offending batch: systems with seeds {batch.seed.view(-1).tolist()}. "
+                "Lower the learning rate (model.optimizer.lr), keep gradient clipping on "
+                "(trainer.gradient_clip_val), or check the data.")
         n = batch.num_graphs
         sync = True  # averaged over DDP ranks (a no-op in one process)
         self.log(f"{stage}/loss", loss, batch_size=n, prog_bar=True, on_step=stage == "train", on_epoch=True,
@@ -106,14 +108,15 @@ class LearnedSolverModule(pl.LightningModule):
                 for name in training_baselines():
                     if name != "none":
                         base = self.baseline_iterations(batch, name).to(iters.device)
-                        self.log(f"{stage}/iters_ratio_{name}", (iters / base.clamp_min(1)).mean(), batch_size=n,
-                                 sync_dist=True)
-                self.log(f"{stage}/converged", info.converged.to(torch.float64).mean(), batch_size=n, sync_dist=True)
+                        self.log(f"{stage}/iters_ratio_{name}", (iters / base.clamp_min(1)).mean(),
+                                 batch_size=n, sync_dist=True)
+                self.log(f"{stage}/converged", info.converged.to(torch.float64).mean(), batch_size=n,
+                         sync_dist=True)
             else:
                 extra = {k: v for k, v in self.model.metrics(batch).items() if k not in logs and k != "loss"}
                 for i, (k, v) in enumerate(extra.items()):
-                    self.log(f"{stage}/{k}", torch.as_tensor(v, dtype=torch.float64), batch_size=n, sync_dist=True,
-                             prog_bar=i == 0)
+                    self.log(f"{stage}/{k}", torch.as_tensor(v, dtype=torch.float64), batch_size=n,
+                             sync_dist=True, prog_bar=i == 0)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -133,7 +136,8 @@ class LearnedSolverModule(pl.LightningModule):
                                                    "monitor": "val/loss"}}
 
     def untrained_model(self) -> nn.Module:
-        """A copy of the model at its initial parameters (the classical start of the models that correct one)."""
+        """A copy of the model at its initial parameters (the classical start of the models that correct
+        one)."""
         import copy
 
         model = copy.deepcopy(self.model)

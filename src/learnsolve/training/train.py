@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float | None:
     """Train the model a composed ``conf/train.yaml`` describes: what ``python train.py`` runs.
 
-    Builds the DataModule (``cfg.data``), the model (``cfg.model.net``), the logger, callbacks and Lightning Trainer
-    from their ``_target_`` entries, fits (resuming from ``cfg.ckpt_path`` when set), tests the best checkpoint and,
-    for solvers and preconditioners, prints the final table against the classical baselines and writes
-    ``report.csv`` to the run folder. The W&B run is finished and the process group torn down even on failure.
+    Builds the DataModule (``cfg.data``), the model (``cfg.model.net``), the logger, callbacks and Lightning
+    Trainer from their ``_target_`` entries, fits (resuming from ``cfg.ckpt_path`` when set), tests the best
+    checkpoint and, for solvers and preconditioners, prints the final table against the classical baselines
+    and writes ``report.csv`` to the run folder. The W&B run is finished and the process group torn down even
+    on failure.
 
     Args:
         cfg: the composed config (``hydra.compose(config_name="train", overrides=[...])`` or the CLI's).
@@ -79,7 +80,8 @@ def train(cfg: DictConfig) -> float | None:
             untrained = module.untrained_model() if module.model.classical_start() else None
             rows = compare_on_test(module.model, dm.report_dataloader(size), rtol=cfg.eval.rtol,
                                    maxiter=cfg.eval.maxiter, untrained=untrained)
-            where = "test systems" if size is None else f"held-out systems of size {size} (trained at {cfg.data.size})"
+            where = ("test systems" if size is None
+                     else f"held-out systems of size {size} (trained at {cfg.data.size})")
             title = f"{cfg.model.name} on {cfg.data.family} {where} (rtol {cfg.eval.rtol:g})"
             print_table(rows, title)
             write_csv(Path(cfg.paths.output_dir) / "report.csv", rows)
@@ -96,7 +98,8 @@ def train(cfg: DictConfig) -> float | None:
 
 def _log_report(trainer, rows: list[dict]) -> None:
     for r in rows:
-        trainer.logger.log_metrics({f"report/{r['method']}_{k}": r[k] for k in ("iters", "seconds", "iters_ratio_ic0")})
+        trainer.logger.log_metrics({f"report/{r['method']}_{k}": r[k]
+                                    for k in ("iters", "seconds", "iters_ratio_ic0")})
     run = wandb_run(trainer)
     if run is not None:
         import wandb
@@ -114,9 +117,9 @@ DEFAULT_EPOCHS = 8
 
 
 def _epoch_limit(trainer_cfg: DictConfig) -> dict:
-    """``trainer.max_epochs: null`` means DEFAULT_EPOCHS, or no epoch limit (-1) when ``trainer.max_time`` is set,
-    so that ``trainer.max_time=...`` alone trains for that time. Resolved here rather than by a custom OmegaConf
-    resolver, so that ``hydra.compose`` of ``conf/`` works without importing learnsolve first."""
+    """``trainer.max_epochs: null`` means DEFAULT_EPOCHS, or no epoch limit (-1) when ``trainer.max_time`` is
+    set, so that ``trainer.max_time=...`` alone trains for that time. Resolved here rather than by a custom
+    OmegaConf resolver, so that ``hydra.compose`` of ``conf/`` works without importing learnsolve first."""
     if trainer_cfg.get("max_epochs") is not None:
         return {}
     return {"max_epochs": -1 if trainer_cfg.get("max_time") else DEFAULT_EPOCHS}

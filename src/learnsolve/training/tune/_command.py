@@ -10,8 +10,8 @@ from ._core import TITLES, TuneError, TuneResult, tunable_reason, tune_matrix
 
 
 def plot_tuning(result: TuneResult, path) -> None:
-    """``tune.png``: the PCG iterations on the table's b over the tuning time (each measured solve), with the model
-    before tuning, IC(0), MIC(0) and AMG-SA as horizontal lines and the final factor as a marker."""
+    """``tune.png``: the PCG iterations on the table's b over the tuning time (each measured solve), with the
+    model before tuning, IC(0), MIC(0) and AMG-SA as horizontal lines and the final factor as a marker."""
     from learnsolve.evaluation.report import _pyplot, save_figure
 
     plt = _pyplot()
@@ -26,7 +26,8 @@ def plot_tuning(result: TuneResult, path) -> None:
             ax.axhline(r.iters, color=color, ls="--", lw=1.0, label=f"{TITLES[key]} ({r.iters})")
     final = result.rows["tuned"]
     if final.iters is not None:
-        ax.plot([result.tuning_s], [final.iters], "o", color="C3", label=f"tuned ({final.iters}; {result.status[:9]})")
+        ax.plot([result.tuning_s], [final.iters], "o", color="C3",
+                label=f"tuned ({final.iters}; {result.status[:9]})")
     ax.set_xlabel("tuning time [s]")
     ax.set_ylabel(f"PCG iterations to rtol (n = {result.n})")
     ax.set_title(f"{result.matrix}: {result.status[:70]}", fontsize=9)
@@ -37,7 +38,8 @@ def plot_tuning(result: TuneResult, path) -> None:
 
 @dataclass
 class TuneRun:
-    """What :func:`run_tune` wrote: the result, the run folder, the export folder and the preconditioner's JSON."""
+    """What :func:`run_tune` wrote: the result, the run folder, the export folder and the preconditioner's
+    JSON."""
 
     result: TuneResult
     folder: Path
@@ -50,10 +52,10 @@ def run_tune(matrix, ckpt_path, out_dir, *, budget_s: float = 60.0, rhs=None, rt
              progress: Callable[[dict], None] | None = None, max_steps: int | None = None) -> TuneRun:
     """Tune the checkpoint's model on the Matrix Market file ``matrix`` (:func:`tune_matrix`) and write, in
     ``out_dir``: ``export/`` (the model folder of :func:`learnsolve.export.export_model`, with
-    ``preconditioners/<matrix>.json`` holding the tuned factor, or the start factor where tuning did not help),
-    then ``tune.json``, ``tune.md`` and ``tune.png`` (:func:`plot_tuning`). Each is written to a temporary name and
-    renamed: a failure leaves no partial file. TuneError for bad arguments (nothing written; an existing non-empty
-    ``export/`` is refused before tuning, not after it)."""
+    ``preconditioners/<matrix>.json`` holding the tuned factor, or the start factor where tuning did not
+    help), then ``tune.json``, ``tune.md`` and ``tune.png`` (:func:`plot_tuning`). Each is written to a
+    temporary name and renamed: a failure leaves no partial file. TuneError for bad arguments (nothing
+    written; an existing non-empty ``export/`` is refused before tuning, not after it)."""
     from learnsolve.data.mtx import MatrixMarketError, matrix_stem, read_matrix_market, read_vectors
     from learnsolve.export import ExportError, export_model
     from learnsolve.files import write_json, write_text
@@ -78,15 +80,19 @@ def run_tune(matrix, ckpt_path, out_dir, *, budget_s: float = 60.0, rhs=None, rt
     folder = Path(out_dir)
     export_dir = folder / "export"
     if export_dir.exists() and any(export_dir.iterdir()):
-        raise TuneError(f"output folder {str(export_dir)!r} already exists and is not empty: choose another out_dir")
+        raise TuneError(f"output folder {str(export_dir)!r} already exists and is not empty: choose another "
+                        "out_dir")
     result = tune_matrix(ckpt.model, A, name=stem, model_name=ckpt.name, budget_s=budget_s, rhs=B, rtol=rtol,
-                         maxiter=maxiter, seed=seed, lr=lr, repeats=repeats, progress=progress, max_steps=max_steps)
+                         maxiter=maxiter, seed=seed, lr=lr, repeats=repeats, progress=progress,
+                         max_steps=max_steps)
     summary = {k: v for k, v in result.to_json().items() if k != "history"}
     meta = {"source": str(path), "n": result.n, "nnz_A": result.nnz, "model": ckpt.name,
             "model_class": f"{type(ckpt.model).__module__}.{type(ckpt.model).__name__}",
-            "factor": "tuned" if result.tuned else f"start:{result.start}", "safeguard": None, "tuning": summary}
+            "factor": "tuned" if result.tuned else f"start:{result.start}", "safeguard": None,
+            "tuning": summary}
     try:
-        report = export_model(ckpt_path, export_dir, program=program, computed={stem: (result.exported, meta)})
+        report = export_model(ckpt_path, export_dir, program=program,
+                              computed={stem: (result.exported, meta)})
     except ExportError as e:
         raise TuneError(str(e)) from e
     record = {**result.to_json(), "checkpoint": str(ckpt_path), "matrix_file": str(path),

@@ -1,4 +1,5 @@
-"""The tuning itself: the tunable factor, its loss, the loop and the end decision (:mod:`learnsolve.training.tune`)."""
+"""The tuning itself: the tunable factor, its loss, the loop and the end decision
+(:mod:`learnsolve.training.tune`)."""
 
 from __future__ import annotations
 
@@ -34,18 +35,20 @@ HOLDOUT_SEEDS = (1_000_003, 1_000_033, 1_000_037)  # the end decision's right-ha
 
 
 class TuneError(ValueError):
-    """A matrix, right-hand side, model or budget that tuning cannot work with; the message says which and why."""
+    """A matrix, right-hand side, model or budget that tuning cannot work with; the message says which and
+    why."""
 
 
 @dataclass
 class TuneResult:
-    """What :func:`tune_matrix` did. ``status``: "tuned" or "not tuned: <why>"; ``exported``: the factor to use
-    (the tuned one, or the start where tuning did not help) as a :class:`learnsolve.models.base.MatrixExport`;
-    ``start``: which factor tuning started from ("before", "ic0" or "mic0"); ``rows``: :data:`ROWS` -> :class:`Row`;
-    ``tuning_s``: wall seconds of the tuning (the loop and the end decision; the table's baselines not included);
-    ``break_even_solves``: the number of solves after which tuning paid for itself against ``fastest`` (the
-    classical row with the least ms per solve), "never" when the tuned factor does not solve faster, None when
-    nothing was tuned; ``history``: (seconds, step, iterations) of each measured solve."""
+    """What :func:`tune_matrix` did. ``status``: "tuned" or "not tuned: <why>"; ``exported``: the factor to
+    use (the tuned one, or the start where tuning did not help) as a
+    :class:`learnsolve.models.base.MatrixExport`; ``start``: which factor tuning started from ("before", "ic0"
+    or "mic0"); ``rows``: :data:`ROWS` -> :class:`Row`; ``tuning_s``: wall seconds of the tuning (the loop and
+    the end decision; the table's baselines not included); ``break_even_solves``: the number of solves after
+    which tuning paid for itself against ``fastest`` (the classical row with the least ms per solve), "never"
+    when the tuned factor does not solve faster, None when nothing was tuned; ``history``: (seconds, step,
+    iterations) of each measured solve."""
 
     matrix: str
     n: int
@@ -95,21 +98,23 @@ class TuneResult:
         be = self.break_even_solves
         if self.rhs != "Gaussian":
             lines += ["", f"b: {self.rhs}"]
-        lines += ["", (f"{self.matrix}: {self.status}; tuning {self.tuning_s:.1f} s ({self.steps} steps, budget "
+        lines += ["",
+                  (f"{self.matrix}: {self.status}; tuning {self.tuning_s:.1f} s ({self.steps} steps, budget "
                        f"{self.budget_s:g} s, start {TITLES.get(self.start, self.start)})"),
                   "break-even: " + ("-" if be is None else
-                                    f"never (the tuned factor does not solve faster than {TITLES[self.fastest]})"
-                                    if be == "never" else f"{be} solves against {TITLES[self.fastest]}")]
+                                    "never (the tuned factor does not solve faster than "
+                                    f"{TITLES[self.fastest]})" if be == "never"
+                                    else f"{be} solves against {TITLES[self.fastest]}")]
         return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # checks
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def check_spd_like(A: sp.spmatrix, name: str) -> sp.csr_matrix:
-    """A as float64 CSR with sorted indices, refused (TuneError) unless square, finite, symmetric and with a positive
-    diagonal (indefiniteness shows up later, as a PCG breakdown)."""
+    """A as float64 CSR with sorted indices, refused (TuneError) unless square, finite, symmetric and with a
+    positive diagonal (indefiniteness shows up later, as a PCG breakdown)."""
     A = sp.csr_matrix(A, dtype=np.float64)
     A.sum_duplicates()
     A.sort_indices()
@@ -122,19 +127,19 @@ def check_spd_like(A: sp.spmatrix, name: str) -> sp.csr_matrix:
     asym = abs(A - A.T).max() if A.nnz else 0.0
     if asym > 1e-10 * scale:
         raise TuneError(f"{name}: the matrix is not symmetric (max |a_ij - a_ji| = {asym:.3g}, max |a_ij| = "
-                        f"{scale:.3g}); tuning builds an SPD factor preconditioner for PCG, which needs a symmetric "
-                        "positive definite matrix")
+                        f"{scale:.3g}); tuning builds an SPD factor preconditioner for PCG, which needs a "
+                        "symmetric positive definite matrix")
     d = A.diagonal()
     if not (d > 0).all():
         i = int(np.flatnonzero(~(d > 0))[0])
-        raise TuneError(f"{name}: diagonal entry a_ii = {d[i]:g} in row {i} is not positive, so the matrix is not "
-                        "SPD; tuning builds an SPD factor preconditioner for PCG")
+        raise TuneError(f"{name}: diagonal entry a_ii = {d[i]:g} in row {i} is not positive, so the matrix "
+                        "is not SPD; tuning builds an SPD factor preconditioner for PCG")
     return A
 
 
 def check_rhs(B, n: int, name: str) -> np.ndarray:
-    """The user's right-hand sides as an (n, k) float64 array, refused (TuneError) when of the wrong size, non-finite
-    or zero."""
+    """The user's right-hand sides as an (n, k) float64 array, refused (TuneError) when of the wrong size,
+    non-finite or zero."""
     B = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=np.float64)
     if B.ndim == 1 and B.size == n:
         B = B.reshape(n, 1)
@@ -149,23 +154,25 @@ def check_rhs(B, n: int, name: str) -> np.ndarray:
 
 
 def tunable_reason(model, name: str) -> str | None:
-    """Why ``model`` cannot be tuned on a matrix (None when it can): only factor preconditioners (``matrix_type``
-    "llt", e.g. neural_if) are tuned."""
+    """Why ``model`` cannot be tuned on a matrix (None when it can): only factor preconditioners
+    (``matrix_type`` "llt", e.g. neural_if) are tuned."""
     reason = model.matrix_export_reason(name)
     if reason is not None:
         return f"{reason}; tuning adapts a per-matrix preconditioner factor"
     if model.matrix_type != "llt":
-        return (f"{name}'s per-matrix preconditioner is of type {model.matrix_type!r} (D + U U^T: a Jacobi diagonal "
-                "and a low-rank correction); tuning adapts factor preconditioners M = L L^T (neural_if)")
+        return (f"{name}'s per-matrix preconditioner is of type {model.matrix_type!r} (D + U U^T: a Jacobi "
+                "diagonal and a low-rank correction); tuning adapts factor preconditioners M = L L^T "
+                "(neural_if)")
     return None
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the tunable factor and its loss
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 class _Factor:
-    """L(w) on the pattern of tril(A): ``L_ii = B_ii exp(w_ii)``, ``L_ij = B_ij + |a_ij| / sqrt(a_jj) w_ij``."""
+    """L(w) on the pattern of tril(A): ``L_ii = B_ii exp(w_ii)``,
+    ``L_ij = B_ij + |a_ij| / sqrt(a_jj) w_ij``."""
 
     def __init__(self, A: SparseMatrix, B: SparseMatrix):
         low = A.tril()
@@ -181,11 +188,13 @@ class _Factor:
 
     def L(self, w: Tensor | None = None) -> SparseMatrix:
         w = self.w if w is None else w
-        return self.pattern.with_values(torch.where(self.off, self.base + self.scale * w, self.base * torch.exp(w)))
+        return self.pattern.with_values(torch.where(self.off, self.base + self.scale * w,
+                                                    self.base * torch.exp(w)))
 
 
 def _on_pattern(B: SparseMatrix, low: SparseMatrix) -> SparseMatrix:
-    """B's values on the pattern of ``low`` (zero where B has no entry); TuneError when B has entries outside it."""
+    """B's values on the pattern of ``low`` (zero where B has no entry); TuneError when B has entries outside
+    it."""
     Bs = B.detach().to_scipy().tocsr()
     row, col = low.pattern.row.numpy().copy(), low.pattern.col.numpy().copy()
     vals = np.asarray(Bs[row, col]).ravel()
@@ -195,9 +204,9 @@ def _on_pattern(B: SparseMatrix, low: SparseMatrix) -> SparseMatrix:
 
 
 def unrolled_size(iters: int, n: int, share: float = 0.5) -> tuple[int, int]:
-    """(PCG steps, probes) of one loss evaluation: ``share`` of the current iteration count (2 to :data:`MAX_K`) and
-    :data:`NUM_PROBES` probes, fewer of both where steps x probes x n would pass :data:`MAX_UNROLLED` (autograd keeps
-    about six vectors per step and probe: 1 GB at the cap)."""
+    """(PCG steps, probes) of one loss evaluation: ``share`` of the current iteration count (2 to
+    :data:`MAX_K`) and :data:`NUM_PROBES` probes, fewer of both where steps x probes x n would pass
+    :data:`MAX_UNROLLED` (autograd keeps about six vectors per step and probe: 1 GB at the cap)."""
     k = int(min(MAX_K, max(2, int(iters * share))))
     probes = int(max(1, min(NUM_PROBES, MAX_UNROLLED // (k * n))))
     k = int(max(2, min(k, MAX_UNROLLED // (probes * n))))
@@ -205,8 +214,8 @@ def unrolled_size(iters: int, n: int, share: float = 0.5) -> tuple[int, int]:
 
 
 def energy_loss(A: SparseMatrix, L: SparseMatrix, k: int, probes: int, generator: torch.Generator) -> Tensor:
-    """mean over Gaussian probes x* of log(||x* - x_k||_A^2 / ||x*||_A^2), x_k after k PCG steps on A x = A x* from 0
-    with M = L L^T; differentiable w.r.t. L's values."""
+    """mean over Gaussian probes x* of log(||x* - x_k||_A^2 / ||x*||_A^2), x_k after k PCG steps on A x = A x*
+    from 0 with M = L L^T; differentiable w.r.t. L's values."""
     n = A.shape[0]
     xs = torch.randn(1, n, probes, dtype=torch.float64, generator=generator)
     b = A.mv(xs)
@@ -233,9 +242,9 @@ def energy_loss(A: SparseMatrix, L: SparseMatrix, k: int, probes: int, generator
     return torch.log(dot(e, A.mv(e)).clamp_min(1e-300) / dot(xs, b)).mean()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the whole tuning
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name: str, seed: int, rtol: float,
                   maxiter: int, repeats: int, baselines) -> tuple[dict, dict, dict, object]:
@@ -245,8 +254,8 @@ def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name:
     from learnsolve.models.base import one_system_batch, system_matrix
 
     n = A.shape[0]
-    data = make_system(A, b, pos=np.zeros((n, 1)), coeff=np.ones(n), family="matrix_market", params={"name": name},
-                       seed=seed, reference=False, symmetric=True)
+    data = make_system(A, b, pos=np.zeros((n, 1)), coeff=np.ones(n), family="matrix_market",
+                       params={"name": name}, seed=seed, reference=False, symmetric=True)
     batch = one_system_batch(data)
     At = system_matrix(batch)
     bt = batch.b.view(-1).to(torch.float64)
@@ -271,7 +280,8 @@ def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name:
             rows[key] = Row(note="not measured")
             continue
         try:
-            rows[key], P = measure(At, bt, classical_builder(key, At), rtol=rtol, maxiter=maxiter, repeats=repeats)
+            rows[key], P = measure(At, bt, classical_builder(key, At), rtol=rtol, maxiter=maxiter,
+                                   repeats=repeats)
             built[key] = P
         except (FactorizationError, ValueError, RuntimeError) as e:
             rows[key] = Row(note=f"failed: {e}")
@@ -281,17 +291,18 @@ def _measure_rows(model, model_name: str, A: sp.csr_matrix, b: np.ndarray, name:
     return rows, starts, built, batch
 
 
-def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None, budget_s: float = 60.0, rhs=None,
-                rtol: float = 1e-6, maxiter: int = 10_000, seed: int = 0, lr: float = 1e-2, repeats: int = 3,
-                progress: Callable[[dict], None] | None = None, baselines: tuple[str, ...] = CLASSICAL,
-                max_steps: int | None = None) -> TuneResult:
-    """Tune ``model``'s factor preconditioner on the SPD matrix ``A`` (scipy sparse) for at most ``budget_s`` seconds
-    (see the module doc). ``rhs``: the user's right-hand side(s), (n,) or (n, k): the first is the table's b (else a
-    seeded Gaussian b; A r where A 1 = 0), the next two join it in the validation. ``progress(state)`` is called
-    after every measured solve with ``{"seconds", "step", "iters", "best", "start"}``. ``baselines``: the classical rows measured (a subset of
-    :data:`CLASSICAL`; "ic0" and "mic0" are also tuning starts). ``max_steps``: stop after this many steps even
-    within the budget (a reproducible run; None: the budget alone). TuneError for a model that cannot be tuned, a matrix
-    that is not SPD, a bad right-hand side or budget."""
+def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None, budget_s: float = 60.0,
+                rhs=None, rtol: float = 1e-6, maxiter: int = 10_000, seed: int = 0, lr: float = 1e-2,
+                repeats: int = 3, progress: Callable[[dict], None] | None = None,
+                baselines: tuple[str, ...] = CLASSICAL, max_steps: int | None = None) -> TuneResult:
+    """Tune ``model``'s factor preconditioner on the SPD matrix ``A`` (scipy sparse) for at most ``budget_s``
+    seconds (see the module doc). ``rhs``: the user's right-hand side(s), (n,) or (n, k): the first is the
+    table's b (else a seeded Gaussian b; A r where A 1 = 0), the next two join it in the validation.
+    ``progress(state)`` is called after every measured solve with
+    ``{"seconds", "step", "iters", "best", "start"}``. ``baselines``: the classical rows measured (a subset of
+    :data:`CLASSICAL`; "ic0" and "mic0" are also tuning starts). ``max_steps``: stop after this many steps
+    even within the budget (a reproducible run; None: the budget alone). TuneError for a model that cannot be
+    tuned, a matrix that is not SPD, a bad right-hand side or budget."""
     from learnsolve.models.base import matrix_export_of, system_matrix
 
     model_name = model_name or type(model).__name__
@@ -308,30 +319,33 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
     n = A.shape[0]
     B = None if rhs is None else check_rhs(rhs, n, name)
     b = B[:, 0] if B is not None else random_rhs(A, seed, name)
-    rows, starts, built, batch = _measure_rows(model, model_name, A, b, name, seed, rtol, maxiter, repeats, baselines)
+    rows, starts, built, batch = _measure_rows(model, model_name, A, b, name, seed, rtol, maxiter, repeats,
+                                               baselines)
     singular = False
     if B is None and not any(rows[k].converged for k in starts):
         # a Gaussian b outside the range of a singular A (a null vector other than the constants): PCG cannot
         # converge; with the consistent b = A r it can (the table says so)
         singular = True
         b = random_rhs(A, seed, name, singular)
-        rows, starts, built, batch = _measure_rows(model, model_name, A, b, name, seed, rtol, maxiter, repeats,
-                                                   baselines)
+        rows, starts, built, batch = _measure_rows(model, model_name, A, b, name, seed, rtol, maxiter,
+                                                   repeats, baselines)
     if not any(rows[k].converged for k in starts):
         bad = "; ".join(f"{TITLES[k]}: {rows[k].iters} iterations, not converged" for k in starts)
-        raise TuneError(f"{name}: PCG did not converge with any start factor ({bad}); the matrix may be indefinite "
-                        "or singular with a right-hand side outside its range (PCG needs SPD), or maxiter is too "
-                        "small")
+        raise TuneError(f"{name}: PCG did not converge with any start factor ({bad}); the matrix may be "
+                        "indefinite or singular with a right-hand side outside its range (PCG needs SPD), or "
+                        "maxiter is too small")
     At = system_matrix(batch)
     bt = batch.b.view(-1).to(torch.float64)
     start = min((k for k in starts if rows[k].converged), key=lambda k: (rows[k].iters, k != "before"))
     result = TuneResult(name, n, int(A.nnz), "tuned", start, rows, 0.0, None, None, 0, float(budget_s))
-    result.rhs = ("user" if B is not None else "A r, r ~ U(0.5, 1.5) (A is singular: a Gaussian b is not in its range)"
-                  if singular else "Gaussian")
+    result.rhs = ("user" if B is not None
+                  else "A r, r ~ U(0.5, 1.5) (A is singular: a Gaussian b is not in its range)" if singular
+                  else "Gaussian")
 
     t0 = time.perf_counter()
     factor = _Factor(At, starts[start].L)
-    user = [] if B is None else [torch.from_numpy(B[:, j].copy()) for j in range(1, min(B.shape[1], 1 + VAL_EXTRA))]
+    user = ([] if B is None
+            else [torch.from_numpy(B[:, j].copy()) for j in range(1, min(B.shape[1], 1 + VAL_EXTRA))])
     val = [bt, *user] + [torch.from_numpy(random_rhs(A, seed + 1 + i, name, singular))
                          for i in range(VAL_EXTRA - len(user))]
 
@@ -354,7 +368,8 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
         while time.perf_counter() - t0 < budget_s and (max_steps is None or step < max_steps):
             done = max((time.perf_counter() - t0) / budget_s, 0.0 if max_steps is None else step / max_steps)
             phase = sum(done >= p for p in PHASES[1:])
-            if phase != state["phase"]:  # the next phase starts from the best factor, with the first step size
+            # the next phase starts from the best factor, with the first step size
+            if phase != state["phase"]:
                 state["phase"] = phase
                 _restore(factor, best_w, opt, state, lr=lr)
             k, probes = unrolled_size(state["cur"], n, PHASES_K[phase])
@@ -372,7 +387,8 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
             step += 1
             last = time.perf_counter() - t0 >= budget_s or step == max_steps
             # every EVAL_EVERY steps, but measuring (three full solves) takes at most about half of the time
-            if not last and (step % EVAL_EVERY or time.perf_counter() - state["measured_at"] < state["measure_s"]):
+            if not last and (step % EVAL_EVERY
+                             or time.perf_counter() - state["measured_at"] < state["measure_s"]):
                 continue
             t_m = time.perf_counter()
             c = counts(LLT(factor.L(factor.w.detach())))
@@ -392,11 +408,11 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
     result.steps = step
     tuned_L = factor.L(best_w).detach()
     if state.get("nonfinite", 0) > MAX_NONFINITE:
-        result.status = (f"not tuned: the loss was NaN or Inf {MAX_NONFINITE + 1} times in a row, even at the best "
-                         "factor with smaller steps")
+        result.status = (f"not tuned: the loss was NaN or Inf {MAX_NONFINITE + 1} times in a row, even at "
+                         "the best factor with smaller steps")
     elif step == 0:
-        result.status = (f"not tuned: the budget of {budget_s:g} s ended before the first tuning step (measuring the "
-                         f"start factor took {time.perf_counter() - t0:.2f} s)")
+        result.status = (f"not tuned: the budget of {budget_s:g} s ended before the first tuning step "
+                         f"(measuring the start factor took {time.perf_counter() - t0:.2f} s)")
     elif best_total >= sum(start_counts):
         result.status = (f"not tuned: {step} steps did not lower the iterations of the start factor "
                          f"({TITLES.get(start, start)}, {start_counts} on {len(val)} right-hand sides)")
@@ -420,8 +436,8 @@ def tune_matrix(model, A, *, name: str = "matrix", model_name: str | None = None
 
 
 def _restore(factor: _Factor, best_w: Tensor, opt, state: dict, lr: float | None = None) -> None:
-    """Back to the best factor with half the step size (a step made the solve much slower or broke it), or with
-    the step size ``lr`` (a new phase)."""
+    """Back to the best factor with half the step size (a step made the solve much slower or broke it), or
+    with the step size ``lr`` (a new phase)."""
     with torch.no_grad():
         factor.w.copy_(best_w)
     state["lr"] = state["lr"] * 0.5 if lr is None else lr
@@ -434,9 +450,9 @@ def _restore(factor: _Factor, best_w: Tensor, opt, state: dict, lr: float | None
 
 def _end_decision(result: TuneResult, A: SparseMatrix, start, tuned, rtol: float, maxiter: int,
                   singular: bool = False) -> str:
-    """"tuned" when the tuned factor needs fewer iterations than the start in total on the held-out right-hand sides
-    (:data:`HOLDOUT_SEEDS`, never seen in tuning) and at most :data:`HOLDOUT_SLACK` times the start's on each; else
-    "not tuned: ..." (the start is kept)."""
+    """"tuned" when the tuned factor needs fewer iterations than the start in total on the held-out right-hand
+    sides (:data:`HOLDOUT_SEEDS`, never seen in tuning) and at most :data:`HOLDOUT_SLACK` times the start's on
+    each; else "not tuned: ..." (the start is kept)."""
     rhs = [torch.from_numpy(random_rhs(A.to_scipy(), s, result.matrix, singular)) for s in HOLDOUT_SEEDS]
     counts = {"tuned": [], "start": []}
     for r in rhs:
@@ -447,9 +463,9 @@ def _end_decision(result: TuneResult, A: SparseMatrix, start, tuned, rtol: float
     if (all(t <= HOLDOUT_SLACK * s for t, s in zip(counts["tuned"], counts["start"]))
             and sum(counts["tuned"]) < sum(counts["start"])):
         return "tuned"
-    return (f"not tuned: the tuned factor took {counts['tuned']} iterations against the start's {counts['start']} on "
-            f"{len(HOLDOUT_SEEDS)} right-hand sides not used in tuning")
+    return (f"not tuned: the tuned factor took {counts['tuned']} iterations against the start's "
+            f"{counts['start']} on {len(HOLDOUT_SEEDS)} right-hand sides not used in tuning")
 
 
-__all__ = ["CLASSICAL", "MAX_UNROLLED", "ROWS", "TITLES", "TuneError", "TuneResult", "check_rhs", "check_spd_like",
-           "energy_loss", "tunable_reason", "tune_matrix", "unrolled_size"]
+__all__ = ["CLASSICAL", "MAX_UNROLLED", "ROWS", "TITLES", "TuneError", "TuneResult", "check_rhs",
+           "check_spd_like", "energy_loss", "tunable_reason", "tune_matrix", "unrolled_size"]
