@@ -13,12 +13,12 @@ Public API:
   :func:`make_preconditioner`, :func:`triangular_solve`
 - smoothed-aggregation multigrid with differentiable prolongators and Galerkin products (the learned coarse
   spaces of gnn_solver): :func:`build_multigrid` -> :class:`Multigrid` (an SPD V-cycle), :func:`aggregate`,
-  :func:`node_blocks`, :func:`evolution_strong`, :func:`from_pyamg` (a pyamg hierarchy in the compiled cycle); the
-  parts are in :mod:`learnsolve.linalg.preconditioners.multigrid`
+  :func:`node_blocks`, :func:`evolution_strong`, :func:`from_pyamg` (a pyamg hierarchy in the compiled cycle);
+  the parts are in :mod:`learnsolve.linalg.preconditioners.multigrid`
 - a coarse-corrected (balancing) preconditioner on subdomains: :class:`CoarseCorrected`, :func:`subdomains`
 - direct factorisations: :class:`DenseLU`, :class:`SparseLU`
-- diagnostics: :func:`record_solves` (every solve's SolveInfo in a block), :func:`override_backward` (every solve
-  of a block differentiated another way)
+- diagnostics: :func:`record_solves` (every solve's SolveInfo in a block), :func:`override_backward` (every
+  solve of a block differentiated another way)
 - a few entries of x for diagonally dominant A in time independent of n: :func:`local_solve`
 - spectral estimates from CG's Lanczos coefficients (differentiable, no n x n eigensolve):
   :func:`condition_estimate`, :func:`extreme_eigenvalues`, :func:`lanczos_tridiagonal`

@@ -1,17 +1,18 @@
 """``local_solve``: a few entries of x = A^{-1} b in time independent of n, for diagonally dominant A.
 
-For a strictly diagonally dominant A (rho = max_i sum_{j != i} |a_ij| / |a_ii| < 1) the entries of A^{-1} decay
-geometrically with the graph distance (Demko, Moss and Smith 1984): x_i depends, to any accuracy, only on b and A
-near i. ``local_solve`` grows a neighbourhood S of the requested entries by breadth-first search over A's rows,
-doubling its radius, and solves the truncated system A_SS z = b_S exactly (a sparse LU of |S| unknowns) each time.
-It stops when the requested entries moved by at most ``tol`` (relative to their size) between two radii: the
-truncation error shrinks at least geometrically in the radius, so the last change bounds it (an estimate, not a
-proof: the decay constant is not computed). Only rows in S are read: no O(n) work or memory in the forward.
+For a strictly diagonally dominant A (rho = max_i sum_{j != i} |a_ij| / |a_ii| < 1) the entries of A^{-1}
+decay geometrically with the graph distance (Demko, Moss and Smith 1984): x_i depends, to any accuracy, only
+on b and A near i. ``local_solve`` grows a neighbourhood S of the requested entries by breadth-first search
+over A's rows, doubling its radius, and solves the truncated system A_SS z = b_S exactly (a sparse LU of |S|
+unknowns) each time. It stops when the requested entries moved by at most ``tol`` (relative to their size)
+between two radii: the truncation error shrinks at least geometrically in the radius, so the last change
+bounds it (an estimate, not a proof: the decay constant is not computed). Only rows in S are read: no O(n)
+work or memory in the forward.
 
-The result is differentiable w.r.t. A's values and b: the estimate is the exact solution of the local system, so
-its gradient is the local adjoint (one transposed solve with the same factorisation): d x_i / d a_jk = -w_j z_k and
-d x_i / d b_j = w_j for j, k in S, with w = A_SS^{-T} e_i; zero outside S. (Autograd allocates the full-size
-gradient buffers, O(nnz), in the backward.)
+The result is differentiable w.r.t. A's values and b: the estimate is the exact solution of the local system,
+so its gradient is the local adjoint (one transposed solve with the same factorisation): d x_i / d a_jk = -w_j
+z_k and d x_i / d b_j = w_j for j, k in S, with w = A_SS^{-T} e_i; zero outside S. (Autograd allocates the
+full-size gradient buffers, O(nnz), in the backward.)
 """
 
 from __future__ import annotations
@@ -75,16 +76,17 @@ def _local_system(pattern_np, vals: np.ndarray, S: np.ndarray):
     return pos[inside], lrow[inside], j_ok[inside], off / np.where(diag > 0, diag, np.nan)
 
 
-def local_solve(A: SparseMatrix, b: Tensor, index, *, weights=None, tol: float = 1e-3, max_size: int = 200_000,
-                return_info: bool = False):
+def local_solve(A: SparseMatrix, b: Tensor, index, *, weights=None, tol: float = 1e-3,
+                max_size: int = 200_000, return_info: bool = False):
     """Estimate x[index] (or ``weights @ x[index]``) of A x = b without touching the rest of A.
 
     Args:
-        A: a :class:`SparseMatrix` (one matrix, CPU), strictly diagonally dominant on the rows it reads (checked:
-            a row with sum_{j != i} |a_ij| >= |a_ii| raises ``ValueError`` naming it).
+        A: a :class:`SparseMatrix` (one matrix, CPU), strictly diagonally dominant on the rows it reads
+            (checked: a row with sum_{j != i} |a_ij| >= |a_ii| raises ``ValueError`` naming it).
         b: (n,) right-hand side.
         index: an int or a sequence of ints, the requested entries.
-        weights: optional, same length as ``index``: return sum_k weights[k] x[index[k]] (c^T x for a sparse c).
+        weights: optional, same length as ``index``: return sum_k weights[k] x[index[k]] (c^T x for a sparse
+            c).
         tol: relative change of the estimates between two radii at which to stop (the error estimate).
         max_size: neighbourhood size at which to give up (``RuntimeError``: A's inverse does not decay fast
             enough for a local solve; use :func:`solve`).
@@ -92,8 +94,8 @@ def local_solve(A: SparseMatrix, b: Tensor, index, *, weights=None, tol: float =
 
     Returns:
         The estimates, shape (len(index),) (a scalar for an int index or with ``weights``), differentiable
-        w.r.t. ``A``'s values and ``b`` (the gradient is zero outside the neighbourhood); ``(estimates, info)``
-        with ``return_info=True``.
+            w.r.t. ``A``'s values and ``b`` (the gradient is zero outside the neighbourhood);
+            ``(estimates, info)`` with ``return_info=True``.
 
     Raises:
         TypeError: A is not one ``SparseMatrix`` (a batch or a block matrix).
@@ -132,8 +134,9 @@ def local_solve(A: SparseMatrix, b: Tensor, index, *, weights=None, tol: float =
         bad = ~(ratio < 1.0)
         if bad.any():
             row = int(S[np.argmax(bad)])
-            raise ValueError(f"A: row {row} is not strictly diagonally dominant (sum of |off-diagonal| / |diagonal| "
-                             f"= {ratio[np.argmax(bad)]:.3g} >= 1): local_solve needs a decaying inverse; use solve()")
+            raise ValueError(f"A: row {row} is not strictly diagonally dominant (sum of |off-diagonal| / "
+                             f"|diagonal| = {ratio[np.argmax(bad)]:.3g} >= 1): local_solve needs a decaying "
+                             "inverse; use solve()")
         M = sp.csc_matrix((vals[pos], (lr, lc)), shape=(S.size, S.size))
         where = np.searchsorted(S, idx)  # the requested entries' places in the grown S
         z = spla.spsolve(M, bn[S])[where]

@@ -1,6 +1,6 @@
-"""Diagnostics hooks of :func:`learnsolve.linalg.solve`: record every solve made inside a block, or run every solve
-of a block with another backward mode. Used by training callbacks that check the gradient a model trains with
-(the model's code stays unchanged)."""
+"""Diagnostics hooks of :func:`learnsolve.linalg.solve`: record every solve made inside a block, or run every
+solve of a block with another backward mode. Used by training callbacks that check the gradient a model trains
+with (the model's code stays unchanged)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ class SolveRecorder:
 
 @contextlib.contextmanager
 def record_solves() -> Iterator[SolveRecorder]:
-    """``with record_solves() as rec: ...``: ``rec.infos`` lists the solves made in the block (nested blocks each
-    see them)."""
+    """``with record_solves() as rec: ...``: ``rec.infos`` lists the solves made in the block (nested blocks
+    each see them)."""
     rec = SolveRecorder()
     _RECORDERS.append(rec)
     try:
@@ -45,8 +45,8 @@ def record_solves() -> Iterator[SolveRecorder]:
 
 @contextlib.contextmanager
 def override_backward(mode: str, unroll_steps: int | None = None) -> Iterator[None]:
-    """Every :func:`solve` inside the block differentiates with ``mode`` (and ``unroll_steps`` for "truncated"),
-    whatever its caller asked; direct solves stay implicit."""
+    """Every :func:`solve` inside the block differentiates with ``mode`` (and ``unroll_steps`` for
+    "truncated"), whatever its caller asked; direct solves stay implicit."""
     if mode not in BACKWARD_MODES:
         raise ValueError(f"unknown backward mode {mode!r}; choose one of {', '.join(BACKWARD_MODES)}")
     if mode == "truncated" and (unroll_steps is None or int(unroll_steps) < 1):

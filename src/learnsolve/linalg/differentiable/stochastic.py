@@ -5,17 +5,18 @@ iteration at random instead (Russian roulette on a telescoping sum). Write the c
 
     lambda = lambda_m + (lambda - lambda_m)
 
-where lambda_m is the iterate after m = ceil(truncate * K) iterations, K being the FORWARD solve's iteration count
-(the adjoint has the same operator, preconditioner and tolerance, so it needs about as many). The first term is
-always computed; the second only with probability ``survive``, then divided by it:
+where lambda_m is the iterate after m = ceil(truncate * K) iterations, K being the FORWARD solve's iteration
+count (the adjoint has the same operator, preconditioner and tolerance, so it needs about as many). The first
+term is always computed; the second only with probability ``survive``, then divided by it:
 
     estimate = lambda_m + 1[U < survive] (lambda - lambda_m) / survive,        U ~ Uniform(0, 1)
 
-E[estimate] = lambda exactly (the iterates are deterministic), so every gradient formed from it (dL/db = lambda,
-dL/dA = -lambda x^T, linear in lambda) is unbiased. The continuation restarts the method from lambda_m (a warm
-start: any method works, including the compiled CG path). Expected cost, in adjoint iterations:
-m + survive * (K' - m) ~ (truncate + survive (1 - truncate)) K; defaults 0.4 and 0.1: about 0.46 of the implicit
-backward. Variance: (1 - survive) / survive * ||lambda - lambda_m||^2, i.e. set by how far m iterations get.
+E[estimate] = lambda exactly (the iterates are deterministic), so every gradient formed from it (dL/db =
+lambda, dL/dA = -lambda x^T, linear in lambda) is unbiased. The continuation restarts the method from lambda_m
+(a warm start: any method works, including the compiled CG path). Expected cost, in adjoint iterations:
+m + survive * (K' - m) ~ (truncate + survive (1 - truncate)) K; defaults 0.4 and 0.1: about 0.46 of the
+implicit backward. Variance: (1 - survive) / survive * ||lambda - lambda_m||^2, i.e. set by how far m
+iterations get.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def roulette_adjoint(tspec, opT, G: Tensor, truncate: float | None, survive: flo
                      generator: torch.Generator | None) -> tuple[Tensor, dict]:
     """(unbiased estimate of A^{-T} G, {"iterations": adjoint iterations spent, "continued": bool}).
 
-    ``tspec``: the adjoint problem's spec (``learnsolve.linalg.differentiable.solve._Spec``); G: one right-hand side (1, n, 1)."""
+    ``tspec``: the adjoint problem's spec (``learnsolve.linalg.differentiable.solve._Spec``); G: one
+    right-hand side (1, n, 1)."""
     t = TRUNCATE if truncate is None else float(truncate)
     c = SURVIVE if survive is None else float(survive)
     m = max(1, math.ceil(t * max(forward_iters, 1)))

@@ -23,7 +23,8 @@ Preconditioner ``pkind``: 0 none, 1 Jacobi (``dinv`` (V, n), applied on the fly)
 CSR with column indices, ``dinv2`` (V, n)): two unit triangular sweeps per iteration.
 
 Per iteration and task (n_t rows, m_t stored entries): one matrix sweep O(m_t + n_t) (which also applies the
-previous step to x, so the vector sweep reads only r and q) and one vector sweep O(n_t) (plus the two O(nnz(L)) triangular sweeps for ``pkind = 2``). Dot products accumulate in float64.
+previous step to x, so the vector sweep reads only r and q) and one vector sweep O(n_t) (plus the two
+O(nnz(L)) triangular sweeps for ``pkind = 2``). Dot products accumulate in float64.
 
 Measured and dropped: running 8 systems of a batch in lock-step with their vectors and values interleaved
 ((n, S) row-major, the inner loop over the 8 systems for SIMD) cost 8.4-12 us per system for one SpMV at
@@ -35,8 +36,9 @@ Per task: column ``tcol``, rows ``tr0``..``tr1``, matrix value set ``tval``, pre
 ``rz`` (T,), ``beta`` (T,): CG scalars carried between calls; ``iters`` (T,) iterations done.
 ``status``: ``FRESH`` (start or restart: compute z = M r, r^T z, direction p = z), ``ACTIVE``,
 ``CONVERGED`` (||r|| <= tol), ``NOT_PD`` (p^T A p <= 0), ``PREC_NOT_PD`` (r^T M r < 0), ``NONFINITE``,
-``MAXITER``, ``STAGNATED`` (set by the caller: the true residual stalled). One call runs every FRESH/ACTIVE task for at most ``chunk`` iterations (and at most
-``maxit - iters``), writing ||r|| after each into ``hist[t, 1..h]`` and ``h`` into ``nhist[t]``.
+``MAXITER``, ``STAGNATED`` (set by the caller: the true residual stalled). One call runs every FRESH/ACTIVE
+task for at most ``chunk`` iterations (and at most ``maxit - iters``), writing ||r|| after each into
+``hist[t, 1..h]`` and ``h`` into ``nhist[t]``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from . import csr  # noqa: F401  (sets numba's threading layer before the first 
 
 FRESH, ACTIVE, CONVERGED, NOT_PD, PREC_NOT_PD, NONFINITE, MAXITER, STAGNATED = 0, 1, 2, 3, 4, 5, 6, 7
 
-__all__ = ["ACTIVE", "CONVERGED", "FRESH", "MAXITER", "NONFINITE", "NOT_PD", "PREC_NOT_PD", "STAGNATED", "pcg"]
+__all__ = ["ACTIVE", "CONVERGED", "FRESH", "MAXITER", "NONFINITE", "NOT_PD", "PREC_NOT_PD",
+           "STAGNATED", "pcg"]
 
 # Every index is cast to unsigned before use: numba adds a negative-index wrap-around test to each access with
 # a signed index, which made the SpMV 1.5x slower (measured at n = 512^2).

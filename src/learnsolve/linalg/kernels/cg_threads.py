@@ -1,4 +1,5 @@
-"""One large (P)CG system on several cores: one start of the threads per call, one reduction point per iteration.
+"""One large (P)CG system on several cores: one start of the threads per call, one reduction point per
+iteration.
 
 The iteration is the Chronopoulos-Gear form of PCG (Chronopoulos and Gear 1989): with u = M r and w = A u,
 
@@ -11,17 +12,17 @@ the threads meet once per iteration (delta_i - beta_i gamma_i / alpha_{i-1} is p
 its rounding drift is what the caller's true-residual confirmation guards).
 
 Jacobi preconditioning is folded into the matrix (``pkind = 1``): the caller passes D^{-1/2} A D^{-1/2} (unit
-diagonal, ``diag`` unused) and the scaled vectors r^ = D^{-1/2} r, x^ = D^{1/2} x; plain CG on the scaled system is
-Jacobi-PCG on the original, gamma = r^T D^{-1} r = ||r^||^2, and the stopping test uses ||r||^2 = sum d_i r^_i^2
-(``dv`` = d). This saves the diagonal stream and the 1/d scaling of every gathered entry.
+diagonal, ``diag`` unused) and the scaled vectors r^ = D^{-1/2} r, x^ = D^{1/2} x; plain CG on the scaled
+system is Jacobi-PCG on the original, gamma = r^T D^{-1} r = ||r^||^2, and the stopping test uses ||r||^2 =
+sum d_i r^_i^2 (``dv`` = d). This saves the diagonal stream and the 1/d scaling of every gathered entry.
 
-Layout: A exactly symmetric, stored as its strictly lower triangle (``indptr``, ``off`` = i - j, ``vals``) plus
-``diag``, as in :mod:`.cg`; the sweep gathers the lower part of row i from u_j (j < i, already
+Layout: A exactly symmetric, stored as its strictly lower triangle (``indptr``, ``off`` = i - j, ``vals``)
+plus ``diag``, as in :mod:`.cg`; the sweep gathers the lower part of row i from u_j (j < i, already
 updated in this sweep) and scatters a_ij u_i into w_j, and keeps w_{i-1} in a register. Threads own contiguous
-row blocks ``bounds[t]..bounds[t+1]``; an entry whose column lies in an earlier block ("cross" entry) is skipped
-by the sweep and applied after the first barrier by both owners, each to its own rows (``xr``, ``xc``, ``xp``
-list, per thread, the cross entries touching its rows), so no two threads write one place. Partial sums are
-written per thread and combined in thread order by every thread: results are
+row blocks ``bounds[t]..bounds[t+1]``; an entry whose column lies in an earlier block ("cross" entry) is
+skipped by the sweep and applied after the first barrier by both owners, each to its own rows (``xr``, ``xc``,
+``xp`` list, per thread, the cross entries touching its rows), so no two threads write one place. Partial sums
+are written per thread and combined in thread order by every thread: results are
 bitwise identical from run to run for a given thread count.
 
 Threads: the caller starts ``T - 1`` Python threads on :func:`cg_block` (``nogil``) and runs ``tid = 0``
@@ -30,11 +31,11 @@ yielding the core after a short spin (on an oversubscribed machine a waiting thr
 waits for).
 
 Measured on 2 cores (float64, 5-point Poisson, time per iteration against the one-thread kernel of :mod:`.cg`,
-interleaved, ``python scripts/bench_linalg.py --only threads``): 0.57-0.72x at 64^2 and 0.45-0.54x at 1000^2 on a
-quiet machine; 0.96-1.25x at 181^2 (diffusion2d) in an earlier interleaved run (hence ``fused.PAR_MIN_ROWS =
-40000``). A
-single-thread sweep costs about 5-7 ns per row; signed indices cost 1.5x (a wrap-around test per access), int32
-row pointers and a separate sub-diagonal array gave no measurable gain.
+interleaved, ``python scripts/bench_linalg.py --only threads``): 0.57-0.72x at 64^2 and 0.45-0.54x at 1000^2
+on a quiet machine; 0.96-1.25x at 181^2 (diffusion2d) in an earlier interleaved run (hence
+``fused.PAR_MIN_ROWS = 40000``). A
+single-thread sweep costs about 5-7 ns per row; signed indices cost 1.5x (a wrap-around test per access),
+int32 row pointers and a separate sub-diagonal array gave no measurable gain.
 """
 
 from __future__ import annotations
@@ -83,11 +84,13 @@ def _atomic_load(typingctx, arr):
 
 @intrinsic
 def _sched_yield(typingctx):
-    """libc's sched_yield(): give the core to another runnable thread (declared by name: the kernels stay cacheable)."""
+    """libc's sched_yield(): give the core to another runnable thread (declared by name: the kernels stay
+    cacheable)."""
     sig = types.int32()
 
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                            "sched_yield")
         return builder.call(fn, [])
 
     return sig, codegen
@@ -155,7 +158,8 @@ def _sweep(setup, al, be, r0, r1, indptr, off, av, dg, pkind, dv, X, R, P, S, W)
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _cross(R, W, rows, cols, pos, av):
-    """W[rows] += a * u[cols] for the listed cross entries (rows owned by the caller); returns sum a u_r u_c."""
+    """W[rows] += a * u[cols] for the listed cross entries (rows owned by the caller); returns sum a u_r
+    u_c."""
     de = 0.0
     for e in range(rows.shape[0]):
         i = rows[e]
@@ -173,10 +177,11 @@ def cg_block(tid, T, bounds, indptr, off, av, dg, pkind, dv, xptr, xr, xc, xp,
              X, R, P, S, W, state, status, iters, maxit, tol2, hist, nhist, chunk, part, bar):
     """Thread ``tid``'s part of at most ``chunk`` iterations (see the module docstring).
 
-    ``xptr`` (T + 1,) delimits thread t's cross entries ``xr`` (its rows), ``xc`` (the other end), ``xp`` (their
-    positions in ``av``); every cross entry is listed twice, once for each owner. ``state`` = [gamma, alpha, beta]
-    carried between calls, ``status`` / ``iters`` / ``nhist`` (1,) and ``hist`` (chunk + 1,) written by thread 0,
-    ``part`` (2, T, 3) the per-thread partial sums, ``bar`` (1,) the barrier counter (zero at the call).
+    ``xptr`` (T + 1,) delimits thread t's cross entries ``xr`` (its rows), ``xc`` (the other end), ``xp``
+    (their positions in ``av``); every cross entry is listed twice, once for each owner. ``state`` = [gamma,
+    alpha, beta] carried between calls, ``status`` / ``iters`` / ``nhist`` (1,) and ``hist`` (chunk + 1,)
+    written by thread 0, ``part`` (2, T, 3) the per-thread partial sums, ``bar`` (1,) the barrier counter
+    (zero at the call).
     """
     r0, r1 = bounds[tid], bounds[tid + 1]
     e0, e1 = xptr[tid], xptr[tid + 1]
@@ -193,7 +198,8 @@ def cg_block(tid, T, bounds, indptr, off, av, dg, pkind, dv, xptr, xr, xc, xp,
         k += 1
         _barrier(bar, k, T)
         de += _cross(R, W, xr[e0:e1], xc[e0:e1], xp[e0:e1], av) if e1 > e0 else 0.0
-        q = (k >> 1) & 1  # two sets of partials, alternating: a set is rewritten two barriers after it was read
+        # two sets of partials, alternating: a set is rewritten two barriers after it was read
+        q = (k >> 1) & 1
         part[q, tid, 0] = rr
         part[q, tid, 1] = g
         part[q, tid, 2] = de

@@ -101,8 +101,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 __all__ = [
-    "csr_diag_positions", "csr_trsv", "csr_trsv_unit", "ic0", "ilu0", "ldlt_factor", "trsv_levels", "trsv_unit_lower",
-    "trsv_unit_upper",
+    "csr_diag_positions", "csr_trsv", "csr_trsv_unit", "ic0", "ilu0", "ldlt_factor", "trsv_levels",
+    "trsv_unit_lower", "trsv_unit_upper",
 ]
 
 

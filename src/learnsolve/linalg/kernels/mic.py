@@ -2,13 +2,13 @@
 
 ``ic0_upper(indptr, indices, data, modified) -> (U_data (B, nnz), info int64 (B,))``: for each batch member,
 ``A ~ U^T U`` with ``U`` on the pattern of ``triu(A)`` (CSR, sorted columns, the diagonal first in every row).
-Column ``k`` of the elimination is row ``k`` of ``U``: ``u_kk = sqrt(w_kk)``, ``u_kj = w_kj / u_kk``, then every
-pair ``k < i <= j`` of row ``k`` updates ``w_ij -= u_ki u_kj``. An update that falls outside the pattern (fill-in)
-is dropped (IC(0)) or, with ``modified``, subtracted from both diagonals ``w_ii`` and ``w_jj`` instead: the row
-sums of ``U^T U`` then equal those of ``A`` (Gustafsson's MIC(0), no relaxation), which is what removes IC(0)'s
-smallest eigenvalues on diffusion problems. ``info`` is -1, or the first row with a missing diagonal or a pivot
-that is not positive and finite. Cost per member: sum over rows of (row length)^2 / 2 binary searches.
-No torch is imported here.
+Column ``k`` of the elimination is row ``k`` of ``U``: ``u_kk = sqrt(w_kk)``, ``u_kj = w_kj / u_kk``, then
+every pair ``k < i <= j`` of row ``k`` updates ``w_ij -= u_ki u_kj``. An update that falls outside the pattern
+(fill-in) is dropped (IC(0)) or, with ``modified``, subtracted from both diagonals ``w_ii`` and ``w_jj``
+instead: the row sums of ``U^T U`` then equal those of ``A`` (Gustafsson's MIC(0), no relaxation), which is
+what removes IC(0)'s smallest eigenvalues on diffusion problems. ``info`` is -1, or the first row with a
+missing diagonal or a pivot that is not positive and finite. Cost per member: sum over rows of (row length)^2
+/ 2 binary searches. No torch is imported here.
 """
 
 from __future__ import annotations

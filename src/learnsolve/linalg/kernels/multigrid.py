@@ -1,19 +1,20 @@
 """Compiled symmetric V(1,1)-cycle of a multigrid hierarchy stored as ONE global CSR (no torch imported here).
 
-The levels 0..L-1 (smoothed) and the coarsest level L occupy the consecutive index ranges ``off[l]:off[l + 1]``
-(``off`` has L + 2 entries) of global vectors. ``aptr, aidx, aval``: the block-diagonal CSR of A_0..A_{L-1}
-(global column indices, sorted in each row), ``adiag`` the position of each row's diagonal entry in it, ``dinv``
-the inverse diagonals; ``pptr, pidx, pval``: the CSR of
-the prolongators, row i of level l holding P_l's row with global column indices of level l + 1; ``lc`` the dense
-lower Cholesky factor of A_L. ``b`` and ``x`` are work vectors of the global length.
+The levels 0..L-1 (smoothed) and the coarsest level L occupy the consecutive index ranges
+``off[l]:off[l + 1]`` (``off`` has L + 2 entries) of global vectors. ``aptr, aidx, aval``: the block-diagonal
+CSR of A_0..A_{L-1} (global column indices, sorted in each row), ``adiag`` the position of each row's diagonal
+entry in it, ``dinv`` the inverse diagonals; ``pptr, pidx, pval``: the CSR of
+the prolongators, row i of level l holding P_l's row with global column indices of level l + 1; ``lc`` the
+dense lower Cholesky factor of A_L. ``b`` and ``x`` are work vectors of the global length.
 
-``vcycle(off, aptr, aidx, aval, adiag, dinv, pptr, pidx, pval, lc, r, out, b, x)``: out = M^{-1} r for the cycle
+``vcycle(off, aptr, aidx, aval, adiag, dinv, pptr, pidx, pval, lc, r, out, b, x)``: out = M^{-1} r for the
+cycle
 
     x = (D + L)^{-1} r;  x += P (cycle on P^T (r - A x));  x += (D + U)^{-1} (r - A x)
 
-on every level (the post-smoothing is an in-place backward Gauss-Seidel sweep, equal in exact arithmetic), with a
-Cholesky solve on the coarsest. Cost per call: about 2 nnz(A_l) + 2 nnz(P_l) multiply-adds per level plus
-nc^2 on the coarsest.
+on every level (the post-smoothing is an in-place backward Gauss-Seidel sweep, equal in exact arithmetic),
+with a Cholesky solve on the coarsest. Cost per call: about 2 nnz(A_l) + 2 nnz(P_l) multiply-adds per level
+plus nc^2 on the coarsest.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ class LinearOperator(abc.ABC):
         """The transposed operator (same parameters, so gradients flow through it)."""
 
     def matvec(self, x: Tensor) -> Tensor:
-        """``A @ x`` for x of shape (m,), (m, k), or batched (B, m) / (B, m, k) like torch.linalg.differentiable.solve."""
+        """``A @ x`` for x of shape (m,), (m, k), or batched (B, m) / (B, m, k) like
+        torch.linalg.differentiable.solve."""
         X, layout = canonicalize(x, self.shape[1], self.batch_size, None, name="x")
         Y = self.mv(X)
         out = list(layout.shape)

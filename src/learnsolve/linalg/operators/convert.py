@@ -1,4 +1,5 @@
-"""``as_operator``: what ``solve`` and the Krylov methods accept as A, turned into a :class:`LinearOperator`."""
+"""``as_operator``: what ``solve`` and the Krylov methods accept as A, turned into a
+:class:`LinearOperator`."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def as_operator(A) -> LinearOperator:
     except ImportError:  # pragma: no cover
         pass
     if callable(A):
-        raise TypeError("a bare callable is not an operator: wrap it as MatrixFreeOperator(matvec, shape, params)")
+        raise TypeError("a bare callable is not an operator: wrap it as MatrixFreeOperator(matvec, shape, "
+                        "params)")
     raise TypeError(
         f"A must be a torch.Tensor, a SparseMatrix, a LinearOperator or a scipy sparse matrix, "
         f"got {type(A).__name__}")

@@ -19,11 +19,11 @@ from torch import Tensor
 def block_sum(X: Tensor, segment: Tensor, G: int, lengths: Tensor | None = None) -> Tensor:
     """Sum the rows of each block: (B, n, *rest) -> (B, G, *rest), row i into block ``segment[i]``.
 
-    ``lengths`` (G,): the block sizes when the blocks are contiguous and in order (rows of block g before those of
-    block g + 1); then, where no gradient is recorded, ``torch.segment_reduce`` (it has no double backward).
-    Otherwise ``index_add`` along the LEADING axis (differentiable twice). Measured on one core (n = 65536,
-    float64): ``index_add`` along the middle axis of a (1, n, 1) block took 2.5 ms, ``segment_reduce`` 0.06 ms,
-    the leading-axis ``index_add`` 0.2 ms.
+    ``lengths`` (G,): the block sizes when the blocks are contiguous and in order (rows of block g before
+    those of block g + 1); then, where no gradient is recorded, ``torch.segment_reduce`` (it has no double
+    backward). Otherwise ``index_add`` along the LEADING axis (differentiable twice). Measured on one core (n
+    = 65536, float64): ``index_add`` along the middle axis of a (1, n, 1) block took 2.5 ms,
+    ``segment_reduce`` 0.06 ms, the leading-axis ``index_add`` 0.2 ms.
     """
     Xt = X.movedim(1, 0)  # (n, B, *rest)
     if lengths is not None and not (torch.is_grad_enabled() and X.requires_grad):
@@ -34,9 +34,9 @@ def block_sum(X: Tensor, segment: Tensor, G: int, lengths: Tensor | None = None)
 class Reducer:
     """Per-system inner products over the ``n`` axis of ``(B, n, k)`` blocks.
 
-    ``segment`` (n,) int64 maps each row to its diagonal block (``None``: one block); the blocks are contiguous
-    and in order (rows of block g come before those of block g + 1), as in a PyG batch. Scalars returned by
-    :meth:`dot` have shape ``(B, G, k)``; :meth:`expand` broadcasts them back to rows.
+    ``segment`` (n,) int64 maps each row to its diagonal block (``None``: one block); the blocks are
+    contiguous and in order (rows of block g come before those of block g + 1), as in a PyG batch. Scalars
+    returned by :meth:`dot` have shape ``(B, G, k)``; :meth:`expand` broadcasts them back to rows.
 
     Cost: one pass over the vectors (:func:`block_sum`); one block is a plain dot product.
     """

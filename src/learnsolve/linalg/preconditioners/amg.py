@@ -19,15 +19,16 @@ class AMG(Preconditioner):
     sweeps; other smoothers fall back to a second hierarchy built on A^T, a preconditioner for A^T
     that is not exactly M^{-T}).
 
-    ``cycle``: "pyamg" runs pyamg's own cycle (its smoothers, in Python and numpy); "compiled" (symmetric A only)
-    runs pyamg's hierarchy -- its matrices and prolongators -- in learnsolve's compiled symmetric V(1,1)-cycle
-    (:func:`learnsolve.linalg.preconditioners.multigrid.from_pyamg`: one forward and one backward Gauss-Seidel sweep, dense
-    Cholesky on the coarsest level): less time per iteration than pyamg's cycle for somewhat more iterations
-    (pyamg's default smoothers sweep twice); measured: docs/benchmarks/learned-amg.md. If the compiled cycle cannot
-    be built (a coarsest matrix that is not numerically definite) pyamg's cycle is used and :attr:`cycle` says so.
+    ``cycle``: "pyamg" runs pyamg's own cycle (its smoothers, in Python and numpy); "compiled" (symmetric A
+    only) runs pyamg's hierarchy -- its matrices and prolongators -- in learnsolve's compiled symmetric
+    V(1,1)-cycle (:func:`learnsolve.linalg.preconditioners.multigrid.from_pyamg`: one forward and one backward
+    Gauss-Seidel sweep, dense Cholesky on the coarsest level): less time per iteration than pyamg's cycle for
+    somewhat more iterations (pyamg's default smoothers sweep twice); measured:
+    docs/benchmarks/learned-amg.md. If the compiled cycle cannot be built (a coarsest matrix that is not
+    numerically definite) pyamg's cycle is used and :attr:`cycle` says so.
 
-    ``host_blas``: pyamg's cycle runs numpy code, so the Krylov loop holds numpy's BLAS pool to one thread while it
-    runs (:mod:`learnsolve.linalg.solvers.threads`): the cycle then runs at pyamg's own speed.
+    ``host_blas``: pyamg's cycle runs numpy code, so the Krylov loop holds numpy's BLAS pool to one thread
+    while it runs (:mod:`learnsolve.linalg.solvers.threads`): the cycle then runs at pyamg's own speed.
 
     Args:
         A: the operator (converted to a scipy CSR matrix, float64; one matrix, not a batch).

@@ -1,5 +1,6 @@
-"""The preconditioner protocol: :class:`Preconditioner` (``apply`` M^{-1}, ``apply_transpose`` M^{-T} on canonical
-(B, n, k) blocks, ``.T``), :class:`FunctionPreconditioner` for callables, :class:`FactorizationError`."""
+"""The preconditioner protocol: :class:`Preconditioner` (``apply`` M^{-1}, ``apply_transpose`` M^{-T} on
+canonical (B, n, k) blocks, ``.T``), :class:`FunctionPreconditioner` for callables,
+:class:`FactorizationError`."""
 
 from __future__ import annotations
 
@@ -82,4 +83,5 @@ def _as_sparse(op: LinearOperator, what: str) -> SparseMatrix:
         return op
     if isinstance(op, DenseOperator):
         return SparseMatrix.from_dense(op.A)
-    raise TypeError(f"{what} needs an explicit matrix (SparseMatrix or dense tensor), got {type(op).__name__}")
+    raise TypeError(f"{what} needs an explicit matrix (SparseMatrix or dense tensor), got "
+                    f"{type(op).__name__}")

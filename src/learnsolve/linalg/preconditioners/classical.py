@@ -76,7 +76,8 @@ class LLT(Preconditioner):
 
     def __init__(self, L: SparseMatrix, sweeps: int | None = None):
         if sweeps is not None and int(sweeps) < 1:
-            raise ValueError(f"sweeps must be a positive number of Jacobi sweeps (or None: exact solves), got {sweeps}")
+            raise ValueError("sweeps must be a positive number of Jacobi sweeps (or None: exact solves), got "
+                             f"{sweeps}")
         self.sweeps = None if sweeps is None else int(sweeps)
         if not isinstance(L, SparseMatrix):
             raise TypeError(f"LLT expects a SparseMatrix factor, got {type(L).__name__}")
@@ -149,9 +150,9 @@ class IC0(LLT):
         else:
             row = int(info[info >= 0].min())
             raise FactorizationError(
-                f"{self.name} broke down at row {row} (non-positive pivot{'' if shift == 0 else f', shift {s}'}): "
-                "A may not be SPD; pass shift='auto' (or a float) to factor A + shift*diag(A), "
-                "or use ilu0/jacobi", row)
+                f"{self.name} broke down at row {row} (non-positive "
+                f"pivot{'' if shift == 0 else f', shift {s}'}): A may not be SPD; pass shift='auto' (or a "
+                "float) to factor A + shift*diag(A), or use ilu0/jacobi", row)
         self.shift = s
         vals = torch.from_numpy(L).to(S.device)
         vals = vals if S.batch_size is not None else vals[0]
@@ -161,7 +162,8 @@ class IC0(LLT):
 
     @staticmethod
     def _factor(low: SparseMatrix, data: np.ndarray):
-        """(L values (B, nnz(low)), info (B,)) of the factor of the lower triangle ``low`` with values ``data``."""
+        """(L values (B, nnz(low)), info (B,)) of the factor of the lower triangle ``low`` with values
+        ``data``."""
         indptr, indices = _np_pattern(low.pattern)
         return _kernels.ic0(indptr, indices, data)
 
@@ -169,8 +171,8 @@ class IC0(LLT):
 class MIC0(IC0):
     """Modified incomplete Cholesky (MIC(0)) of an SPD A: M = L L^T on tril(A)'s pattern, the same nonzeros as
     IC(0), with every dropped fill-in entry subtracted from the two diagonal entries of its row and column, so
-    that ``L L^T 1 = A 1`` (row sums preserved). On diffusion problems this removes IC(0)'s smallest eigenvalues:
-    iterations grow like the grid side's square root instead of the grid side (Gustafsson 1978).
+    that ``L L^T 1 = A 1`` (row sums preserved). On diffusion problems this removes IC(0)'s smallest
+    eigenvalues: iterations grow like the grid side's square root instead of the grid side (Gustafsson 1978).
 
     Same ``shift`` / ``"auto"`` breakdown handling as :class:`IC0` (MIC(0) breaks down more often outside
     M-matrices); compiled right-looking factorisation on the upper triangle (``_kernels_mic.ic0_upper``).
@@ -197,7 +199,8 @@ class ILU0(Preconditioner):
 
     def __init__(self, A: LinearOperator, sweeps: int | None = None):
         if sweeps is not None and int(sweeps) < 1:
-            raise ValueError(f"sweeps must be a positive number of Jacobi sweeps (or None: exact solves), got {sweeps}")
+            raise ValueError("sweeps must be a positive number of Jacobi sweeps (or None: exact solves), got "
+                             f"{sweeps}")
         self.sweeps = None if sweeps is None else int(sweeps)
         S = _as_sparse(A, "ILU(0)").detach()
         indptr, indices = _np_pattern(S.pattern)
@@ -253,11 +256,13 @@ class LowRankDiagonal(Preconditioner):
         if segment is not None:
             segment = segment.long().to(self.D.device)
             if segment.shape != (n,):
-                raise ValueError(f"LowRankDiagonal: segment must have shape ({n},), got {tuple(segment.shape)}")
+                raise ValueError(f"LowRankDiagonal: segment must have shape ({n},), got "
+                                 f"{tuple(segment.shape)}")
             if num_blocks is None:
                 num_blocks = int(segment.max()) + 1 if n else 0
         self.G = 1 if segment is None else int(num_blocks)
-        # one block: the plain products below, not the (n, r, k) temporaries (at n = 65536, r = 8: 0.3 vs 3.4 ms)
+        # one block: the plain products below, not the (n, r, k) temporaries (at n = 65536, r = 8: 0.3
+        # vs 3.4 ms)
         self.segment = segment if self.G > 1 else None
         self.Dinv = (1.0 / self.D).unsqueeze(-1)  # (B, n, 1)
         r = self.U.shape[-1]

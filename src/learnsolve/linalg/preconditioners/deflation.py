@@ -1,16 +1,18 @@
-"""A coarse-corrected (balancing / deflated) preconditioner on subdomains: lifts the small eigenvalues of B^{-1} A.
+"""A coarse-corrected (balancing / deflated) preconditioner on subdomains: lifts the small eigenvalues of
+B^{-1} A.
 
-:func:`subdomains` groups the unknowns of every system into subdomains of about ``9^levels`` unknowns (repeated
-aggregation of A's graph, :func:`learnsolve.linalg.preconditioners.multigrid.aggregate`; subdomains never cross the systems of a
-block-diagonal PyG batch). With Z = diag(w) S (S the 0/1 subdomain indicator, w > 0 per unknown: w = 1 is
-Nicolaides' piecewise-constant coarse space) and Q = Z (Z^T A Z)^{-1} Z^T,
+:func:`subdomains` groups the unknowns of every system into subdomains of about ``9^levels`` unknowns
+(repeated aggregation of A's graph, :func:`learnsolve.linalg.preconditioners.multigrid.aggregate`; subdomains
+never cross the systems of a block-diagonal PyG batch). With Z = diag(w) S (S the 0/1 subdomain indicator, w >
+0 per unknown: w = 1 is Nicolaides' piecewise-constant coarse space) and Q = Z (Z^T A Z)^{-1} Z^T,
 
     M^{-1} = Q + (I - Q A) B^{-1} (I - A Q)
 
-(the balancing form) is symmetric positive definite for SPD A and SPD B^{-1}: on the A-orthogonal complement of
-range(Z) it acts as B^{-1}, on range(Z) it solves exactly, so the smooth modes that make B-PCG slow (IC(0), MIC(0),
-Jacobi) are removed. An application costs B^{-1} + 2 SpMVs + O(n) + a dense solve with the m x m coarse matrix
-(m = number of subdomains of the batch); it is differentiable w.r.t. w (learned coarse spaces, ``lowrank_precond``).
+(the balancing form) is symmetric positive definite for SPD A and SPD B^{-1}: on the A-orthogonal complement
+of range(Z) it acts as B^{-1}, on range(Z) it solves exactly, so the smooth modes that make B-PCG slow (IC(0),
+MIC(0), Jacobi) are removed. An application costs B^{-1} + 2 SpMVs + O(n) + a dense solve with the m x m
+coarse matrix (m = number of subdomains of the batch); it is differentiable w.r.t. w (learned coarse spaces,
+``lowrank_precond``).
 """
 
 from __future__ import annotations
@@ -43,18 +45,22 @@ def subdomains(A: SparseMatrix, levels: int = 2, theta: float = 0.0) -> tuple[Te
 
 
 class CoarseCorrected(Preconditioner):
-    """M^{-1} = Q + (I - Q A) B^{-1} (I - A Q) with Q = Z (Z^T A Z)^{-1} Z^T, Z = diag(w) S (see the module doc).
+    """M^{-1} = Q + (I - Q A) B^{-1} (I - A Q) with Q = Z (Z^T A Z)^{-1} Z^T, Z = diag(w) S (see the module
+    doc).
 
     A: the SPD :class:`SparseMatrix` (one value set); base: B^{-1} (a symmetric :class:`Preconditioner`);
-    subdomain (n,) int64 (-1: no subdomain) and m from :func:`subdomains`; weights w (n,) > 0 or None (ones)."""
+    subdomain (n,) int64 (-1: no subdomain) and m from :func:`subdomains`; weights w (n,) > 0 or None
+    (ones)."""
 
     symmetric = True
 
-    def __init__(self, A: SparseMatrix, base: Preconditioner, subdomain: Tensor, m: int, weights: Tensor | None = None):
+    def __init__(self, A: SparseMatrix, base: Preconditioner, subdomain: Tensor, m: int,
+                 weights: Tensor | None = None):
         if A.batch_size is not None:
             raise ValueError("CoarseCorrected: A must hold one value set (a block-diagonal batch is one)")
         if subdomain.shape != (A.shape[0],):
-            raise ValueError(f"CoarseCorrected: subdomain must have shape ({A.shape[0]},), got {tuple(subdomain.shape)}")
+            raise ValueError(f"CoarseCorrected: subdomain must have shape ({A.shape[0]},), got "
+                             f"{tuple(subdomain.shape)}")
         self.A, self.base, self.m = A, base, int(m)
         on = subdomain >= 0
         self.idx = on.nonzero().squeeze(1)
@@ -69,15 +75,17 @@ class CoarseCorrected(Preconditioner):
         Ac = A.values.new_zeros(self.m, self.m).index_put((subdomain[r], subdomain[c]), vals, accumulate=True)
         Lc, info = torch.linalg.cholesky_ex(Ac)
         if int(info) != 0:
-            raise FactorizationError(f"CoarseCorrected: the {self.m} x {self.m} coarse matrix Z^T A Z is not positive "
-                                     f"definite (column {int(info) - 1}); A must be SPD and every weight > 0", 0)
+            raise FactorizationError(f"CoarseCorrected: the {self.m} x {self.m} coarse matrix Z^T A Z is not "
+                                     f"positive definite (column {int(info) - 1}); A must be SPD and every "
+                                     "weight > 0", 0)
         self.Lc = Lc
 
     def _q(self, R: Tensor) -> Tensor:
         """Q R for canonical (B, n, k) blocks."""
         B, _, k = R.shape
         y = R.new_zeros(self.m, B * k).index_add(
-            0, self.sub, self.w.unsqueeze(-1) * R.index_select(1, self.idx).permute(1, 0, 2).reshape(-1, B * k))
+            0, self.sub,
+            self.w.unsqueeze(-1) * R.index_select(1, self.idx).permute(1, 0, 2).reshape(-1, B * k))
         c = torch.cholesky_solve(y, self.Lc)  # (m, B k)
         out = torch.zeros_like(R)
         zc = (self.w.unsqueeze(-1) * c.index_select(0, self.sub)).reshape(-1, B, k).permute(1, 0, 2)

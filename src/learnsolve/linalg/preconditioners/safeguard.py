@@ -1,34 +1,37 @@
-"""A setup-time safeguard for learned preconditioners: keep a candidate M only where a short PCG race on A says it
-is no slower than a classical fallback (IC(0) by default), per system of a block-diagonal (PyG) batch.
+"""A setup-time safeguard for learned preconditioners: keep a candidate M only where a short PCG race on A
+says it is no slower than a classical fallback (IC(0) by default), per system of a block-diagonal (PyG) batch.
 
-The race. For each probe right-hand side r0, ``steps`` PCG iterations from x0 = 0 are run on ``A x = r0`` with the
-candidate and with the fallback. CG minimises the A-norm of the error over its Krylov space, and its squared A-norm
-error after k steps is ``E_k = E_0 - S_k`` with ``S_k = sum_{j<k} alpha_j r_j^T M^{-1} r_j`` (Hestenes-Stiefel; the
-energy removed so far). Both runs solve the SAME system, so E_0 = r0^T A^{-1} r0 is common and
+The race. For each probe right-hand side r0, ``steps`` PCG iterations from x0 = 0 are run on ``A x = r0`` with
+the candidate and with the fallback. CG minimises the A-norm of the error over its Krylov space, and its
+squared A-norm error after k steps is ``E_k = E_0 - S_k`` with ``S_k = sum_{j<k} alpha_j r_j^T M^{-1} r_j``
+(Hestenes-Stiefel; the energy removed so far). Both runs solve the SAME system, so E_0 = r0^T A^{-1} r0 is
+common and
 
     E_k(candidate) <= E_k(fallback)   <=>   S_k(candidate) >= S_k(fallback),
 
-an exact comparison of the two solves' errors after k steps that needs neither E_0 nor a solve with A. The candidate
-is accepted for a system when it wins (or ties, within rounding) on every probe; it is rejected when its
-application produced NaN/Inf, when r^T M^{-1} r <= 0 or p^T A p <= 0 showed that M is not positive definite, or
-when the fallback's own run broke down. Where the fallback converges before ``steps`` (residual M-norm reduced by
-1e-6) both are compared at that step: the candidate must have converged as fast.
+an exact comparison of the two solves' errors after k steps that needs neither E_0 nor a solve with A. The
+candidate is accepted for a system when it wins (or ties, within rounding) on every probe; it is rejected when
+its application produced NaN/Inf, when r^T M^{-1} r <= 0 or p^T A p <= 0 showed that M is not positive
+definite, or when the fallback's own run broke down. Where the fallback converges before ``steps`` (residual
+M-norm reduced by 1e-6) both are compared at that step: the candidate must have converged as fast.
 
-The probes: the system's right-hand side ``b`` when given (the race is then the first iterations of the real solve)
-plus seeded standard normal residuals (their errors A^{-1} g are smooth, i.e. weighted to the small eigenvalues of
-M^{-1} A that dominate a solve's iteration count); 2 probes by default. Where A 1 = 0 on a system (a Neumann
-problem: constants span the null space) the random probes are projected onto mean zero, i.e. into range(A).
+The probes: the system's right-hand side ``b`` when given (the race is then the first iterations of the real
+solve) plus seeded standard normal residuals (their errors A^{-1} g are smooth, i.e. weighted to the small
+eigenvalues of M^{-1} A that dominate a solve's iteration count); 2 probes by default. Where A 1 = 0 on a
+system (a Neumann problem: constants span the null space) the random probes are projected onto mean zero, i.e.
+into range(A).
 
 Why this rule (measured on neural_if checkpoints, MIC(0), SSOR, Jacobi and shifted IC(0) against IC(0) on the
-pyamg SPD examples, ../shared/benchmarks/matrices and held-out diffusion2d 16^2 to 256^2; docs/concepts/safeguard.md):
-a learned factor that beats IC(0) overall is often behind it in the first iterations on a white-noise error (its
-largest eigenvalues are larger), so early residual or energy reductions on such errors and few-step Ritz condition
-numbers (whose smallest Ritz value converges slowly) rejected good factors; the race on smooth errors separated
-good from harmful factors from about 6 steps on, and two probes removed the single-probe misses.
+pyamg SPD examples, ../shared/benchmarks/matrices and held-out diffusion2d 16^2 to 256^2;
+docs/concepts/safeguard.md): a learned factor that beats IC(0) overall is often behind it in the first
+iterations on a white-noise error (its largest eigenvalues are larger), so early residual or energy reductions
+on such errors and few-step Ritz condition numbers (whose smallest Ritz value converges slowly) rejected good
+factors; the race on smooth errors separated good from harmful factors from about 6 steps on, and two probes
+removed the single-probe misses.
 
 Cost: 2 probes x 2 preconditioners x ``steps`` PCG iterations, plus building the fallback. Ritz estimates of
-kappa(M^{-1} A) for both (:func:`learnsolve.linalg.lanczos_tridiagonal` on the same iterations) are reported as
-diagnostics only.
+kappa(M^{-1} A) for both (:func:`learnsolve.linalg.lanczos_tridiagonal` on the same iterations) are reported
+as diagnostics only.
 """
 
 from __future__ import annotations
@@ -68,13 +71,13 @@ _KEYS = ((MIC0, "mic0"), (IC0, "ic0"), (Jacobi, "jacobi"), (ILU0, "ilu0"), (AMG,
 class SafeguardResult:
     """What :func:`safeguard` decided, per system (a graph of a PyG batch; one per matrix of a batched A).
 
-    ``accepted``: bool, the per-system shape ((G,) for a block-diagonal matrix of G graphs, (1,) for a plain one,
-    (B, G) for a batch of B matrices); ``preconditioner``: the chosen one (the candidate itself where every system
-    accepted it, the fallback where none did, else their per-system combination); ``reasons``: one entry per system
-    (flattened), None where accepted; ``energy_ratio``: min over probes of S_k(candidate) / S_k(fallback) (>= 1:
-    the candidate's A-norm error after the compared step is no larger); ``kappa``, ``kappa_fallback``: Ritz
-    estimates of kappa(M^{-1} A) from the race (max over probes; inf where the run broke down); ``seconds``: wall
-    time of the whole check, the fallback's setup included.
+    ``accepted``: bool, the per-system shape ((G,) for a block-diagonal matrix of G graphs, (1,) for a plain
+    one, (B, G) for a batch of B matrices); ``preconditioner``: the chosen one (the candidate itself where
+    every system accepted it, the fallback where none did, else their per-system combination); ``reasons``:
+    one entry per system (flattened), None where accepted; ``energy_ratio``: min over probes of S_k(candidate)
+    / S_k(fallback) (>= 1: the candidate's A-norm error after the compared step is no larger); ``kappa``,
+    ``kappa_fallback``: Ritz estimates of kappa(M^{-1} A) from the race (max over probes; inf where the run
+    broke down); ``seconds``: wall time of the whole check, the fallback's setup included.
     """
 
     accepted: Tensor
@@ -90,7 +93,8 @@ class SafeguardResult:
     steps: int
     seconds: float
     notes: list[str] = field(default_factory=list)  # e.g. the fallback needed a diagonal shift
-    failed: Tensor | None = None  # per system: a run of either preconditioner broke down (NaN/Inf, not positive)
+    # per system: a run of either preconditioner broke down (NaN/Inf, not positive)
+    failed: Tensor | None = None
 
     @property
     def all_accepted(self) -> bool:
@@ -121,36 +125,38 @@ class SafeguardResult:
 
 def safeguard(A, candidate, fallback="ic0", *, b: Tensor | None = None, steps: int = DEFAULT_STEPS,
               probes: int = DEFAULT_PROBES, seed: int = 0) -> SafeguardResult:
-    """Check a (learned) preconditioner against a classical fallback on SPD ``A``, per system; see the module doc.
+    """Check a (learned) preconditioner against a classical fallback on SPD ``A``, per system; see the module
+    doc.
 
-    Each system runs a short PCG race with both preconditioners on the same probes; the candidate is kept only where
-    its A-norm error is no larger on every probe and no NaN/Inf or loss of definiteness appeared.
+    Each system runs a short PCG race with both preconditioners on the same probes; the candidate is kept only
+    where its A-norm error is no larger on every probe and no NaN/Inf or loss of definiteness appeared.
 
     Args:
-        A: a :class:`SparseMatrix` (block-diagonal from a PyG batch: every graph decides on its own; or a batch of
-            matrices) or another linalg operator (then the fallback must be given as a Preconditioner or callable).
+        A: a :class:`SparseMatrix` (block-diagonal from a PyG batch: every graph decides on its own; or a
+            batch of matrices) or another linalg operator (then the fallback must be given as a Preconditioner
+            or callable).
         candidate: a linear, symmetric positive definite :class:`Preconditioner` (or a callable on canonical
             blocks).
-        fallback: a :class:`Preconditioner`, a name of :func:`make_preconditioner` ("ic0", "mic0", "jacobi", ...)
-            or a callable returning one (built lazily, inside the timed check). A fallback that breaks down
-            (:class:`FactorizationError`) is rebuilt with ``shift="auto"`` (an IC(0)/MIC(0) of A + shift diag(A);
-            IC(0)'s for a callable), and ``notes`` says so.
+        fallback: a :class:`Preconditioner`, a name of :func:`make_preconditioner` ("ic0", "mic0", "jacobi",
+            ...) or a callable returning one (built lazily, inside the timed check). A fallback that breaks
+            down (:class:`FactorizationError`) is rebuilt with ``shift="auto"`` (an IC(0)/MIC(0) of A + shift
+            diag(A); IC(0)'s for a callable), and ``notes`` says so.
         b: the right-hand side(s) of the systems to be solved (the first probe), or None.
         steps: PCG iterations per run.
         probes: number of probe right-hand sides (b, then seeded standard normal vectors).
         seed: seed of the random probes.
 
     Returns:
-        A ``SafeguardResult``: per-system ``accepted`` flags and ``reasons``, the chosen ``preconditioner``, the
-        race's energy ratios and Ritz condition estimates, and the check's wall time.
+        A ``SafeguardResult``: per-system ``accepted`` flags and ``reasons``, the chosen ``preconditioner``,
+            the race's energy ratios and Ritz condition estimates, and the check's wall time.
 
     Raises:
         ValueError: ``steps`` or ``probes`` < 1, a non-square A, or a nonlinear candidate.
         TypeError: a candidate that is neither a Preconditioner nor callable.
 
-    Where both preconditioners are :class:`LLT` factors on the same pattern, a mixed decision merges their values
-    into one LLT; otherwise the chosen preconditioner applies both and keeps each system's rows of the chosen one.
-    Cost: ``2 * probes * steps`` PCG iterations + the fallback's setup. No gradients are recorded.
+    Where both preconditioners are :class:`LLT` factors on the same pattern, a mixed decision merges their
+    values into one LLT; otherwise the chosen preconditioner applies both and keeps each system's rows of the
+    chosen one. Cost: ``2 * probes * steps`` PCG iterations + the fallback's setup. No gradients are recorded.
     """
     steps, probes = int(steps), int(probes)
     if steps < 1 or probes < 1:
@@ -161,11 +167,12 @@ def safeguard(A, candidate, fallback="ic0", *, b: Tensor | None = None, steps: i
         raise ValueError(f"safeguard: A must be square, got shape {op.shape}")
     if not isinstance(candidate, Preconditioner):
         if not callable(candidate):
-            raise TypeError(f"safeguard: candidate must be a Preconditioner or a callable, got {type(candidate).__name__}")
+            raise TypeError("safeguard: candidate must be a Preconditioner or a callable, got "
+                            f"{type(candidate).__name__}")
         candidate = FunctionPreconditioner(candidate, symmetric=True)
     if not candidate.linear:
-        raise ValueError("safeguard: the candidate is nonlinear (a network applied per iteration); the PCG race needs a "
-                         "fixed linear preconditioner")
+        raise ValueError("safeguard: the candidate is nonlinear (a network applied per iteration); the PCG "
+                         "race needs a fixed linear preconditioner")
     shape = _system_shape(op)
     with torch.no_grad():
         if isinstance(op, SparseMatrix):
@@ -187,7 +194,8 @@ def safeguard(A, candidate, fallback="ic0", *, b: Tensor | None = None, steps: i
 
 
 class _Chosen(LLT):
-    """An LLT factor that carries the name of the classical factor(s) it holds (for the safeguard's labels)."""
+    """An LLT factor that carries the name of the classical factor(s) it holds (for the safeguard's
+    labels)."""
 
     def __init__(self, L, name: str, key: str):
         super().__init__(L)
@@ -196,28 +204,31 @@ class _Chosen(LLT):
 
 def fastest_factor(A: SparseMatrix, *, b: Tensor | None = None, mic: LLT | None = None,
                    steps: int = DEFAULT_STEPS) -> LLT:
-    """The faster of MIC(0) and IC(0) on each system of a symmetric A with a positive diagonal, decided cheaply: the
-    classical fallback of a learned factor.
+    """The faster of MIC(0) and IC(0) on each system of a symmetric A with a positive diagonal, decided
+    cheaply: the classical fallback of a learned factor.
 
     MIC(0) is the stronger factor on diffusion-like M-matrices (fewer iterations than IC(0) on smooth, i.i.d.
     lognormal and anisotropic diffusion), but it breaks down outside M-matrices and is poor where its row-sum
     compensation meets tiny pivots (pivot ratios L_ii^2 / a_ii far below 1): high-contrast channels and graph
     Laplacians, where it needs more iterations than IC(0). The rule, per system:
 
-    - MIC(0) breaks down (or A is not SPD-like): IC(0) (with the automatic diagonal shift where it breaks down too);
+    - MIC(0) breaks down (or A is not SPD-like): IC(0) (with the automatic diagonal shift where it breaks down
+      too);
     - every pivot ratio of MIC(0) >= ``MIC0_SAFE_PIVOT`` (1e-2): MIC(0), no race;
-    - else a ``steps``-step PCG race of MIC(0) against IC(0) on one probe (``b`` when given: the first iterations of
-      the real solve) with :func:`safeguard`'s energy comparison: MIC(0) where it removed at least
-      ``MIC0_RACE_RATIO`` (0.5) of the A-norm error energy IC(0) removed, IC(0) where it removed less or broke down.
+    - else a ``steps``-step PCG race of MIC(0) against IC(0) on one probe (``b`` when given: the first
+      iterations of the real solve) with :func:`safeguard`'s energy comparison: MIC(0) where it removed at
+      least ``MIC0_RACE_RATIO`` (0.5) of the A-norm error energy IC(0) removed, IC(0) where it removed less or
+      broke down.
 
-    Why a ratio and not "MIC(0) must win": MIC(0) starts slower than IC(0) (its largest eigenvalues are larger) and
-    overtakes it later; where its tiny pivots hurt, it falls behind by orders of magnitude. The measured energy ratios
-    and iteration counts behind the rule: docs/benchmarks/neural-if/light_network.md ("The fallback").
+    Why a ratio and not "MIC(0) must win": MIC(0) starts slower than IC(0) (its largest eigenvalues are
+    larger) and overtakes it later; where its tiny pivots hurt, it falls behind by orders of magnitude. The
+    measured energy ratios and iteration counts behind the rule: docs/benchmarks/neural-if/light_network.md
+    ("The fallback").
 
     ``mic``: a MIC(0) factor of A already built (e.g. a learned factor's base; shifted ones are not reused).
     Cost: MIC(0)'s setup (none when given), and where the pivots are small IC(0)'s setup + 2 x ``steps`` PCG
-    iterations. Returns the :class:`MIC0` or :class:`IC0` object, or where the systems of a batch chose differently
-    one factor named "MIC(0) / IC(0) per system".
+    iterations. Returns the :class:`MIC0` or :class:`IC0` object, or where the systems of a batch chose
+    differently one factor named "MIC(0) / IC(0) per system".
     """
     if mic is None or float(getattr(mic, "shift", 0.0) or 0.0) > 0:
         try:
@@ -230,8 +241,9 @@ def fastest_factor(A: SparseMatrix, *, b: Tensor | None = None, mic: LLT | None 
     red = A.reducer()
     ratio = mic.L.diagonal().reshape(-1, n) ** 2 / A.diagonal().reshape(-1, n)  # (B, n) pivot ratios
     seg = red.segment if red.segment is not None else torch.zeros(n, dtype=torch.long, device=ratio.device)
-    low = torch.full((ratio.shape[0], red.G), math.inf, dtype=ratio.dtype, device=ratio.device).scatter_reduce(
-        1, seg.expand(ratio.shape[0], n), ratio, reduce="amin")  # (B, G): the smallest per system
+    # (B, G): the smallest per system
+    low = (torch.full((ratio.shape[0], red.G), math.inf, dtype=ratio.dtype, device=ratio.device)
+           .scatter_reduce(1, seg.expand(ratio.shape[0], n), ratio, reduce="amin"))
     if bool((low >= MIC0_SAFE_PIVOT).all()):
         return mic
     ic = IC0(A, shift="auto")
@@ -271,7 +283,8 @@ def _build_fallback(op: LinearOperator, fallback) -> tuple[Preconditioner, list[
         P = retry(shift="auto")
         return P, [f"the fallback broke down at row {e.row} and was rebuilt with a diagonal shift"]
     if not isinstance(P, Preconditioner):
-        raise TypeError(f"safeguard: the fallback callable returned a {type(P).__name__}, not a Preconditioner")
+        raise TypeError(f"safeguard: the fallback callable returned a {type(P).__name__}, not a "
+                        "Preconditioner")
     return P, []
 
 
@@ -282,8 +295,8 @@ def _key(P: Preconditioner) -> str:
 
 
 def _label(P: Preconditioner) -> str:
-    name = getattr(P, "name", None) or {"jacobi": "Jacobi", "ilu0": "ILU(0)", "amg": "AMG"}.get(_key(P),
-                                                                                               type(P).__name__)
+    name = (getattr(P, "name", None)
+            or {"jacobi": "Jacobi", "ilu0": "ILU(0)", "amg": "AMG"}.get(_key(P), type(P).__name__))
     shift = float(getattr(P, "shift", 0.0) or 0.0)
     return f"{name} with diagonal shift {shift:g}" if shift > 0 else name
 
@@ -294,8 +307,8 @@ def _system_shape(op: LinearOperator) -> tuple[int, ...]:
 
 
 def _probes(op: LinearOperator, red, b: Tensor | None, count: int, seed: int) -> list[Tensor]:
-    """``count`` canonical (B, n, 1) probe right-hand sides: b (when given), then seeded standard normal vectors
-    (mean-free on systems with A 1 = 0)."""
+    """``count`` canonical (B, n, 1) probe right-hand sides: b (when given), then seeded standard normal
+    vectors (mean-free on systems with A 1 = 0)."""
     n = op.shape[0]
     B = op.batch_size or 1
     blocks = None if op.blocks is None else op.blocks.numel() - 1
@@ -303,7 +316,8 @@ def _probes(op: LinearOperator, red, b: Tensor | None, count: int, seed: int) ->
     if b is not None:
         R, _ = canonicalize(b.detach().to(op.dtype), n, op.batch_size, blocks)
         if R.shape[2] != 1:
-            raise ValueError(f"safeguard: b must hold one right-hand side per system, got shape {tuple(b.shape)}")
+            raise ValueError("safeguard: b must hold one right-hand side per system, got shape "
+                             f"{tuple(b.shape)}")
         out.append(R.expand(B, n, 1).clone())
     gen = torch.Generator().manual_seed(int(seed))
     ones = torch.ones(B, n, 1, dtype=op.dtype, device=op.device)
@@ -326,7 +340,8 @@ def _probes(op: LinearOperator, red, b: Tensor | None, count: int, seed: int) ->
 class _Run:
     """``steps`` PCG iterations on canonical probes; per-system tensors of shape (B, G, 1)."""
 
-    energy: Tensor  # (steps, B, G, 1): S_k = energy removed after k = 1..steps iterations (frozen once stopped)
+    # (steps, B, G, 1): S_k = energy removed after k = 1..steps iterations (frozen once stopped)
+    energy: Tensor
     status: Tensor  # int64: _OK or a failure code
     empty: Tensor  # bool: the probe is zero on this system (no information)
     converged_at: Tensor  # int64: first k with ||r_k||_{M^-1} <= CONVERGED ||r_0||_{M^-1} (steps + 1: never)
@@ -347,8 +362,9 @@ class _Run:
 
 
 def _race_run(op: LinearOperator, red, P: Preconditioner, R0: Tensor, steps: int) -> _Run:
-    """PCG from x0 = 0 on ``A x = R0``. No per-step NaN scrubbing: A and the preconditioners of a block-diagonal batch
-    are block-diagonal, so a NaN stays in its system, whose scalars then fail the finiteness test and freeze it."""
+    """PCG from x0 = 0 on ``A x = R0``. No per-step NaN scrubbing: A and the preconditioners of a
+    block-diagonal batch are block-diagonal, so a NaN stays in its system, whose scalars then fail the
+    finiteness test and freeze it."""
     R = R0
     try:
         Z = P.apply(R)
@@ -401,7 +417,8 @@ def _status(status: Tensor, active: Tensor, value: Tensor, code: int) -> Tensor:
     fail = active & ~(value > 0)
     if not bool(fail.any()):
         return status
-    code_t = torch.where(torch.isfinite(value), torch.full_like(status, code), torch.full_like(status, _NONFINITE))
+    code_t = torch.where(torch.isfinite(value), torch.full_like(status, code),
+                         torch.full_like(status, _NONFINITE))
     return torch.where(fail & (status == _OK), code_t, status)
 
 
@@ -409,7 +426,8 @@ def _failed_run(shape, steps: int, dtype, device) -> _Run:
     z = torch.zeros(shape, dtype=dtype, device=device)
     i = torch.zeros(shape, dtype=torch.int64, device=device)
     return _Run(torch.stack([z] * steps), i + _NONFINITE, torch.zeros(shape, dtype=torch.bool, device=device),
-                i + steps + 1, z.unsqueeze(-1).expand(*shape, steps), z.unsqueeze(-1).expand(*shape, steps - 1), i)
+                i + steps + 1, z.unsqueeze(-1).expand(*shape, steps),
+                z.unsqueeze(-1).expand(*shape, steps - 1), i)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -417,8 +435,8 @@ def _failed_run(shape, steps: int, dtype, device) -> _Run:
 # ------------------------------------------------------------------------------------------------
 
 def _decide(runs_c: list[_Run], runs_f: list[_Run], steps: int, fb_name: str):
-    """(accepted (B, G, 1) bool, reasons per system (flattened), min energy ratio (B, G, 1), failed (B, G, 1): a run
-    of either preconditioner broke down)."""
+    """(accepted (B, G, 1) bool, reasons per system (flattened), min energy ratio (B, G, 1), failed (B, G, 1):
+    a run of either preconditioner broke down)."""
     shape = runs_c[0].status.shape
     accepted = torch.ones(shape, dtype=torch.bool, device=runs_c[0].status.device)
     ratio = torch.full(shape, math.inf, dtype=runs_c[0].energy.dtype, device=accepted.device)
@@ -429,11 +447,13 @@ def _decide(runs_c: list[_Run], runs_f: list[_Run], steps: int, fb_name: str):
     for p, (c, f) in enumerate(zip(runs_c, runs_f)):
         failure_c = torch.where(failure_c == _OK, c.status, failure_c)
         failure_f = torch.where(failure_f == _OK, f.status, failure_f)
-        at = f.converged_at.clamp(1, steps)  # compared where the fallback converged, at the latest after `steps`
+        # compared where the fallback converged, at the latest after `steps`
+        at = f.converged_at.clamp(1, steps)
         sc = c.energy.gather(0, (at - 1).unsqueeze(0))[0]
         sf = f.energy.gather(0, (at - 1).unsqueeze(0))[0]
         won = (sc >= sf) | ((sc - sf).abs() <= TIE_RTOL * sf.abs()) | c.empty
-        r = torch.where(c.empty, torch.full_like(sc, math.inf), sc / torch.where(sf > 0, sf, torch.ones_like(sf)))
+        r = torch.where(c.empty, torch.full_like(sc, math.inf),
+                        sc / torch.where(sf > 0, sf, torch.ones_like(sf)))
         ratio = torch.minimum(ratio, r)
         newly = accepted & ~won & (c.status == _OK) & (f.status == _OK)
         lost_probe = torch.where(newly, torch.full_like(lost_probe, p), lost_probe)
@@ -452,8 +472,8 @@ def _decide(runs_c: list[_Run], runs_f: list[_Run], steps: int, fb_name: str):
         else:
             p, k = int(lost_probe.reshape(-1)[i]), int(lost_at.reshape(-1)[i])
             q = float(ratio.reshape(-1)[i])
-            reasons.append(f"slower than {fb_name} in a {k}-step PCG race on probe {p}: its A-norm error is larger "
-                           f"(it removed {q:.3g}x the error energy {fb_name} removed)")
+            reasons.append(f"slower than {fb_name} in a {k}-step PCG race on probe {p}: its A-norm error is "
+                           f"larger (it removed {q:.3g}x the error energy {fb_name} removed)")
     return accepted, reasons, ratio, (failure_c != _OK) | (failure_f != _OK)
 
 
@@ -483,7 +503,8 @@ def _combine(op: LinearOperator, candidate: Preconditioner, fallback: Preconditi
     keep = accepted[..., 0]  # (B, G)
     seg = red.segment if red.segment is not None else torch.zeros(op.shape[0], dtype=torch.long,
                                                                      device=keep.device)
-    if (isinstance(candidate, LLT) and isinstance(fallback, LLT) and candidate.L.pattern.same_as(fallback.L.pattern)
+    if (isinstance(candidate, LLT) and isinstance(fallback, LLT)
+            and candidate.L.pattern.same_as(fallback.L.pattern)
             and candidate.L.values.shape == fallback.L.values.shape):
         Lc, Lf = candidate.L, fallback.L
         rows = Lc.pattern.row.long().to(keep.device)

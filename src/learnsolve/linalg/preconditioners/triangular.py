@@ -44,10 +44,10 @@ DEVICE_PATH_ON_CPU = False
 
 
 def _level_schedule(pattern: CSRPattern, lower: bool, device) -> list:
-    """Level schedule of a triangular solve, cached per pattern and side: rows in one level depend only on rows
-    of earlier levels, so a level is solved by a few vector operations. Returns, per level, (rows, entry
-    positions of its off-diagonal entries on the used side, their columns, their row's index within the level).
-    Built on the CPU in O(nnz); O(n + nnz) index memory on ``device``."""
+    """Level schedule of a triangular solve, cached per pattern and side: rows in one level depend only on
+    rows of earlier levels, so a level is solved by a few vector operations. Returns, per level, (rows, entry
+    positions of its off-diagonal entries on the used side, their columns, their row's index within the
+    level). Built on the CPU in O(nnz); O(n + nnz) index memory on ``device``."""
     key = ("levels", lower, str(device))
     if key not in pattern._cache:
         indptr, indices = _np_pattern(pattern)
@@ -65,8 +65,9 @@ def _level_schedule(pattern: CSRPattern, lower: bool, device) -> list:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
         pattern._cache[key] = [
-            (t(order[lptr[i]:lptr[i + 1]]), t(eorder[eptr[i]:eptr[i + 1]]), t(col[eorder[eptr[i]:eptr[i + 1]]]),
-             t(pos_in_level[row[eorder[eptr[i]:eptr[i + 1]]]])) for i in range(lptr.size - 1)]
+            (t(order[lptr[i]:lptr[i + 1]]), t(eorder[eptr[i]:eptr[i + 1]]),
+             t(col[eorder[eptr[i]:eptr[i + 1]]]), t(pos_in_level[row[eorder[eptr[i]:eptr[i + 1]]]]))
+            for i in range(lptr.size - 1)]
     return pattern._cache[key]
 
 
@@ -112,11 +113,13 @@ def _trsv_raw(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: b
     return _unfold_rhs(torch.from_numpy(out), Bv, Bx, k)
 
 
-def triangular_sweeps(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool, sweeps: int) -> Tensor:
-    """Approximate ``T^{-1} X`` by ``sweeps`` Jacobi sweeps, y <- D^{-1} (X - N y) from y = D^{-1} X (N: the strictly
-    triangular part): a polynomial in T with ``sweeps`` SpMVs and no sequential dependency, for devices where exact
-    triangular solves serialise. The same sweeps on T^T give exactly the transposed map, so an ``L L^T`` factor
-    applied this way stays symmetric positive (semi)definite. Differentiable (plain torch operations)."""
+def triangular_sweeps(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool, unit: bool,
+                      sweeps: int) -> Tensor:
+    """Approximate ``T^{-1} X`` by ``sweeps`` Jacobi sweeps, y <- D^{-1} (X - N y) from y = D^{-1} X (N: the
+    strictly triangular part): a polynomial in T with ``sweeps`` SpMVs and no sequential dependency, for
+    devices where exact triangular solves serialise. The same sweeps on T^T give exactly the transposed map,
+    so an ``L L^T`` factor applied this way stays symmetric positive (semi)definite. Differentiable (plain
+    torch operations)."""
     pat, idx = mat.pattern.triangle(lower, -1 if lower else 1)
     N = SparseMatrix(pat, vals2d.index_select(1, idx))
     if unit:
@@ -132,7 +135,8 @@ def triangular_sweeps(mat: SparseMatrix, vals2d: Tensor, X: Tensor, lower: bool,
 
 
 def _ldlt_solve(f, X: Tensor) -> Tensor:
-    """(L L^T)^{-1} X from ``_kernels.ldlt_factor``'s output: U^{-1} (dinv2 * (U^{-T} X)), both unit solves."""
+    """(L L^T)^{-1} X from ``_kernels.ldlt_factor``'s output: U^{-1} (dinv2 * (U^{-T} X)), both unit
+    solves."""
     lip, lix, lval, uip, uix, uval, dinv2, _ = f
     Bv, Bx, k = lval.shape[0], X.shape[0], X.shape[2]
     bn = _fold_rhs(Bv, X).numpy()

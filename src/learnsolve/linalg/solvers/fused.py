@@ -1,5 +1,6 @@
 """The fused CG path: (P)CG on a CPU :class:`SparseMatrix` run by one compiled loop per system
-(:mod:`learnsolve.linalg.kernels.cg`), used by ``cg`` / ``solve(method="cg")`` whenever nothing is recorded by autograd.
+(:mod:`learnsolve.linalg.kernels.cg`), used by ``cg`` / ``solve(method="cg")`` whenever nothing is recorded by
+autograd.
 
 When it applies (:func:`fused_cg` returns None otherwise and the torch iteration runs): CPU, float32/float64,
 A a :class:`SparseMatrix` (batched, PyG block-diagonal, several right-hand sides), no callback, and the
@@ -29,8 +30,8 @@ from .info import SolveInfo, _Monitor
 
 FUSED_CG = True
 # one system of at least PAR_MIN_ROWS rows, none/Jacobi preconditioned, exactly symmetric A: the threads of
-# learnsolve.linalg.kernels.cg_threads share it (PAR_THREADS of them, default torch's thread count, at most one
-# per PAR_ROWS_PER_THREAD rows)
+# learnsolve.linalg.kernels.cg_threads share it (PAR_THREADS of them, default torch's thread count, at most
+# one per PAR_ROWS_PER_THREAD rows)
 PAR_MIN_ROWS = 40000
 PAR_ROWS_PER_THREAD = 20000
 PAR_THREADS: int | None = None
@@ -65,14 +66,15 @@ def _pattern_arrays(A: SparseMatrix) -> dict:
 
 
 def _matrix_arrays(A: SparseMatrix):
-    """(indptr, off, vals (V, m), diag (V, n), sym) for the kernels, cached on the pattern for the last values seen
-    (the same values tensor behind a new SparseMatrix, as inside solve(), hits the cache)."""
+    """(indptr, off, vals (V, m), diag (V, n), sym) for the kernels, cached on the pattern for the last values
+    seen (the same values tensor behind a new SparseMatrix, as inside solve(), hits the cache)."""
     key = values_version(A._values)
     cached = A.pattern._cache.get("fused_values")
     if cached is not None and cached[0] == key:
         return cached[1]
     src, src_key = getattr(A, "_transpose_of", (None, None))
-    if src is not None:  # A = S^T (an adjoint solve): S's arrays when S was exactly symmetric at the transpose
+    # A = S^T (an adjoint solve): S's arrays when S was exactly symmetric at the transpose
+    if src is not None:
         cached = src.pattern._cache.get("fused_values")
         if cached is not None and cached[0] == src_key == values_version(src._values) and cached[1][4]:
             return cached[1]
@@ -121,7 +123,8 @@ def _threads_for(n: int) -> int:
 
 def _cross_entries(A: SparseMatrix, lptr: np.ndarray, loff: np.ndarray, T: int):
     """Row blocks of T threads and, per thread, the stored lower entries crossing into another thread's block
-    (:func:`learnsolve.linalg.kernels.cg_threads.cg_block`'s ``bounds, xptr, xr, xc, xp``), cached on the pattern."""
+    (:func:`learnsolve.linalg.kernels.cg_threads.cg_block`'s ``bounds, xptr, xr, xc, xp``), cached on the
+    pattern."""
     key = ("fused_par", T)
     pat = A.pattern
     if key not in pat._cache:
@@ -146,7 +149,8 @@ def _cross_entries(A: SparseMatrix, lptr: np.ndarray, loff: np.ndarray, T: int):
     return pat._cache[key]
 
 
-_POOL: list = []  # [(pid, workers, ThreadPoolExecutor)]: threads do not survive a fork, so a child builds its own
+# [(pid, workers, ThreadPoolExecutor)]: threads do not survive a fork, so a child builds its own
+_POOL: list = []
 
 
 def _pool(workers: int):
@@ -154,13 +158,14 @@ def _pool(workers: int):
     from concurrent.futures import ThreadPoolExecutor
 
     if not _POOL or _POOL[0][0] != os.getpid() or _POOL[0][1] < workers:
-        _POOL[:] = [(os.getpid(), workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnsolve-cg"))]
+        _POOL[:] = [(os.getpid(), workers,
+                     ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnsolve-cg"))]
     return _POOL[0][2]
 
 
 class _Parallel:
-    """One system on T threads (:mod:`learnsolve.linalg.kernels.cg_threads`), called like ``kernels.cg.pcg`` by
-    :func:`fused_cg`."""
+    """One system on T threads (:mod:`learnsolve.linalg.kernels.cg_threads`), called like ``kernels.cg.pcg``
+    by :func:`fused_cg`."""
 
     def __init__(self, A: SparseMatrix, arrays, parrays, T: int):
         indptr, off, vals, diag, _ = arrays
@@ -223,14 +228,16 @@ def _as_preconditioner(M):
 
 
 class _Columns:
-    """One system per column of an (S, n) array (the per-task kernel :func:`learnsolve.linalg.kernels.cg.pcg`)."""
+    """One system per column of an (S, n) array (the per-task kernel
+    :func:`learnsolve.linalg.kernels.cg.pcg`)."""
 
     def __init__(self, B: int, n: int, k: int):
         self.B, self.n, self.k = B, n, k
 
     def pack(self, T: Tensor, dtype) -> np.ndarray:
         B, n, k = self.B, self.n, self.k
-        return np.ascontiguousarray(T.detach().expand(B, n, k).permute(0, 2, 1).reshape(B * k, n).numpy(), dtype=dtype)
+        return np.ascontiguousarray(T.detach().expand(B, n, k).permute(0, 2, 1).reshape(B * k, n).numpy(),
+                                    dtype=dtype)
 
     def unpack(self, A: np.ndarray) -> Tensor:
         X = torch.from_numpy(A).reshape(self.B, self.k, self.n).permute(0, 2, 1)
@@ -247,7 +254,8 @@ def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, max
         return None
     P, known = _as_preconditioner(M)
     dtype = op.dtype
-    if not known or op.device.type != "cpu" or Bm.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+    if (not known or op.device.type != "cpu" or Bm.device.type != "cpu"
+            or dtype not in (torch.float32, torch.float64)):
         return None
     if Bm.dtype != dtype or (X0 is not None and X0.dtype != dtype):
         return None
@@ -276,7 +284,8 @@ def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, max
     tol2 = np.square(mon.tol.reshape(-1).double().numpy())
     status = np.where(mon.converged.reshape(-1).numpy(), K.CONVERGED, K.FRESH).astype(_I64)
     lay = _Columns(B, n, k)
-    b_i, g_i, j_i = (a.reshape(-1) for a in np.meshgrid(np.arange(B), np.arange(G), np.arange(k), indexing="ij"))
+    b_i, g_i, j_i = (a.reshape(-1)
+                     for a in np.meshgrid(np.arange(B), np.arange(G), np.arange(k), indexing="ij"))
     zero = np.zeros_like(b_i)
     tasks = ((b_i * k + j_i).astype(_I64), ptr[g_i], ptr[g_i + 1], (b_i if Va > 1 else zero).astype(_I64),
              (b_i if Vp > 1 else zero).astype(_I64))
@@ -299,8 +308,8 @@ def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, max
             if par is not None:
                 par(X, R, status, iters, maxiter, tol2, hist, nhist, chunk)
             else:
-                K.pcg(indptr, off, vals, diag, sym, *parrays, *tasks, X, R, Pv, Q, Z, tol2, rz, beta, status, iters,
-                      maxiter, hist, nhist, chunk)
+                K.pcg(indptr, off, vals, diag, sym, *parrays, *tasks, X, R, Pv, Q, Z, tol2, rz, beta,
+                      status, iters, maxiter, hist, nhist, chunk)
             h = int(nhist.max())
             if h:
                 idx = np.minimum(np.arange(1, h + 1)[None, :], np.maximum(nhist, 1)[:, None])
@@ -315,7 +324,8 @@ def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, max
         Rtrue = Bm - op.mv(lay.unpack(X))
         _sync_monitor(mon, status, shape)
         mon.hist = [torch.from_numpy(last).to(dtype).reshape(shape)]
-        reopen = mon.confirm(red.norm(Rtrue).expand(shape), torch.from_numpy(newly).reshape(shape)).reshape(-1).numpy()
+        reopen = mon.confirm(red.norm(Rtrue).expand(shape),
+                             torch.from_numpy(newly).reshape(shape)).reshape(-1).numpy()
         last = mon.hist[-1].reshape(-1).double().numpy().copy()
         rows[-1] = last.copy()
         confirmed = confirmed | newly
@@ -332,8 +342,9 @@ def fused_cg(op, Bm: Tensor, M, X0: Tensor | None, rtol: float, atol: float, max
     for code in (K.NOT_PD, K.PREC_NOT_PD, K.NONFINITE):
         if reason is None and bool((status == code).any()):
             reason = _REASONS[code]
-    info = SolveInfo("cg", torch.from_numpy(iters).reshape(shape), torch.from_numpy(status == K.CONVERGED).reshape(shape),
-                     hist_t, mon.bnorm, rtol, atol, reason, torch.from_numpy(np.isin(status, _BROKEN)).reshape(shape))
+    info = SolveInfo("cg", torch.from_numpy(iters).reshape(shape),
+                     torch.from_numpy(status == K.CONVERGED).reshape(shape), hist_t, mon.bnorm, rtol, atol,
+                     reason, torch.from_numpy(np.isin(status, _BROKEN)).reshape(shape))
     return lay.unpack(X), info
 
 

@@ -1,6 +1,6 @@
-"""What a Krylov solve reports (:class:`SolveInfo`) and how every method decides convergence (``_Monitor``: per
-system ``||r|| <= max(rtol ||b||, atol)``, breakdowns, the true-residual confirmation). Shared by the torch iterations
-(:mod:`.krylov`) and the compiled CG path (:mod:`.fused`)."""
+"""What a Krylov solve reports (:class:`SolveInfo`) and how every method decides convergence (``_Monitor``:
+per system ``||r|| <= max(rtol ||b||, atol)``, breakdowns, the true-residual confirmation). Shared by the
+torch iterations (:mod:`.krylov`) and the compiled CG path (:mod:`.fused`)."""
 
 from __future__ import annotations
 
@@ -111,10 +111,11 @@ class _Monitor:
 
     def confirm(self, true_norm: Tensor, newly: Tensor) -> Tensor:
         """Check the systems ``newly`` converged on the recursive residual against their TRUE residual norm
-        (b - A x, one SpMV by the caller). A system whose true residual is above the tolerance is re-opened (the
-        caller replaces its residual by the true one and restarts its direction), unless the true residual did
-        not halve since its last replacement: it then stops, not converged, as stagnated at the attainable
-        accuracy. Returns the re-opened systems (the history's last entry becomes the true norm)."""
+        (b - A x, one SpMV by the caller). A system whose true residual is above the tolerance is re-opened
+        (the caller replaces its residual by the true one and restarts its direction), unless the true
+        residual did not halve since its last replacement: it then stops, not converged, as stagnated at the
+        attainable accuracy. Returns the re-opened systems (the history's last entry becomes the true
+        norm)."""
         t = true_norm.detach()
         self.hist[-1] = torch.where(newly, t, self.hist[-1])
         bad = newly & (t > self.tol)
@@ -131,8 +132,9 @@ class _Monitor:
             self.broken = self.broken | stalled
             if self.reason is None:
                 rel = t / torch.where(self.bnorm > 0, self.bnorm, torch.ones_like(self.bnorm))
-                self.reason = (f"stagnated at true relative residual {float(rel[stalled].max()):.1e} (the attainable "
-                               f"accuracy: the recursive residual fell below rtol {self.rtol:.1e}, the true one did not)")
+                self.reason = (f"stagnated at true relative residual {float(rel[stalled].max()):.1e} (the "
+                               "attainable accuracy: the recursive residual fell below rtol "
+                               f"{self.rtol:.1e}, the true one did not)")
         return reopen
 
     def info(self) -> SolveInfo:

@@ -54,9 +54,9 @@ def _axpy(Y: Tensor, a: Tensor, X: Tensor, inplace: bool) -> Tensor:
 
 def _confirm(mon: _Monitor, mv, Bm: Tensor, X: Tensor, R: Tensor, rnorm: Tensor | None, before: Tensor,
              red: Reducer):
-    """When the loop would stop: confirm the systems converged since the last check (``before``: converged then)
-    with the true residual (one SpMV, only when there are some); (R, rnorm, restarted) with the true residual in
-    the rows of the re-opened systems."""
+    """When the loop would stop: confirm the systems converged since the last check (``before``: converged
+    then) with the true residual (one SpMV, only when there are some); (R, rnorm, restarted) with the true
+    residual in the rows of the re-opened systems."""
     newly = mon.converged & ~before
     restart = torch.zeros_like(newly)
     if not bool(newly.any()):
@@ -104,7 +104,8 @@ def _cg(mv, Bm, M, X0, red: Reducer, rtol, atol, maxiter, callback=None):
         if callback is not None:
             callback(X, mon.it)
         restart = torch.zeros_like(mon.converged)
-        if mon.done():  # confirm once nothing is left to iterate (an inactive system's x is frozen): no extra sync
+        # confirm once nothing is left to iterate (an inactive system's x is frozen): no extra sync
+        if mon.done():
             R, rnorm, restart = _confirm(mon, mv, Bm, X, R, rnorm, confirmed, red)
             confirmed = mon.converged
             if mon.done():
@@ -365,10 +366,10 @@ def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, 
                rtol: float, atol: float, maxiter: int, callback=None, **options):
     """Run a Krylov method on canonical blocks; returns (X, SolveInfo in (B, G, k) shape).
 
-    CG, flexible CG and GMRES confirm convergence with the true residual inside their iteration; for MINRES and
-    BiCGStab a system that converged on its recursive residual but not on the true one is restarted from its
-    iterate (at most 3 times, within ``maxiter``), and stops as not converged once a restart no longer halves
-    its true residual (the attainable accuracy) or the iteration budget is spent."""
+    CG, flexible CG and GMRES confirm convergence with the true residual inside their iteration; for MINRES
+    and BiCGStab a system that converged on its recursive residual but not on the true one is restarted from
+    its iterate (at most 3 times, within ``maxiter``), and stops as not converged once a restart no longer
+    halves its true residual (the attainable accuracy) or the iteration budget is spent."""
     if method not in _CORES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or 'direct'")
     if method == "cg" and (out := fused_cg(op, Bm, M, X0, rtol, atol, maxiter, callback)) is not None:
@@ -388,8 +389,8 @@ def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, 
         left = maxiter - info.niter
         if bool(stalled.any()) or left <= 0 or attempt == 3:
             rel = true / torch.where(info.b_norm > 0, info.b_norm, torch.ones_like(info.b_norm))
-            why = (f"stagnated at true relative residual {float(rel[drift].max()):.1e} (the attainable accuracy: "
-                   f"the recursive residual fell below rtol {rtol:.1e}, the true one did not)")
+            why = (f"stagnated at true relative residual {float(rel[drift].max()):.1e} (the attainable "
+                   f"accuracy: the recursive residual fell below rtol {rtol:.1e}, the true one did not)")
             mask = drift if info.breakdown_mask is None else (info.breakdown_mask | drift)
             hist = info.residual_history.clone()
             hist[-1] = torch.where(drift, true, hist[-1])
@@ -402,7 +403,8 @@ def _run_method(method: str, op: LinearOperator, Bm: Tensor, M: Precond | None, 
         hist = torch.cat([info.residual_history,
                           torch.where(drift, info2.residual_history[1:], info.residual_history[-1:])])
         mask = info.breakdown_mask if info2.breakdown_mask is None else (
-            info2.breakdown_mask & drift if info.breakdown_mask is None else info.breakdown_mask | (info2.breakdown_mask & drift))
+            info2.breakdown_mask & drift if info.breakdown_mask is None
+            else info.breakdown_mask | (info2.breakdown_mask & drift))
         info = SolveInfo(info.method, info.iterations + torch.where(drift, info2.iterations, 0),
                          torch.where(drift, info2.converged, info.converged), hist, info.b_norm, info.rtol,
                          info.atol, info.breakdown or info2.breakdown, mask)
@@ -449,17 +451,17 @@ def _system_shape(layout: Layout, info: SolveInfo) -> tuple[int, ...]:
 def cg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
     """Preconditioned conjugate gradients for SPD A (and SPD M).
 
-    Each matrix of a batch, graph of a PyG block matrix and right-hand side is an independent system that stops at
-    ``||b - A x|| <= max(rtol ||b||, atol)``, confirmed with the true residual b - A x. Gradients flow through the
-    iterations when autograd records; :func:`learnsolve.linalg.solve` differentiates implicitly instead. A CPU
-    ``SparseMatrix`` without autograd and without ``callback`` runs the compiled loop
-    (``learnsolve.linalg.solvers.fused``). Per iteration: 1 SpMV, 1 application of M, 2 dot products.
+    Each matrix of a batch, graph of a PyG block matrix and right-hand side is an independent system that
+    stops at ``||b - A x|| <= max(rtol ||b||, atol)``, confirmed with the true residual b - A x. Gradients
+    flow through the iterations when autograd records; :func:`learnsolve.linalg.solve` differentiates
+    implicitly instead. A CPU ``SparseMatrix`` without autograd and without ``callback`` runs the compiled
+    loop (``learnsolve.linalg.solvers.fused``). Per iteration: 1 SpMV, 1 application of M, 2 dot products.
 
     Args:
         A: dense tensor, ``SparseMatrix``, ``LinearOperator``, or a scipy / torch sparse matrix.
         b: right-hand side(s).
-        M: preconditioner: None, a ``Preconditioner``, a name (``"jacobi"``, ``"ic0"``, ``"mic0"``, ``"amg"``, ...)
-            or a callable ``r -> M^-1 r`` on (B, n, k) blocks.
+        M: preconditioner: None, a ``Preconditioner``, a name (``"jacobi"``, ``"ic0"``, ``"mic0"``, ``"amg"``,
+            ...) or a callable ``r -> M^-1 r`` on (B, n, k) blocks.
         x0: initial guess shaped like ``b`` (default zero).
         rtol: relative tolerance (default ``default_rtol(dtype)``: 1e-10 float64, 1e-5 float32).
         atol: absolute tolerance.
@@ -534,7 +536,8 @@ def minres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=No
 
 
 def bicgstab(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
-    """BiCGStab for general (nonsymmetric) A, right preconditioned. Per iteration: 2 SpMVs, 2 applications of M.
+    """BiCGStab for general (nonsymmetric) A, right preconditioned. Per iteration: 2 SpMVs, 2 applications of
+    M.
 
     Args:
         A: the operator, as in :func:`cg`.

@@ -138,14 +138,14 @@ def extreme_eigenvalues(A, b: Tensor | None = None, M=None, steps: int = 20,
     Args:
         A: any linalg operator (dense, SparseMatrix, a block-diagonal PyG SparseMatrix: one estimate per
             diagonal block; batched: one per matrix); SPD.
-        b: the start vector(s) in the layouts of :func:`learnsolve.linalg.cg` (one estimate per right-hand side),
-            or None for a standard normal one drawn from ``generator``.
+        b: the start vector(s) in the layouts of :func:`learnsolve.linalg.cg` (one estimate per right-hand
+            side), or None for a standard normal one drawn from ``generator``.
         M: None, a preconditioner name, a :class:`Preconditioner` (its ``apply`` is M^{-1}) or a callable on
             canonical blocks; it must be SPD.
         steps: number of PCG (Lanczos) steps.
         generator: random generator for the start vector when ``b`` is None.
-        tol: a system stops (masked, without NaNs) once its ``r^T M^{-1} r`` fell below ``tol^2`` times its start
-            value (default 100 eps of the dtype).
+        tol: a system stops (masked, without NaNs) once its ``r^T M^{-1} r`` fell below ``tol^2`` times its
+            start value (default 100 eps of the dtype).
 
     Returns:
         ``(lambda_min, lambda_max)``: two tensors of the per-system shape.
@@ -176,9 +176,9 @@ def condition_estimate(A, b: Tensor | None = None, M=None, steps: int = 20,
                        generator: torch.Generator | None = None, tol: float | None = None) -> Tensor:
     """Lanczos estimate of kappa(M^{-1} A) = lambda_max / lambda_min for SPD A and SPD M^{-1}.
 
-    A lower bound in exact arithmetic, sharp once ``steps`` resolves both ends of the spectrum. Cost: ``steps``
-    SpMVs + preconditioner applications, O(steps^3) per system for the tridiagonal eigenvalues. Differentiable:
-    usable as a training loss (``log kappa``).
+    A lower bound in exact arithmetic, sharp once ``steps`` resolves both ends of the spectrum. Cost:
+    ``steps`` SpMVs + preconditioner applications, O(steps^3) per system for the tridiagonal eigenvalues.
+    Differentiable: usable as a training loss (``log kappa``).
 
     Args:
         A: SPD operator, as in :func:`extreme_eigenvalues`.
