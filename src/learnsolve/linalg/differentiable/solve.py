@@ -84,15 +84,16 @@ class AdjointOptions:
 
     ``sample`` (``backward="stochastic"`` only): how many right-hand sides (columns of the canonical
     (B, n, k) block, per diagonal block of a PyG batch) get an adjoint solve, a float fraction in (0, 1]
-    or an integer count >= 1 (default 0.5; note ``1`` is ONE right-hand side, ``1.0`` all of them); ``generator``: the torch.Generator it draws from.
-    The sampled adjoint solve's SolveInfo is not reported (``info.adjoint`` stays None); its failure to
-    converge still raises / warns by ``on_fail``.
+    or an integer count >= 1 (default 0.5; note ``1`` is ONE right-hand side, ``1.0`` all of them);
+    ``generator``: the torch.Generator it draws from. The sampled adjoint solve's SolveInfo is not reported
+    (``info.adjoint`` stays None); its failure to converge still raises / warns by ``on_fail``.
 
-    ``truncate``, ``survive`` (``backward="stochastic"`` with ONE right-hand side, :mod:`.stochastic`): the adjoint
-    iteration runs ``ceil(truncate * forward iterations)`` steps, then finishes with probability ``survive`` and
-    the finished part is divided by it (unbiased). Expected cost ~ truncate + survive (1 - truncate) of the implicit
-    backward (defaults 0.4, 0.1: 0.46); variance grows as truncate or survive shrink. ``info.adjoint`` reports the
-    draw: its ``iterations`` are the adjoint iterations spent, its method names the truncation.
+    ``truncate``, ``survive`` (``backward="stochastic"`` with ONE right-hand side, :mod:`.stochastic`): the
+    adjoint iteration runs ``ceil(truncate * forward iterations)`` steps, then finishes with probability
+    ``survive`` and the finished part is divided by it (unbiased). Expected cost ~ truncate + survive (1 -
+    truncate) of the implicit backward (defaults 0.4, 0.1: 0.46); variance grows as truncate or survive
+    shrink. ``info.adjoint`` reports the draw: its ``iterations`` are the adjoint iterations spent, its method
+    names the truncation.
     """
 
     method: str | None = None
@@ -186,8 +187,8 @@ class _Spec:
                 X0 = self._last if bool(r0 < Bm.norm()) else X0
             M = None if self.precond is None else self.precond.apply
             sc = _Scale(op, Bm, self.atol)
-            X, info = _run_method(self.method, op, sc.down(Bm), M, sc.down(X0), self.rtol, sc.atol, self.maxiter,
-                                  **self.options)
+            X, info = _run_method(self.method, op, sc.down(Bm), M, sc.down(X0), self.rtol, sc.atol,
+                                  self.maxiter, **self.options)
             X = sc.up(X)
             info = _finite_only(sc.info(info), X, op.reducer())
             if self.warm_start:
@@ -211,9 +212,9 @@ def _direct_info(op, X, Bm, rtol, atol) -> SolveInfo:
     red = op.reducer()
     r = red.norm(Bm - op.mv(X))
     bn = red.norm(Bm)
-    # the factorisation's answer is checked like an iterative one's, with a floor of sqrt(eps) for the rounding a
-    # direct solve of an ill-conditioned A leaves: a numerically singular A (b outside its range) gives a finite x
-    # whose residual is of the order of b's, which must not pass as a solution
+    # the factorisation's answer is checked like an iterative one's, with a floor of sqrt(eps) for the
+    # rounding a direct solve of an ill-conditioned A leaves: a numerically singular A (b outside its range)
+    # gives a finite x whose residual is of the order of b's, which must not pass as a solution
     floor = torch.finfo(r.dtype).eps ** 0.5
     ok = torch.isfinite(r) & (r <= torch.clamp(max(float(rtol), floor) * bn, min=float(atol)))
     return SolveInfo("direct", torch.zeros(r.shape, dtype=torch.int64, device=r.device),
@@ -225,7 +226,8 @@ def _check(info: SolveInfo, on_fail: str, label: str) -> None:
         return
     if info.method == "direct":
         msg = (f"{label} direct solve left a large residual: {info.summary()}. A is numerically singular (or "
-               f"b lies outside its range); check A, or pass on_fail='warn'/'ignore' to accept a least-effort x")
+               "b lies outside its range); check A, or pass on_fail='warn'/'ignore' to accept a "
+               "least-effort x")
     else:
         msg = (f"{label} solve did not converge: {info.summary()}. Raise maxiter, loosen rtol, use a "
                f"preconditioner, or pass on_fail='warn'/'ignore'")
@@ -266,8 +268,8 @@ class _ImplicitSolve(torch.autograd.Function):
 def _roulette(spec: _Spec, tspec: _Spec, opT: LinearOperator, G: Tensor) -> Tensor:
     """One right-hand side: the randomly truncated, reweighted adjoint solve of :mod:`.stochastic`."""
     if torch.is_grad_enabled():
-        raise RuntimeError("backward='stochastic' with one right-hand side cannot be differentiated twice (its "
-                           "truncation is random); use backward='implicit' for double backward / hvp")
+        raise RuntimeError("backward='stochastic' with one right-hand side cannot be differentiated twice "
+                           "(its truncation is random); use backward='implicit' for double backward / hvp")
     a = spec.adjoint
     Lam, stats = roulette_adjoint(tspec, opT, G, a.truncate, a.survive, spec.iterations, a.generator)
     if tspec.sink is not None:
@@ -275,8 +277,8 @@ def _roulette(spec: _Spec, tspec: _Spec, opT: LinearOperator, G: Tensor) -> Tens
         how = "exact" if stats["exact"] else ("continued" if stats["continued"] else "truncated")
         info = SolveInfo(f"{tspec.method} (stochastic adjoint: {how})",
                          torch.full(z.shape, stats["iterations"], dtype=torch.int64, device=G.device),
-                         torch.ones(z.shape, dtype=torch.bool, device=G.device), z.unsqueeze(0) * float("nan"),
-                         z + G.norm(), tspec.rtol, tspec.atol)
+                         torch.ones(z.shape, dtype=torch.bool, device=G.device),
+                         z.unsqueeze(0) * float("nan"), z + G.norm(), tspec.rtol, tspec.atol)
         tspec.sink(tspec.reshape(info))
     return Lam
 
@@ -335,8 +337,8 @@ def _adjoint_options(adjoint) -> AdjointOptions:
 
 def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = None, atol: float = 0.0,
           maxiter: int | None = None, x0: Tensor | None = None, backward: str = "implicit",
-          unroll_steps: int | None = None, adjoint: AdjointOptions | dict | None = None, on_fail: str = "raise",
-          return_info: bool = False, **options):
+          unroll_steps: int | None = None, adjoint: AdjointOptions | dict | None = None,
+          on_fail: str = "raise", return_info: bool = False, **options):
     """Solve ``A x = b`` differentiably.
 
     Args:
@@ -365,12 +367,12 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
         ``adjoint`` field is set when the backward has run).
 
     Raises:
-        ConvergenceError: with ``on_fail="raise"``, when a forward (or later an adjoint) system does not converge;
-            it carries the ``SolveInfo``.
-        ValueError: an unknown method, backward mode, ``on_fail`` or adjoint option; a nonlinear preconditioner
-            with cg / minres / bicgstab; bad shapes, NaN/Inf, device mismatch, meta tensors, the zero matrix or
-            tolerances; a negative or non-integral ``maxiter`` (or ``restart`` / ``truncation`` / ``unroll_steps``
-            below 1); an ``x0`` with NaN/Inf.
+        ConvergenceError: with ``on_fail="raise"``, when a forward (or later an adjoint) system does not
+            converge; it carries the ``SolveInfo``.
+        ValueError: an unknown method, backward mode, ``on_fail`` or adjoint option; a nonlinear
+            preconditioner with cg / minres / bicgstab; bad shapes, NaN/Inf, device mismatch, meta tensors,
+            the zero matrix or tolerances; a negative or non-integral ``maxiter`` (or ``restart`` /
+            ``truncation`` / ``unroll_steps`` below 1); an ``x0`` with NaN/Inf.
         TypeError: unknown method options; non-floating, half-precision (float16 / bfloat16) or mismatched
             dtypes; a tolerance or count that is not a number; an ``x0`` of another dtype or device.
 
@@ -435,7 +437,8 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
     allowed = METHOD_OPTIONS.get(method, ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for method {method!r}; it takes {list(allowed) or 'none'}")
+        raise TypeError(f"unknown option(s) {unknown} for method {method!r}; it takes "
+                        f"{list(allowed) or 'none'}")
     options = {k: validate_count(v, k, 1, optional=False) for k, v in options.items()}  # restart, truncation
     rtol_ = default_rtol(b.dtype) if rtol is None else float(rtol)
     maxiter_ = default_maxiter(method, n) if maxiter is None else maxiter
@@ -499,7 +502,8 @@ def _unrolled(spec: _Spec, op: LinearOperator, Bm: Tensor):
 def _truncated(spec: _Spec, op: LinearOperator, Bm: Tensor, k: int) -> Tensor:
     """Converged solution, gradient of the last k iterations restarted from the detached x_{N-k}."""
     snaps: deque = deque(maxlen=k + 1)
-    sc = _Scale(op, Bm, spec.atol)  # the iterations run on the scaled block; Xf, Xt are scaled back at the end
+    # the iterations run on the scaled block; Xf, Xt are scaled back at the end
+    sc = _Scale(op, Bm, spec.atol)
     Bm, x0 = sc.down(Bm), sc.down(spec.x0)
     snaps.append((0, x0 if x0 is not None else torch.zeros_like(Bm)))
     M = None if spec.precond is None else spec.precond.apply

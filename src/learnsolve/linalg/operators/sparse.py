@@ -121,12 +121,13 @@ class CSRPattern:
     def same_as(self, other: CSRPattern) -> bool:
         return self is other or (
             self.shape == other.shape and self.nnz == other.nnz
-            and torch.equal(self.crow.long(), other.crow.long()) and torch.equal(self.col.long(), other.col.long()))
+            and torch.equal(self.crow.long(), other.crow.long())
+            and torch.equal(self.col.long(), other.col.long()))
 
 
 def _check_scipy_indices(m) -> None:
-    """ValueError for a scipy sparse matrix whose stored indices fall outside its shape (or whose index pointer
-    is not monotone): scipy checks them on construction only, and its C++ conversions trust them."""
+    """ValueError for a scipy sparse matrix whose stored indices fall outside its shape (or whose index
+    pointer is not monotone): scipy checks them on construction only, and its C++ conversions trust them."""
     try:
         if m.format in ("csr", "csc", "bsr"):
             m.check_format(full_check=True)
@@ -216,8 +217,8 @@ class SparseMatrix(LinearOperator):
     """Batched CSR matrix: a :class:`CSRPattern` and values of shape (nnz,) or (B, nnz).
 
     Build with :meth:`from_coo`, :meth:`from_scipy`, :meth:`from_dense`, :meth:`from_torch`,
-    :meth:`block_diag`, :meth:`from_edge_index` or :meth:`from_pyg`. ``A @ x`` accepts x of shape (m,), (m, k),
-    (B, m) or (B, m, k). Values may require grad: the SpMV's gradient w.r.t. the values is
+    :meth:`block_diag`, :meth:`from_edge_index` or :meth:`from_pyg`. ``A @ x`` accepts x of shape (m,),
+    (m, k), (B, m) or (B, m, k). Values may require grad: the SpMV's gradient w.r.t. the values is
     ``g[row] * x[col]`` (O(nnz), never an n x n tensor), w.r.t. x a product with the cached transpose ``A.T``.
     A block-diagonal matrix (``blocks``: row offsets of the diagonal blocks, as built from a PyG batch) is
     solved as one independent system per block.
@@ -273,14 +274,16 @@ class SparseMatrix(LinearOperator):
         row = torch.as_tensor(row)
         col = torch.as_tensor(col)
         if row.ndim != 1 or col.ndim != 1 or row.numel() != col.numel():
-            raise ValueError(f"row and col must be 1-D of equal length, got {tuple(row.shape)} and {tuple(col.shape)}")
+            raise ValueError(f"row and col must be 1-D of equal length, got {tuple(row.shape)} and "
+                             f"{tuple(col.shape)}")
         if any(t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool for t in (row, col)):
-            raise TypeError(f"row and col must be integer index tensors, got {row.dtype} and {col.dtype} (a float "
-                            "index such as 1.5 would be truncated)")
+            raise TypeError(f"row and col must be integer index tensors, got {row.dtype} and {col.dtype} (a "
+                            "float index such as 1.5 would be truncated)")
         if values.shape[-1] != row.numel() or values.ndim not in (1, 2):
             raise ValueError(f"values must have shape ({row.numel()},) or (B, {row.numel()}), "
                              f"got {tuple(values.shape)}")
-        if row.numel() and (int(row.min()) < 0 or int(row.max()) >= n or int(col.min()) < 0 or int(col.max()) >= m):
+        if (row.numel()
+                and (int(row.min()) < 0 or int(row.max()) >= n or int(col.min()) < 0 or int(col.max()) >= m)):
             raise ValueError(f"row/col indices out of range for shape ({n}, {m})")
         row = row.to(values.device).long()
         col = col.to(values.device).long()
@@ -340,15 +343,16 @@ class SparseMatrix(LinearOperator):
         """
         if t.layout == torch.sparse_csr:
             if t.ndim != 2 or t.values().ndim != 1:
-                raise ValueError("batched or hybrid torch CSR tensors: use SparseMatrix.from_coo with (B, nnz) values")
+                raise ValueError("batched or hybrid torch CSR tensors: use SparseMatrix.from_coo with (B, "
+                                 "nnz) values")
             n, m = t.shape
             crow, col = t.crow_indices().long(), t.col_indices().long()
             # torch builds CSR tensors without checking them: refuse what would index out of bounds
             if (crow.numel() != n + 1 or int(crow[0]) != 0 or int(crow[-1]) != col.numel()
                     or bool((crow[1:] < crow[:-1]).any()) or (col.numel() and (int(col.min()) < 0
                                                                                or int(col.max()) >= m))):
-                raise ValueError(f"malformed torch CSR tensor of shape ({n}, {m}): crow_indices must rise from 0 "
-                                 f"to nnz = {col.numel()} and col_indices lie in [0, {m})")
+                raise ValueError(f"malformed torch CSR tensor of shape ({n}, {m}): crow_indices must rise "
+                                 f"from 0 to nnz = {col.numel()} and col_indices lie in [0, {m})")
             row = torch.repeat_interleave(torch.arange(n, device=crow.device), crow[1:] - crow[:-1])
             key = row * m + col
             if key.numel() > 1 and not bool((key[1:] > key[:-1]).all()):  # unsorted or repeated columns
@@ -356,11 +360,13 @@ class SparseMatrix(LinearOperator):
             return cls(CSRPattern(crow, col, (n, m)), t.values())
         if t.layout == torch.sparse_coo:
             if t.sparse_dim() != 2 or t.dense_dim() != 0:
-                raise ValueError(f"only 2-D torch sparse COO tensors are supported, got sparse_dim {t.sparse_dim()} "
-                                 f"and dense_dim {t.dense_dim()}")
+                raise ValueError("only 2-D torch sparse COO tensors are supported, got sparse_dim "
+                                 f"{t.sparse_dim()} and dense_dim {t.dense_dim()}")
             i = t._indices()  # checked before coalesce(), which writes out of bounds on a bad index
-            if i.numel() and (int(i.min()) < 0 or int(i[0].max()) >= t.shape[0] or int(i[1].max()) >= t.shape[1]):
-                raise ValueError(f"torch sparse COO tensor has indices out of range for its shape {tuple(t.shape)}")
+            if (i.numel()
+                    and (int(i.min()) < 0 or int(i[0].max()) >= t.shape[0] or int(i[1].max()) >= t.shape[1])):
+                raise ValueError("torch sparse COO tensor has indices out of range for its shape "
+                                 f"{tuple(t.shape)}")
             t = t.coalesce()
             i = t.indices()
             return cls.from_coo(i[0], i[1], t.values(), tuple(t.shape))
@@ -494,7 +500,8 @@ class SparseMatrix(LinearOperator):
         return self._blocks
 
     def with_values(self, values: Tensor) -> SparseMatrix:
-        """The same pattern (and blocks) with other values, (nnz,) or (B, nnz): how to make A's entries trainable."""
+        """The same pattern (and blocks) with other values, (nnz,) or (B, nnz): how to make A's entries
+        trainable."""
         return SparseMatrix(self.pattern, values, blocks=self._blocks)
 
     def to(self, *args, **kwargs) -> SparseMatrix:
@@ -509,7 +516,8 @@ class SparseMatrix(LinearOperator):
     def T(self) -> SparseMatrix:
         patT, perm = self.pattern.transpose()
         out = SparseMatrix(patT, self._values.index_select(self._values.ndim - 1, perm), blocks=self._blocks)
-        # the source and its values' version: an exactly symmetric source lends its kernel arrays to its transpose
+        # the source and its values' version: an exactly symmetric source lends its kernel arrays to its
+        # transpose
         out._transpose_of = (self, values_version(self._values))
         return out
 
@@ -542,7 +550,8 @@ class SparseMatrix(LinearOperator):
         v2 = self._vals2d
         out = v2.new_zeros(v2.shape[0], *self.shape)
         b = torch.arange(v2.shape[0], device=v2.device).unsqueeze(1)
-        out = out.index_put((b, self.pattern.row.long().unsqueeze(0), self.pattern.col.long().unsqueeze(0)), v2)
+        out = out.index_put((b, self.pattern.row.long().unsqueeze(0),
+                             self.pattern.col.long().unsqueeze(0)), v2)
         return out if self._values.ndim == 2 else out[0]
 
     def is_symmetric(self, rtol: float = 0.0) -> bool:

@@ -37,14 +37,14 @@ def validate_system(op: LinearOperator, b: Tensor) -> None:
     if b.dtype != op.dtype:
         raise TypeError(f"dtype mismatch: A is {op.dtype}, b is {b.dtype}; cast one (e.g. b.to(A.dtype))")
     if op.dtype not in SOLVABLE_DTYPES:
-        raise TypeError(f"A and b are {op.dtype}: solves run in float32 or float64 (half precision has no sparse, "
-                        "factorisation or compiled kernels and cannot hold the Krylov recurrences); cast both with "
-                        ".float() or .double()")
+        raise TypeError(f"A and b are {op.dtype}: solves run in float32 or float64 (half precision has no "
+                        "sparse, factorisation or compiled kernels and cannot hold the Krylov recurrences); "
+                        "cast both with .float() or .double()")
     if b.device != op.device:
         raise ValueError(f"device mismatch: A is on {op.device}, b is on {b.device}; move one of them")
     if b.device.type == "meta":
-        raise ValueError("A and b are meta tensors (a shape without values): a solve needs data; build them on "
-                         "'cpu' or 'cuda'")
+        raise ValueError("A and b are meta tensors (a shape without values): a solve needs data; build "
+                         "them on 'cpu' or 'cuda'")
     if isinstance(op, SparseMatrix):
         if op.nnz == 0:
             raise ValueError(f"A ({n} x {n}) has no stored entries: the zero matrix is singular")
@@ -77,11 +77,11 @@ def _real(value, name: str) -> float:
 
 def validate_tolerances(rtol: float | None, atol: float, prefix: str = "") -> None:
     """ValueError unless 0 <= rtol < 1 (None: the default) and atol >= 0, both finite: rtol >= 1 would accept
-    x = 0 as converged; TypeError for a value that is not a real number. ``prefix`` names whose tolerances they
-    are in the message (``"adjoint "``)."""
+    x = 0 as converged; TypeError for a value that is not a real number. ``prefix`` names whose tolerances
+    they are in the message (``"adjoint "``)."""
     if rtol is not None and not (math.isfinite(r := _real(rtol, f"{prefix}rtol")) and 0.0 <= r < 1.0):
-        raise ValueError(f"{prefix}rtol must lie in [0, 1) (a relative residual reduction; rtol >= 1 accepts x = 0), "
-                         f"got {rtol!r}")
+        raise ValueError(f"{prefix}rtol must lie in [0, 1) (a relative residual reduction; rtol >= 1 accepts "
+                         f"x = 0), got {rtol!r}")
     if atol is not None or not prefix:  # an adjoint's atol may be None (the forward's)
         a = _real(atol, f"{prefix}atol")
         if not (math.isfinite(a) and a >= 0.0):
@@ -91,16 +91,19 @@ def validate_tolerances(rtol: float | None, atol: float, prefix: str = "") -> No
 MAXITER_CAP = 2**62  # larger caps mean "no cap": the compiled kernels count iterations in int64
 
 
-def validate_count(value, name: str, minimum: int, cap: int | None = None, optional: bool = True) -> int | None:
+def validate_count(value, name: str, minimum: int, cap: int | None = None,
+                   optional: bool = True) -> int | None:
     """An iteration count or size option as an int >= ``minimum`` (None passes through when ``optional``); an
     integral float (``1e4``) is accepted, ``cap`` bounds the result. TypeError / ValueError naming ``name``
     otherwise."""
     if value is None and optional:
         return None
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
+    if (isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex
+            and value.dtype != torch.bool):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}")
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} of type "
+                        f"{type(value).__name__}")
     if not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer()):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     value = int(value)

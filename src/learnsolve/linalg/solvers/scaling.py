@@ -1,10 +1,10 @@
 """Per-system scaling of right-hand-side blocks for the Krylov methods and the direct path's residual check.
 
-The methods form squared norms (dot products of residuals); for a right-hand side whose entries lie beyond about
-1e+-77 (float64; 1e+-9 float32) they overflow or underflow. Unscaled, a b of 1e160 ends at x = 0 reported as
-converged (its tolerance overflows to inf), one of 1e-160 stops 0.2% off (its residual underflows to 0), one of
-1e-310 at x = 0. :class:`Scale` divides each system by a power of two (exact) into range and scales the answer
-back; :func:`finite_only` reports a system whose x overflowed as not converged.
+The methods form squared norms (dot products of residuals); for a right-hand side whose entries lie beyond
+about 1e+-77 (float64; 1e+-9 float32) they overflow or underflow. Unscaled, a b of 1e160 ends at x = 0
+reported as converged (its tolerance overflows to inf), one of 1e-160 stops 0.2% off (its residual underflows
+to 0), one of 1e-310 at x = 0. :class:`Scale` divides each system by a power of two (exact) into range and
+scales the answer back; :func:`finite_only` reports a system whose x overflowed as not converged.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ def sysmax(T: Tensor, red) -> Tensor:
 
 
 class Scale:
-    """Power-of-two scaling of each system's right-hand side to max |b| in [0.5, 1), applied when some system's
-    max |b| lies outside [tiny^(1/4), max^(1/4)] of its dtype (float64: 1e-77..1e77). A power of two changes no
-    digit, so the scaled solve is the unscaled one's to the last bit wherever that does not overflow; in range this
-    costs one max-reduction pass and changes nothing. ``atol`` becomes ``atol / max(scale)`` (each system's
-    absolute tolerance at most the one asked for)."""
+    """Power-of-two scaling of each system's right-hand side to max |b| in [0.5, 1), applied when some
+    system's max |b| lies outside [tiny^(1/4), max^(1/4)] of its dtype (float64: 1e-77..1e77). A power of two
+    changes no digit, so the scaled solve is the unscaled one's to the last bit wherever that does not
+    overflow; in range this costs one max-reduction pass and changes nothing. ``atol`` becomes
+    ``atol / max(scale)`` (each system's absolute tolerance at most the one asked for)."""
 
     def __init__(self, op, Bm: Tensor, atol: float):
         self.atol, self.s, self.rows, self._atol = atol, None, None, atol
@@ -62,8 +62,8 @@ class Scale:
 
 
 def finite_only(info: SolveInfo, X: Tensor, red) -> SolveInfo:
-    """A system whose x holds NaN/Inf has not converged, whatever its residual recursion says (MINRES on an A of
-    1e-200 ends with a zero recursive residual and x = inf)."""
+    """A system whose x holds NaN/Inf has not converged, whatever its residual recursion says (MINRES on an A
+    of 1e-200 ends with a zero recursive residual and x = inf)."""
     ok = torch.isfinite(sysmax(X, red))
     if bool(ok.all()):
         return info
