@@ -55,9 +55,9 @@ _FIELDS = ("real", "integer", "complex", "pattern")
 _SYMMETRIES = ("general", "symmetric", "skew-symmetric", "hermitian")
 # sibling right-hand-side files: <stem>_b.mtx[.gz] or <stem>_rhs.mtx[.gz]
 RHS_SUFFIXES = ("_b", "_rhs")
-# a declared size is refused (before anything is allocated) when its storage is out of proportion to the entries
-# the file holds: more than SPARE_ROWS rows beyond twice the entries (the CSR row pointer: 8 bytes a row), or, for
-# the dense result of read_vectors, more than SPARE_CELLS cells beyond them (8 bytes a cell)
+# a declared size is refused (before anything is allocated) when its storage is out of proportion to the
+# entries the file holds: more than SPARE_ROWS rows beyond twice the entries (the CSR row pointer: 8 bytes a
+# row), or, for the dense result of read_vectors, more than SPARE_CELLS cells beyond them (8 bytes a cell)
 SPARE_ROWS = 2**22
 SPARE_CELLS = 2**24
 # the characters of numbers as the Matrix Market format writes them, and the whitespace between them (scipy's
@@ -95,7 +95,8 @@ def list_matrices(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder (give a folder of .mtx / .mtx.gz files)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith((".mtx", ".mtx.gz")))
+    files = sorted(p for p in folder.iterdir() if p.is_file()
+                   and p.name.lower().endswith((".mtx", ".mtx.gz")))
     stems = {matrix_stem(p) for p in files}
 
     def is_rhs(p: Path) -> bool:
@@ -115,13 +116,16 @@ def _read_text(path: Path) -> str:
     except IsADirectoryError:
         raise MatrixMarketError(path, "is a directory, not a Matrix Market file") from None
     except UnicodeDecodeError:
-        raise MatrixMarketError(path, "not a text file (undecodable bytes); missing %%MatrixMarket banner") from None
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut stream EOFError, a corrupt one
+        raise MatrixMarketError(path, "not a text file (undecodable bytes); missing %%MatrixMarket "
+                                      "banner") from None
+    except (OSError, EOFError, zlib.error) as e:
+        # BadGzipFile is an OSError; a cut stream EOFError, a corrupt one
         raise MatrixMarketError(path, f"cannot read file (corrupt or truncated gzip?): {e}") from None
 
 
 def _parse_header(path: Path, text: str):
-    """Validate banner and size line; return (fmt, field, symmetry, sizes, body_text, body's first line number)."""
+    """Validate banner and size line; return (fmt, field, symmetry, sizes, body_text, body's first line
+    number)."""
     lines = text.split("\n")
     if not lines or not lines[0].startswith("%%MatrixMarket"):
         raise MatrixMarketError(path, "missing %%MatrixMarket banner on the first line")
@@ -133,16 +137,19 @@ def _parse_header(path: Path, text: str):
     if obj != "matrix":
         raise MatrixMarketError(path, f"malformed banner: object {words[1]!r} is not 'matrix'")
     if fmt not in _FORMATS:
-        raise MatrixMarketError(path, f"malformed banner: format {words[2]!r} is not one of {', '.join(_FORMATS)}")
+        raise MatrixMarketError(path, f"malformed banner: format {words[2]!r} is not one of "
+                                      f"{', '.join(_FORMATS)}")
     if field not in _FIELDS:
-        raise MatrixMarketError(path, f"malformed banner: field {words[3]!r} is not one of {', '.join(_FIELDS)}")
+        raise MatrixMarketError(path, f"malformed banner: field {words[3]!r} is not one of "
+                                      f"{', '.join(_FIELDS)}")
     if sym not in _SYMMETRIES:
         raise MatrixMarketError(path, f"malformed banner: symmetry {words[4]!r} is not one of "
                                 f"{', '.join(_SYMMETRIES)}")
     if field == "complex" or sym == "hermitian":
         raise MatrixMarketError(path, "complex entries are not supported (learnsolve solves real systems)")
     if field == "pattern":
-        raise MatrixMarketError(path, "pattern-only matrix (no values) is not supported: it defines no linear system")
+        raise MatrixMarketError(path, "pattern-only matrix (no values) is not supported: it defines no "
+                                      "linear system")
     # size line: first line after the banner that is neither a comment nor blank
     k = 1
     while k < len(lines) and (not lines[k].strip() or lines[k].lstrip().startswith("%")):
@@ -163,8 +170,8 @@ def _parse_header(path: Path, text: str):
 
 
 def _tokens(path: Path, body: str, first_line: int, integer: bool) -> list[str]:
-    """The entries' tokens, each checked to be written as a number (an integer for field ``integer``): scipy reads
-    "1e3" in an integer file as 1 and "1_0" as 1, where Python's float() reads 1000 and 10."""
+    """The entries' tokens, each checked to be written as a number (an integer for field ``integer``): scipy
+    reads "1e3" in an integer file as 1 and "1_0" as 1, where Python's float() reads 1000 and 10."""
     # comment lines may appear between entries in the wild; blank them (line numbers stay) before tokenising
     if "%" in body:
         body = "\n".join("" if ln.lstrip().startswith("%") else ln for ln in body.split("\n"))
@@ -176,8 +183,9 @@ def _tokens(path: Path, body: str, first_line: int, integer: bool) -> list[str]:
                                     f"{first_line + body.count(chr(10), 0, start)}")
     if integer and (m := _NOT_INTEGER.search(body)):
         tok, start, _ = _token_at(body, m.start())
-        raise MatrixMarketError(path, f"malformed entry: {tok!r} on line {first_line + body.count(chr(10), 0, start)}"
-                                " is not an integer, but the banner declares field 'integer'")
+        raise MatrixMarketError(path, f"malformed entry: {tok!r} on line "
+                                f"{first_line + body.count(chr(10), 0, start)} is not an integer, but the "
+                                "banner declares field 'integer'")
     return body.split()
 
 
@@ -190,19 +198,21 @@ def _token_at(body: str, i: int) -> tuple[str, int, int]:
 
 
 def _check_size(path: Path, m: int, n: int, entries: int, dense: bool) -> None:
-    """Refuse a size whose storage the entries do not justify, before scipy allocates it (a 1e9 x 1e9 file with one
-    entry asks for 8 GB of row pointers)."""
+    """Refuse a size whose storage the entries do not justify, before scipy allocates it (a 1e9 x 1e9 file
+    with one entry asks for 8 GB of row pointers)."""
     if max(m, n) > SPARE_ROWS + 2 * entries:
-        raise MatrixMarketError(path, f"the size line declares a {m} x {n} matrix with {entries} stored value(s): its "
-                                f"row pointer alone would take {8 * (max(m, n) + 1) / 2**30:.2g} GiB; refusing sizes of "
-                                f"more than {SPARE_ROWS} rows beyond twice the values")
+        raise MatrixMarketError(path, f"the size line declares a {m} x {n} matrix with {entries} stored "
+                                "value(s): its row pointer alone would take "
+                                f"{8 * (max(m, n) + 1) / 2**30:.2g} GiB; refusing sizes of more than "
+                                f"{SPARE_ROWS} rows beyond twice the values")
     if dense and m * n > SPARE_CELLS + 2 * entries:
-        raise MatrixMarketError(path, f"the size line declares a {m} x {n} matrix with {entries} stored value(s): as "
-                                f"dense vectors it would take {8 * m * n / 2**30:.2g} GiB; refusing more than "
-                                f"{SPARE_CELLS} cells beyond twice the values")
+        raise MatrixMarketError(path, f"the size line declares a {m} x {n} matrix with {entries} stored "
+                                f"value(s): as dense vectors it would take {8 * m * n / 2**30:.2g} GiB; "
+                                f"refusing more than {SPARE_CELLS} cells beyond twice the values")
 
 
-def _validate(path: Path, text: str, *, square: bool, dense: bool = False) -> tuple[str, str, tuple[int, int], int]:
+def _validate(path: Path, text: str, *, square: bool,
+              dense: bool = False) -> tuple[str, str, tuple[int, int], int]:
     """Check the whole file; return (format, symmetry, shape, expected stored entries after expansion).
     ``dense``: the caller makes a dense array of the result (the size check counts its cells)."""
     fmt, field, sym, sizes, body, first_line = _parse_header(path, text)
@@ -218,7 +228,8 @@ def _validate(path: Path, text: str, *, square: bool, dense: bool = False) -> tu
         nz = sizes[2]
         have, rest = divmod(len(tok), 3)
         if have < nz:
-            raise MatrixMarketError(path, f"truncated file: {have} complete entries, {nz} declared in the size line")
+            raise MatrixMarketError(path, f"truncated file: {have} complete entries, {nz} declared in the "
+                                          "size line")
         if have > nz or rest:
             raise MatrixMarketError(path, f"malformed entries: {len(tok)} values where {nz} entries of "
                                     "'row col value' (3 values each) were declared")
@@ -264,9 +275,9 @@ def _validate(path: Path, text: str, *, square: bool, dense: bool = False) -> tu
 
 
 def _one_triangle(path: Path, ij: np.ndarray, n: int, sym: str) -> None:
-    """Symmetric storage holds one triangle: an entry stored together with its mirror would be added to it twice
-    (the file stored the full matrix but declared it symmetric). An entry of the upper triangle alone is mirrored
-    like a lower one, as scipy does."""
+    """Symmetric storage holds one triangle: an entry stored together with its mirror would be added to it
+    twice (the file stored the full matrix but declared it symmetric). An entry of the upper triangle alone is
+    mirrored like a lower one, as scipy does."""
     off = ij[ij[:, 0] != ij[:, 1]] - 1
     lo, hi = np.minimum(off[:, 0], off[:, 1]), np.maximum(off[:, 0], off[:, 1])
     key = hi * n + lo
@@ -274,8 +285,9 @@ def _one_triangle(path: Path, ij: np.ndarray, n: int, sym: str) -> None:
     both = np.intersect1d(key[upper], key[~upper])
     if both.size:
         i, j = int(both[0] // n) + 1, int(both[0] % n) + 1
-        raise MatrixMarketError(path, f"{sym} storage holds both ({i}, {j}) and its mirror ({j}, {i}): it stores one "
-                                "triangle, so both would be added; declare the file 'general' or drop one triangle")
+        raise MatrixMarketError(path, f"{sym} storage holds both ({i}, {j}) and its mirror ({j}, {i}): it "
+                                "stores one triangle, so both would be added; declare the file 'general' or "
+                                "drop one triangle")
 
 
 def _read(path: str | os.PathLike, *, square: bool = True, dense: bool = False) -> sp.csr_matrix:
@@ -318,18 +330,19 @@ def read_matrix_market(path: str | os.PathLike) -> sp.csr_matrix:
     Raises:
         MatrixMarketError: (``"<file>: <reason>"``) a missing file, a missing or malformed banner, a bad size
             line, a non-square matrix, complex/hermitian or pattern-only entries, an index out of range, a
-            non-finite value, a truncated file (fewer entries than declared), a token that is not a number as the
-            format writes one (or not an integer in an ``integer`` file), symmetric storage holding an entry and
-            its mirror, or a declared size out of proportion to the stored values (:data:`SPARE_ROWS`), refused
-            before anything of that size is allocated.
+            non-finite value, a truncated file (fewer entries than declared), a token that is not a number as
+            the format writes one (or not an integer in an ``integer`` file), symmetric storage holding an
+            entry and its mirror, or a declared size out of proportion to the stored values
+            (:data:`SPARE_ROWS`), refused before anything of that size is allocated.
     """
     return _read(path, square=True)
 
 
 def read_vectors(path: str | os.PathLike) -> np.ndarray:
-    """Read right-hand sides from ``path`` (``.mtx`` / ``.mtx.gz``, array or coordinate, n x k) as a dense float64
-    (n, k) array; :class:`MatrixMarketError` as :func:`read_matrix_market` (a non-square shape is allowed; a
-    dense result of more than :data:`SPARE_CELLS` cells beyond twice the stored values is refused)."""
+    """Read right-hand sides from ``path`` (``.mtx`` / ``.mtx.gz``, array or coordinate, n x k) as a dense
+    float64 (n, k) array; :class:`MatrixMarketError` as :func:`read_matrix_market` (a non-square shape is
+    allowed; a dense result of more than :data:`SPARE_CELLS` cells beyond twice the stored values is
+    refused)."""
     return _read(path, square=False, dense=True).toarray()
 
 
@@ -432,17 +445,19 @@ def _sibling_rhs(path: Path) -> Path | None:
     return None
 
 
-ONES_CAVEAT = ("b = A @ ones favours MIC(0): it keeps row sums (M 1 = A 1), so it solves such a system in about one "
-               "step; compare preconditioners with rhs='random' (the default)")
+ONES_CAVEAT = ("b = A @ ones favours MIC(0): it keeps row sums (M 1 = A 1), so it solves such a system in "
+               "about one step; compare preconditioners with rhs='random' (the default)")
 
 
 def default_rhs(A: sp.spmatrix, rhs: str, seed: int, where: str) -> tuple[np.ndarray, str]:
-    """(b, what it is) for a matrix that ships no right-hand side: ``rhs="random"``: i.i.d. standard normal from
-    ``numpy.random.default_rng(seed)``; ``rhs="ones"``: ``A @ ones`` (warns :data:`ONES_CAVEAT`, naming ``where``).
-    Where A 1 = 0 (a Neumann or singular operator: A @ ones is rounding noise and a random b is not in A's range)
-    either kind gives the consistent image ``A r`` of r ~ U(0.5, 1.5) (:func:`random_image`)."""
+    """(b, what it is) for a matrix that ships no right-hand side: ``rhs="random"``: i.i.d. standard normal
+    from ``numpy.random.default_rng(seed)``; ``rhs="ones"``: ``A @ ones`` (warns :data:`ONES_CAVEAT`, naming
+    ``where``). Where A 1 = 0 (a Neumann or singular operator: A @ ones is rounding noise and a random b is
+    not in A's range) either kind gives the consistent image ``A r`` of r ~ U(0.5, 1.5)
+    (:func:`random_image`)."""
     if rhs not in ("random", "ones"):
-        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ ones)")
+        raise ValueError(f"unknown rhs {rhs!r}: choose 'random' (seeded, the default) or 'ones' (b = A @ "
+                         "ones)")
     n = A.shape[0]
     ones_image = A @ np.ones(n)
     if n and np.linalg.norm(ones_image) <= 1e-10 * sp.linalg.norm(A) * np.sqrt(n):
@@ -454,9 +469,10 @@ def default_rhs(A: sp.spmatrix, rhs: str, seed: int, where: str) -> tuple[np.nda
 
 
 def random_image(A: sp.spmatrix, seed: int, why: str) -> tuple[np.ndarray, str]:
-    """(A r, :data:`RANDOM_IMAGE`) for r ~ U(0.5, 1.5) from ``numpy.random.default_rng(seed)``: a right-hand side
-    in A's range."""
-    return A @ np.random.default_rng(seed).uniform(0.5, 1.5, A.shape[0]), RANDOM_IMAGE.format(why=why, seed=seed)
+    """(A r, :data:`RANDOM_IMAGE`) for r ~ U(0.5, 1.5) from ``numpy.random.default_rng(seed)``: a right-hand
+    side in A's range."""
+    return (A @ np.random.default_rng(seed).uniform(0.5, 1.5, A.shape[0]),
+            RANDOM_IMAGE.format(why=why, seed=seed))
 
 
 def load_system(path: str | os.PathLike, rhs: str = "random", seed: int = 0) -> Data:
@@ -465,8 +481,8 @@ def load_system(path: str | os.PathLike, rhs: str = "random", seed: int = 0) -> 
     - A: :func:`read_matrix_market` (symmetric storage expanded).
     - b: from a sibling ``<stem>_b.mtx`` or ``<stem>_rhs.mtx`` (``.gz`` too) when one exists (an n x 1
       matrix, array or coordinate); otherwise ``rhs="random"`` (default): i.i.d. standard normal from
-      ``numpy.random.default_rng(seed)``, or ``rhs="ones"``: ``b = A @ ones`` (the exact solution is the all-ones
-      vector when A is nonsingular; it favours MIC(0), which keeps row sums, and a warning says so:
+      ``numpy.random.default_rng(seed)``, or ``rhs="ones"``: ``b = A @ ones`` (the exact solution is the
+      all-ones vector when A is nonsingular; it favours MIC(0), which keeps row sums, and a warning says so:
       :data:`ONES_CAVEAT`). Where A 1 = 0 (a Neumann or singular operator: a random b is not in A's range, and
       A @ ones is rounding noise) either kind gives ``b = A r`` with r ~ U(0.5, 1.5) from
       ``numpy.random.default_rng(seed)``, a consistent right-hand side, and ``params["rhs"]`` says so
