@@ -27,7 +27,8 @@ from .base import LearnedModel
 
 # _target_s that moved: old dotted name -> new one (applied anywhere in a stored config)
 MOVED_TARGETS = {
-    "learnsolve.data.datamodule.LinearSystemDataModule": "learnsolve.training.datamodule.LinearSystemDataModule",
+    "learnsolve.data.datamodule.LinearSystemDataModule":
+        "learnsolve.training.datamodule.LinearSystemDataModule",
 }
 STATE_PREFIX = "model."  # the LightningModule holds the network as `model`
 INITIAL_STATE_KEY = "learnsolve_initial_state"  # the model's state_dict before training (its classical start)
@@ -51,13 +52,14 @@ class Checkpoint:
     initial_state: dict | None = None  # the model's parameters before training (None: not stored)
 
     def untrained(self) -> tuple[LearnedModel, str]:
-        """(the same model and configuration at its initial parameters, how they were obtained). The checkpoint's
-        stored initial state when it has one; else the model built afresh with the run's seed (the same draw as
-        the training's initial parameters when nothing else consumed random numbers first; exact for the models
-        whose correction starts at zero, i.e. every model with a classical start)."""
+        """(the same model and configuration at its initial parameters, how they were obtained). The
+        checkpoint's stored initial state when it has one; else the model built afresh with the run's seed
+        (the same draw as the training's initial parameters when nothing else consumed random numbers first;
+        exact for the models whose correction starts at zero, i.e. every model with a classical start)."""
         where = f"checkpoint of {self.name}"
         if self.initial_state is not None:
-            return load_weights(build_model(type(self.model), self.kwargs, where), self.initial_state, where), "stored"
+            return load_weights(build_model(type(self.model), self.kwargs, where), self.initial_state,
+                                where), "stored"
         seed = self.config.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise CheckpointError(f"{where}: its config's seed {seed!r} is not an integer")
@@ -71,14 +73,16 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict (``state_dict``, ``learnsolve_config``, ...), checked; CheckpointError otherwise."""
+    """The raw checkpoint dict (``state_dict``, ``learnsolve_config``, ...), checked; CheckpointError
+    otherwise."""
     p = Path(path)
     if p.is_dir():
         raise CheckpointError(f"checkpoint {str(p)!r} is a folder; give a checkpoint file inside it, e.g. "
                               f"{str(p / 'checkpoints' / 'last.ckpt')!r}")
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist (give ckpt_path=.../checkpoints/last.ckpt "
-                              "or a best-epoch file from a training run folder)")
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist (give "
+                              "ckpt_path=.../checkpoints/last.ckpt or a best-epoch file from a training run "
+                              "folder)")
     _check_zip(p)
     try:
         # the checkpoint holds the run config (plain dicts/lists) next to tensors; written by this package
@@ -106,14 +110,16 @@ def _check_zip(p: Path) -> None:
         raise CheckpointError(f"checkpoint {str(p)!r} is damaged: its zip structure cannot be read "
                               f"({type(e).__name__}: {e})") from e
     if bad is not None:
-        raise CheckpointError(f"checkpoint {str(p)!r} is damaged: record {bad!r} does not match its CRC-32 checksum "
-                              "(the file was altered or corrupted after it was written)")
+        raise CheckpointError(f"checkpoint {str(p)!r} is damaged: record {bad!r} does not match its CRC-32 "
+                              "checksum (the file was altered or corrupted after it was written)")
 
 
 def check_state(state, where: str) -> dict:
-    """``state`` as a state dict: a mapping of parameter names to tensors (CheckpointError naming ``where``)."""
+    """``state`` as a state dict: a mapping of parameter names to tensors (CheckpointError naming
+    ``where``)."""
     if not isinstance(state, dict):
-        raise CheckpointError(f"{where}: the weights are a {type(state).__name__}, not a mapping of names to tensors")
+        raise CheckpointError(f"{where}: the weights are a {type(state).__name__}, not a mapping of names to "
+                              "tensors")
     for k, v in state.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise CheckpointError(f"{where}: weight {k!r} is a {type(v).__name__}, not a tensor under a name")
@@ -149,21 +155,24 @@ def resolve_target(target, where: str) -> type[LearnedModel]:
         raise CheckpointError(f"{where}: model target {target!r} is not a dotted class name")
     module, _, name = target.rpartition(".")
     if module != "learnsolve.models" and not module.startswith("learnsolve.models."):
-        raise CheckpointError(f"{where}: model target {target!r} is outside learnsolve.models; refusing to import it")
+        raise CheckpointError(f"{where}: model target {target!r} is outside learnsolve.models; refusing to "
+                              "import it")
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise CheckpointError(f"{where}: model target {target!r} does not exist in this learnsolve ({e})") from e
+        raise CheckpointError(f"{where}: model target {target!r} does not exist in this learnsolve "
+                              f"({e})") from e
     if not (isinstance(obj, type) and obj in MODELS.values()):
         raise CheckpointError(f"{where}: {target!r} is not a learnsolve model class (known: {_known()})")
     return obj
 
 
 def build_model(cls: type[LearnedModel], kwargs, where: str, state: dict | None = None) -> LearnedModel:
-    """``cls(**kwargs)``; plain values only (a nested ``_target_`` object is refused). With ``state`` (the weights
-    it will receive), the model is first built on the meta device (no memory; every registered model builds there)
-    and its parameter names and shapes compared with them: arguments asking for a larger model than the weights
-    hold (``hidden: 1000000``, ``layers: 1000000``) are refused before anything of that size is allocated."""
+    """``cls(**kwargs)``; plain values only (a nested ``_target_`` object is refused). With ``state`` (the
+    weights it will receive), the model is first built on the meta device (no memory; every registered model
+    builds there) and its parameter names and shapes compared with them: arguments asking for a larger model
+    than the weights hold (``hidden: 1000000``, ``layers: 1000000``) are refused before anything of that size
+    is allocated."""
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{where}: model kwargs must be a mapping, got {type(kwargs).__name__}")
     if any(isinstance(v, dict) and "_target_" in v for v in kwargs.values()):
@@ -174,13 +183,13 @@ def build_model(cls: type[LearnedModel], kwargs, where: str, state: dict | None 
                 with torch.device("meta"), _bounded(2 * len(state) + 16, 20 * len(state) + 100):
                     shapes = {k: tuple(v.shape) for k, v in cls(**kwargs).state_dict().items()}
             except _TooLarge as e:
-                raise CheckpointError(f"{where}: the arguments {kwargs} build a {cls.__name__} with {e} than the "
-                                      f"{len(state)} stored weights; refusing to build it") from None
+                raise CheckpointError(f"{where}: the arguments {kwargs} build a {cls.__name__} with {e} than "
+                                      f"the {len(state)} stored weights; refusing to build it") from None
             except (TypeError, ValueError):
                 raise
             except Exception as e:  # e.g. a size whose storage overflows int64
-                raise CheckpointError(f"{where}: cannot build {cls.__name__} from {kwargs} ({type(e).__name__}: "
-                                      f"{e})") from e
+                raise CheckpointError(f"{where}: cannot build {cls.__name__} from {kwargs} "
+                                      f"({type(e).__name__}: {e})") from e
             _compare(cls, shapes, state, where)
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -193,8 +202,8 @@ class _TooLarge(Exception):
 
 @contextlib.contextmanager
 def _bounded(max_tensors: int, max_modules: int):
-    """Stop a model's construction (in this thread) once it registers more parameters and buffers, or submodules,
-    than given: ``layers: 1000000`` takes many minutes to build, even on meta."""
+    """Stop a model's construction (in this thread) once it registers more parameters and buffers, or
+    submodules, than given: ``layers: 1000000`` takes many minutes to build, even on meta."""
     from torch.nn.modules import module as M
 
     me, count = threading.get_ident(), {"tensors": 0, "modules": 0}
@@ -237,7 +246,8 @@ def load_weights(model: LearnedModel, state: dict, where: str) -> LearnedModel:
         if k in own and v.is_floating_point() != own[k].is_floating_point():
             raise CheckpointError(f"{where}: weight {k!r} is {v.dtype}, the model's is {own[k].dtype}")
         if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
-            raise CheckpointError(f"{where}: weight {k!r} holds NaN or Inf (a diverged training or a damaged file)")
+            raise CheckpointError(f"{where}: weight {k!r} holds NaN or Inf (a diverged training or a damaged "
+                                  "file)")
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     if len(dtypes) == 1:
         model = model.to(dtypes.pop())
@@ -255,22 +265,24 @@ def model_entry(config: dict, where: str) -> tuple[str, type[LearnedModel], dict
     mcfg = config.get("model")
     net = mcfg.get("net") if isinstance(mcfg, dict) else None
     if not isinstance(net, dict):
-        raise CheckpointError(f"{where}: its config has no model.net entry (not a learnsolve training checkpoint)")
+        raise CheckpointError(f"{where}: its config has no model.net entry (not a learnsolve training "
+                              "checkpoint)")
     name = mcfg.get("name")
     if not isinstance(name, str) or name not in MODELS:
         raise CheckpointError(f"{where} is from model family {name!r}, which this learnsolve does not know "
                               f"(known: {', '.join(MODELS)})")
     cls = resolve_target(net.get("_target_"), where)
     if cls is not MODELS[name]:
-        raise CheckpointError(f"{where}: its model name {name!r} and its class {net.get('_target_')!r} disagree")
+        raise CheckpointError(f"{where}: its model name {name!r} and its class {net.get('_target_')!r} "
+                              "disagree")
     return name, cls, {k: v for k, v in net.items() if not str(k).startswith("_")}
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     """The model of a training checkpoint and what it was built from.
 
-    The model is rebuilt from the config stored in the checkpoint (no Hydra, no Lightning module); older configs
-    are upgraded first.
+    The model is rebuilt from the config stored in the checkpoint (no Hydra, no Lightning module); older
+    configs are upgraded first.
 
     Args:
         path: a ``.ckpt`` file written by ``python train.py``.
@@ -281,8 +293,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         run config and (when stored) its parameters before training (``Checkpoint.untrained()``).
 
     Raises:
-        CheckpointError: a missing, corrupt or foreign file, an unknown model family, or weights that do not fit
-            the rebuilt model (the message names the file).
+        CheckpointError: a missing, corrupt or foreign file, an unknown model family, or weights that do not
+            fit the rebuilt model (the message names the file).
     """
     where = f"checkpoint {str(path)!r}"
     try:
@@ -300,7 +312,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                       initial if isinstance(initial, dict) else None)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[LearnedModel, dict]:
+def load_model(path: str | os.PathLike,
+               map_location: str | torch.device = "cpu") -> tuple[LearnedModel, dict]:
     """Rebuild a trained model anywhere from its training checkpoint alone.
 
     Args:
