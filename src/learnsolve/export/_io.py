@@ -27,7 +27,8 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
         raise ExportError(f"{what} {str(p)!r} does not exist")
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: deep nesting
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # RecursionError: deep nesting
         raise ExportError(f"{what} {str(p)!r} is not readable JSON ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise ExportError(f"{what} {str(p)!r} must hold a JSON object, got {type(obj).__name__}")

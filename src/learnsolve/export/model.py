@@ -1,7 +1,8 @@
-"""Model export: a training checkpoint -> a self-contained folder that rebuilds the model without Lightning or Hydra.
+"""Model export: a training checkpoint -> a self-contained folder that rebuilds the model without Lightning or
+Hydra.
 
-The folder layout is described in :mod:`learnsolve.export.reader`, which reads it back. What goes in is asked of
-the model (:class:`learnsolve.models.base.LearnedModel`): its program (``export_program``), its per-matrix
+The folder layout is described in :mod:`learnsolve.export.reader`, which reads it back. What goes in is asked
+of the model (:class:`learnsolve.models.base.LearnedModel`): its program (``export_program``), its per-matrix
 preconditioner (``matrix_export_reason`` / ``export_matrix``) and its ``kind`` and ``matrix_type``.
 """
 
@@ -48,8 +49,8 @@ def model_from_checkpoint(ckpt_path: str | os.PathLike):
     try:
         json.dumps(ckpt.kwargs)
     except TypeError as e:
-        raise ExportError(f"checkpoint {str(ckpt_path)!r}: model arguments {ckpt.kwargs} are not plain values: "
-                          f"{e}") from e
+        raise ExportError(f"checkpoint {str(ckpt_path)!r}: model arguments {ckpt.kwargs} are not plain "
+                          f"values: {e}") from e
     return ckpt.model, ckpt.name, ckpt.target, ckpt.kwargs
 
 
@@ -89,9 +90,9 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
     A model without one (nonlinear, solver, surrogate) skips the matrices (``report.skipped`` says why).
     ``safeguard`` (default on): where the learned factor would be worse than its fallback on a matrix, the
     fallback is written instead and its JSON says so. ``computed``: preconditioners already computed elsewhere
-    (e.g. tuned on their matrix by :func:`learnsolve.training.tune.tune_matrix`), ``{stem: (MatrixExport, meta)}``,
-    written as given under ``preconditioners/`` (``meta`` as :func:`learnsolve.export.preconditioners.write_matrix_files`
-    takes it) instead of ``matrices``.
+    (e.g. tuned on their matrix by :func:`learnsolve.training.tune.tune_matrix`),
+    ``{stem: (MatrixExport, meta)}``, written as given under ``preconditioners/`` (``meta`` as
+    :func:`learnsolve.export.preconditioners.write_matrix_files` takes it) instead of ``matrices``.
 
     Everything is written to a temporary sibling folder renamed into place at the end: a failure leaves no
     partial output.
@@ -147,7 +148,8 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
         if computed:
             (tmp / PRECONDITIONERS).mkdir(exist_ok=True)
             for stem, (exported, meta) in computed.items():
-                p = write_matrix_files(exported, tmp / PRECONDITIONERS, stem, str(meta.get("factor", name)), meta)
+                p = write_matrix_files(exported, tmp / PRECONDITIONERS, stem,
+                                       str(meta.get("factor", name)), meta)
                 report.preconditioners[stem] = out / PRECONDITIONERS / p.name
         config = {
             "format": FORMAT, "model": name, "kind": report.kind, "target": target, "kwargs": kwargs,

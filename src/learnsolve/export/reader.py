@@ -11,8 +11,9 @@ Model folder layout (``FORMAT`` 1)::
 
 :func:`load_exported_model` builds ``target(**kwargs)`` (a class registered in ``learnsolve.models.MODELS``,
 nothing else: :func:`learnsolve.models.checkpoint.resolve_target`) and loads the safetensors weights;
-:func:`load_program` loads the compiled program; :func:`load_preconditioner` turns a per-matrix ``<stem>.json``
-into a scipy ``LinearOperator`` or a :class:`learnsolve.linalg.Preconditioner`. Needs neither Lightning nor Hydra.
+:func:`load_program` loads the compiled program; :func:`load_preconditioner` turns a per-matrix
+``<stem>.json`` into a scipy ``LinearOperator`` or a :class:`learnsolve.linalg.Preconditioner`. Needs neither
+Lightning nor Hydra.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def read_config(folder: str | os.PathLike) -> dict:
     path = folder / CONFIG
     cfg = read_json(path, "model config")
     if cfg.get("format") != FORMAT:
-        raise ExportError(f"{path}: format {cfg.get('format')!r} is not {FORMAT} (written by another learnsolve?)")
+        raise ExportError(f"{path}: format {cfg.get('format')!r} is not {FORMAT} (written by another "
+                          "learnsolve?)")
     for key in ("model", "target", "kwargs"):
         if key not in cfg:
             raise ExportError(f"{path}: missing key {key!r}")
@@ -68,8 +70,8 @@ def load_exported_model(folder: str | os.PathLike):
 
     Raises:
         ExportError: a missing or malformed config, a target outside ``learnsolve.models``, or missing /
-            unreadable / mismatched weights (a weights file whose SHA-256 differs from ``weights_sha256``, a name
-            outside the folder, NaN/Inf values, arguments that build other shapes than the weights hold).
+            unreadable / mismatched weights (a weights file whose SHA-256 differs from ``weights_sha256``, a
+            name outside the folder, NaN/Inf values, arguments that build other shapes than the weights hold).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -96,7 +98,8 @@ def load_exported_model(folder: str | os.PathLike):
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{wpath}: not a readable safetensors file ({e})") from e
     _check_digest(wpath, cfg.get("weights_sha256"), where)
-    with export_errors():  # the arguments are checked against the weights' shapes before the model is allocated
+    # the arguments are checked against the weights' shapes before the model is allocated
+    with export_errors():
         model = build_model(cls, cfg["kwargs"], f"{wpath} (arguments from {where})", state)
         return load_weights(model, state, str(wpath))
 
@@ -108,8 +111,8 @@ def _check_digest(path: Path, digest, where: str) -> None:
     if digest is None:
         return
     if not isinstance(digest, str) or hashlib.sha256(path.read_bytes()).hexdigest() != digest.lower():
-        raise ExportError(f"{path}: its SHA-256 does not match weights_sha256 in {where}: the file was altered or "
-                          "damaged after export")
+        raise ExportError(f"{path}: its SHA-256 does not match weights_sha256 in {where}: the file was "
+                          "altered or damaged after export")
 
 
 def load_program(folder: str | os.PathLike):
@@ -167,7 +170,8 @@ def _read_factor(json_path: Path, files: dict, n: int) -> sp.csr_matrix:
         try:
             L = sp.load_npz(p)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise ExportError(f"{p}: not a readable scipy .npz sparse matrix ({type(e).__name__}: {e})") from e
+            raise ExportError(f"{p}: not a readable scipy .npz sparse matrix ({type(e).__name__}: "
+                              f"{e})") from e
     else:
         from learnsolve.data.mtx import MatrixMarketError, read_matrix_market
 
@@ -197,8 +201,8 @@ def _read_lowrank(json_path: Path, files: dict, n: int):
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise ExportError(f"{p}: not a readable .npz with arrays D, U, V ({type(e).__name__}: {e})") from e
     if D.shape != (n,) or U.ndim != 2 or U.shape[0] != n or V.shape != U.shape:
-        raise ExportError(f"{p}: shapes D {D.shape}, U {U.shape}, V {V.shape} do not match (n,), (n, r), (n, r) "
-                          f"with n = {n}")
+        raise ExportError(f"{p}: shapes D {D.shape}, U {U.shape}, V {V.shape} do not match (n,), (n, r), "
+                          f"(n, r) with n = {n}")
     if not (np.all(np.isfinite(D)) and np.all(np.isfinite(U)) and np.all(np.isfinite(V)) and np.all(D != 0)):
         raise ExportError(f"{p}: D has a zero entry or the arrays hold non-finite values")
     return D, U, V
@@ -239,12 +243,14 @@ def _torch_as_scipy(P, n: int):
             Z = apply(torch.from_numpy(np.ascontiguousarray(X.reshape(n, -1))).unsqueeze(0))[0]
         return Z.numpy().reshape(X.shape)
 
-    return spla.LinearOperator((n, n), matvec=lambda x: run(P.apply, x), rmatvec=lambda x: run(P.apply_transpose, x),
-                               matmat=lambda X: run(P.apply, X), dtype=np.float64)
+    return spla.LinearOperator((n, n), matvec=lambda x: run(P.apply, x),
+                               rmatvec=lambda x: run(P.apply_transpose, x), matmat=lambda X: run(P.apply, X),
+                               dtype=np.float64)
 
 
 def _matrix_for_check(path: Path, A, n: int):
-    """The user's matrix as a float64 :class:`learnsolve.linalg.SparseMatrix` of shape (n, n) (ExportError if not)."""
+    """The user's matrix as a float64 :class:`learnsolve.linalg.SparseMatrix` of shape (n, n) (ExportError if
+    not)."""
     from learnsolve.linalg import SparseMatrix
 
     if isinstance(A, SparseMatrix):
@@ -256,21 +262,22 @@ def _matrix_for_check(path: Path, A, n: int):
             raise ExportError(f"load_preconditioner: A must be a scipy sparse matrix, a dense array or a "
                               f"learnsolve.linalg.SparseMatrix, got {type(A).__name__} ({e})") from e
     if S.shape != (n, n) or S.batch_size is not None:
-        raise ExportError(f"load_preconditioner: A has shape {tuple(S.shape)}, but {path.name} is for n = {n}")
+        raise ExportError(f"load_preconditioner: A has shape {tuple(S.shape)}, but {path.name} is for n = "
+                          f"{n}")
     return S
 
 
 def _checked(path: Path, P, A, n: int):
-    """P, or the faster of MIC(0) and IC(0) of A (:func:`learnsolve.linalg.fastest_factor`, with a warning) where
-    :func:`learnsolve.linalg.preconditioners.safeguard` rejects P on A."""
+    """P, or the faster of MIC(0) and IC(0) of A (:func:`learnsolve.linalg.fastest_factor`, with a warning)
+    where :func:`learnsolve.linalg.preconditioners.safeguard` rejects P on A."""
     from learnsolve.linalg import FactorizationError, fastest_factor, safeguard
 
     try:
         S = _matrix_for_check(path, A, n)
         check = safeguard(S, P, lambda: fastest_factor(S))
     except FactorizationError as e:
-        raise ExportError(f"load_preconditioner: IC(0) of the given A breaks down even with a diagonal shift ({e}); "
-                          "is A symmetric positive definite?") from e
+        raise ExportError("load_preconditioner: IC(0) of the given A breaks down even with a diagonal shift "
+                          f"({e}); is A symmetric positive definite?") from e
     if check.all_accepted:
         return P
     warnings.warn(f"{path}: safeguard: fell back to {check.fallback_name} of the given A ({check.reason})",
@@ -286,10 +293,11 @@ def load_preconditioner(path: str | os.PathLike, backend: str = "scipy", A=None)
     (:class:`learnsolve.linalg.LowRankDiagonal`) for ``"lowrank_diag"``. ``backend="torch"``: a
     :class:`learnsolve.linalg.Preconditioner` (``LLT`` / ``LowRankDiagonal``, float64) for
     ``learnsolve.linalg.solve(..., precond=...)``.
-    ``A`` (optional; scipy sparse, dense or a ``SparseMatrix``): the matrix the preconditioner will be used with.
-    Then the loaded factor is checked against IC(0) of A by :func:`learnsolve.linalg.preconditioners.safeguard` (a few PCG steps
-    with both; IC(0) with a diagonal shift where plain IC(0) breaks down) and, where it would be slower, IC(0) of A
-    is returned instead, with a ``UserWarning`` saying why.
+    ``A`` (optional; scipy sparse, dense or a ``SparseMatrix``): the matrix the preconditioner will be used
+    with. Then the loaded factor is checked against IC(0) of A by
+    :func:`learnsolve.linalg.preconditioners.safeguard` (a few PCG steps with both; IC(0) with a diagonal
+    shift where plain IC(0) breaks down) and, where it would be slower, IC(0) of A is returned instead, with a
+    ``UserWarning`` saying why.
 
     Args:
         path: a ``preconditioners/<stem>.json`` file of an exported folder.
@@ -301,7 +309,8 @@ def load_preconditioner(path: str | os.PathLike, backend: str = "scipy", A=None)
 
     Raises:
         ExportError: (naming the file) a bad ``backend``, a missing or malformed JSON, an unknown type or
-            missing / bad data files, an A of the wrong size, or an A whose IC(0) breaks down even with a shift.
+            missing / bad data files, an A of the wrong size, or an A whose IC(0) breaks down even with a
+            shift.
 
     Example:
         ```python
