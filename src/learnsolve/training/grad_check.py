@@ -167,16 +167,16 @@ class TrainingGradientCheck(pl.Callback):
         try:
             try:
                 metrics = self.measure(pl_module.model, self._batch)
-            # e.g. a model that cannot run in float64: its own precision
             except (RuntimeError, TypeError) as e:
+                # e.g. a model that cannot run in float64: its own precision
                 if not self.float64:
                     raise
                 log.info("training-gradient check in float64 failed (%s); checking in the model's "
                          "precision", e)
                 self.float64 = False
                 metrics = self.measure(pl_module.model, self._batch)
-        # a diagnostic must not kill the run
         except (RuntimeError, ValueError, ArithmeticError, TypeError) as e:
+            # a diagnostic must not kill the run
             log.warning("training-gradient check failed at step %d: %s", trainer.global_step, e)
             return
         dt = time.perf_counter() - t0
