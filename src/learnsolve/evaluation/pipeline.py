@@ -154,7 +154,7 @@ def evaluate(cfg: DictConfig) -> EvaluationResult:
 
     Returns:
         An ``EvaluationResult``: the rows, the Markdown table, the output folder and the files written there
-        (``results.csv``, ``results.json``, ``results.md``, plots).
+            (``results.csv``, ``results.json``, ``results.md``, plots).
 
     Raises:
         EvaluationConfigError: a missing ``ckpt_path`` or a bad option.

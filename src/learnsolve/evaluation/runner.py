@@ -439,7 +439,7 @@ def evaluate_suite(model, suite: Iterable, *, rtols: Sequence[float] = (1e-6, 1e
 
     Returns:
         One dict per (matrix, preconditioner): iterations per rtol, setup / solve / total seconds, true final
-        residual, converged flag, ratio to IC(0), status and reason.
+            residual, converged flag, ratio to IC(0), status and reason.
     """
     preconditioners = list(preconditioners)
     bad = [p for p in preconditioners if p not in PRECONDITIONERS]

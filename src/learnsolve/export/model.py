@@ -110,7 +110,7 @@ def export_model(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike | None
 
     Returns:
         An ``ExportReport``: the folder, the program written (or why none), the per-matrix JSON files and the
-        failures.
+            failures.
 
     Raises:
         ExportError: (nothing written) a missing, corrupt or foreign checkpoint, a bad ``matrices`` argument,

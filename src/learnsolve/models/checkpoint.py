@@ -290,7 +290,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Returns:
         A ``Checkpoint``: the model in eval mode, its registry name and class, its constructor arguments, the
-        run config and (when stored) its parameters before training (``Checkpoint.untrained()``).
+            run config and (when stored) its parameters before training (``Checkpoint.untrained()``).
 
     Raises:
         CheckpointError: a missing, corrupt or foreign file, an unknown model family, or weights that do not

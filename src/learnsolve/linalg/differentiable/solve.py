@@ -364,7 +364,7 @@ def solve(A, b: Tensor, method: str = "cg", precond=None, rtol: float | None = N
 
     Returns:
         x, shaped like ``b``; ``(x, info)`` with ``return_info=True``, info the forward ``SolveInfo`` (its
-        ``adjoint`` field is set when the backward has run).
+            ``adjoint`` field is set when the backward has run).
 
     Raises:
         ConvergenceError: with ``on_fail="raise"``, when a forward (or later an adjoint) system does not

@@ -470,7 +470,7 @@ def cg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None):
 
     Returns:
         ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
-        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+            residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
 
     Raises:
         ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
@@ -501,7 +501,7 @@ def fcg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None,
 
     Returns:
         ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
-        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+            residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
 
     Raises:
         ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
@@ -526,7 +526,7 @@ def minres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=No
 
     Returns:
         ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
-        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+            residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
 
     Raises:
         ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
@@ -551,7 +551,7 @@ def bicgstab(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=
 
     Returns:
         ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
-        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+            residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
 
     Raises:
         ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
@@ -577,7 +577,7 @@ def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=Non
 
     Returns:
         ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
-        residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
+            residual history, breakdown reason). Non-convergence is reported in ``info``, not raised.
 
     Raises:
         ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
