@@ -38,7 +38,7 @@ def test_generate_rejects_unknown_family(tmp_path):
 @pytest.mark.parametrize("script", ["generate_data.py", "export.py"])
 def test_thin_scripts_run_as_programs(script):
     """The entry scripts as programs (the tests above call their main() in process): Hydra's help, exit status 0.
-    train.py runs as a program in tests/test_config.py, scripts/tune.py in tests/test_tune.py."""
+    train.py's help runs in tests/test_config.py, scripts/tune.py as a program in tests/test_tune.py."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True,
                          timeout=300, check=False)
     assert out.returncode == 0 and "powered by Hydra" in out.stdout, out.stderr[-2000:]
