@@ -47,7 +47,9 @@ def run_cli(tool: str, *args, cwd=None) -> SimpleNamespace:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main()
-            except SystemExit as e:  # as the interpreter maps it
+            except SystemExit as e:  # as the interpreter maps it (a message goes to stderr, status 1)
+                if e.code is not None and not isinstance(e.code, int):
+                    print(e.code, file=sys.stderr)
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
             except Exception as e:  # noqa: BLE001 (an uncaught error is exit status 1 with a traceback)
                 import traceback
