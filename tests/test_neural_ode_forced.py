@@ -78,9 +78,9 @@ def _train(steps: int, lr: float = 5e-3, num_times: int = 16) -> tuple[float, fl
 
 
 def test_training_cuts_the_held_out_trajectory_error():
-    """The same trajectories sampled at 6 times, not 16 (20 rk4 steps per trajectory, not 60)."""
-    e0, e1 = _train(12, lr=1e-2, num_times=6)
-    assert e1 < e0 / 2.5, (e0, e1)  # measured 0.505 -> 0.143 after 12 steps (0.534 -> 0.152 at 16 times)
+    """The same trajectories sampled at 4 times, not 16 (12 rk4 steps per trajectory, not 60)."""
+    e0, e1 = _train(12, lr=1e-2, num_times=4)
+    assert e1 < e0 / 2.5, (e0, e1)  # measured 0.477 -> 0.134 after 12 steps (0.534 -> 0.152 at 16 times)
 
 
 @pytest.mark.slow
