@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save
@@ -24,25 +23,13 @@ from learnsolve.export import ExportError, export_model, load_exported_model
 from learnsolve.models import MODELS
 from learnsolve.models.checkpoint import CheckpointError, load_checkpoint, load_model
 
+from .fuzz import twins
+
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("neural_if", "lowrank_precond", "unrolled_cg")
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False)
                     | st.text(max_size=6), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c,
                                                                                               max_size=3), max_leaves=6)
-
-
-def _settings(slow: bool, fast_examples: int = 30) -> settings:
-    """The fast (default suite) or slow (``-m slow``, 1,000 examples) settings of one property."""
-    return settings(max_examples=1000 if slow else fast_examples, deadline=None, derandomize=False, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
-
-
-def _twins(prop, fast_examples: int = 30):
-    """(fast test, slow test) of one property taking ``originals``, ``tmp_path`` and a Hypothesis ``data``."""
-    fast = _settings(False, fast_examples)(given(data=st.data())(prop))
-    slow = pytest.mark.slow(_settings(True)(given(data=st.data())(prop)))
-    return fast, slow
 
 
 def _net(name: str) -> dict:
@@ -118,7 +105,7 @@ def _prop_tampered_checkpoint_bytes(originals, tmp_path, data):
     _same_weights(model, o["weights"])
 
 
-test_tampered_checkpoint_bytes, test_tampered_checkpoint_bytes_slow = _twins(_prop_tampered_checkpoint_bytes, 60)
+test_tampered_checkpoint_bytes, test_tampered_checkpoint_bytes_slow = twins(_prop_tampered_checkpoint_bytes, 60)
 
 
 def _mutate_checkpoint(data, ck: dict) -> tuple[dict, bool]:
@@ -184,7 +171,7 @@ def _prop_altered_checkpoint_contents(originals, tmp_path, data):
     assert type(model) is type(c.model) and "seed" in how
 
 
-test_altered_checkpoint_contents, test_altered_checkpoint_contents_slow = _twins(_prop_altered_checkpoint_contents, 60)
+test_altered_checkpoint_contents, test_altered_checkpoint_contents_slow = twins(_prop_altered_checkpoint_contents, 60)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,7 +236,7 @@ def _prop_altered_export_folders(originals, tmp_path, data):
     _same_weights(model, o["weights"])
 
 
-test_altered_export_folders, test_altered_export_folders_slow = _twins(_prop_altered_export_folders, 60)
+test_altered_export_folders, test_altered_export_folders_slow = twins(_prop_altered_export_folders, 60)
 
 
 # ------------------------------------------------------------------------------------------------

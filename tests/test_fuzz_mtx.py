@@ -17,30 +17,18 @@ import numpy as np
 import pytest
 import scipy.io as sio
 import scipy.sparse as sp
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from learnsolve.data.mtx import SPARE_ROWS, MatrixMarketError, read_matrix_market, read_vectors
 
 from .conftest import SHARED_MATRICES
+from .fuzz import twins
 
 SHARED = sorted(SHARED_MATRICES.glob("*.mtx")) if SHARED_MATRICES.is_dir() else []
 TOKENS = ["1e400", "-1e400", "nan", "inf", "-1", "0", "abc", "1.5", "1_0", "1e0", "99999999999999999999", "",
           "\u0661", "0x10", "1.0\x00", "+1", "1e3", "-0", "4.9e-324", ".5", "1.", "--1", "1e", "%", "2 2"]
 
 
-def _settings(slow: bool, fast_examples: int = 30) -> settings:
-    """The fast (default suite) or slow (``-m slow``, 1,000 examples) settings of one property."""
-    return settings(max_examples=1000 if slow else fast_examples, deadline=None, derandomize=False, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
-
-
-def _twins(prop, fast_examples: int = 30):
-    """(fast test, slow test) of one property taking a Hypothesis ``data`` object and ``tmp_path``."""
-    fast = _settings(False, fast_examples)(given(data=st.data())(prop))
-    slow = pytest.mark.slow(_settings(True)(given(data=st.data())(prop)))
-    return fast, slow
 
 
 def _valid_file(data, square: bool = True) -> tuple[bytes, str]:
@@ -118,7 +106,7 @@ def _prop_valid_files_read_as_scipy_reads_them(tmp_path, data):
     _assert_same(A, p, square)
 
 
-test_valid_files_read_as_scipy_reads_them, test_valid_files_read_as_scipy_reads_them_slow = _twins(
+test_valid_files_read_as_scipy_reads_them, test_valid_files_read_as_scipy_reads_them_slow = twins(
     _prop_valid_files_read_as_scipy_reads_them)
 
 
@@ -160,7 +148,7 @@ def _prop_corrupted_files(tmp_path, data):
         _assert_same(A, p)
 
 
-test_corrupted_files, test_corrupted_files_slow = _twins(_prop_corrupted_files, 60)
+test_corrupted_files, test_corrupted_files_slow = twins(_prop_corrupted_files, 60)
 
 
 def _prop_replaced_tokens(tmp_path, data):
@@ -185,7 +173,7 @@ def _prop_replaced_tokens(tmp_path, data):
             read_matrix_market(p)
 
 
-test_replaced_tokens, test_replaced_tokens_slow = _twins(_prop_replaced_tokens, 60)
+test_replaced_tokens, test_replaced_tokens_slow = twins(_prop_replaced_tokens, 60)
 
 
 def _prop_huge_declared_sizes_are_refused_early(tmp_path, data):
@@ -209,7 +197,7 @@ def _prop_huge_declared_sizes_are_refused_early(tmp_path, data):
     assert time.perf_counter() - t0 < 5.0 and peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB"
 
 
-test_huge_declared_sizes_are_refused_early, test_huge_declared_sizes_are_refused_early_slow = _twins(
+test_huge_declared_sizes_are_refused_early, test_huge_declared_sizes_are_refused_early_slow = twins(
     _prop_huge_declared_sizes_are_refused_early)
 
 
@@ -233,7 +221,7 @@ def _prop_symmetric_storage(tmp_path, data):
         assert (A - (A.T if sym == "symmetric" else -A.T)).nnz == 0
 
 
-test_symmetric_storage, test_symmetric_storage_slow = _twins(_prop_symmetric_storage, 40)
+test_symmetric_storage, test_symmetric_storage_slow = twins(_prop_symmetric_storage, 40)
 
 
 # ------------------------------------------------------------------------------------------------

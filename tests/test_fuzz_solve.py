@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from learnsolve.linalg import SparseMatrix, solve
@@ -19,24 +18,12 @@ from learnsolve.linalg.preconditioners.base import FactorizationError
 from learnsolve.linalg.preconditioners.classical import PRECONDITIONERS
 from learnsolve.linalg.solvers.direct import SingularMatrixError
 
+from .fuzz import twins
+
 F64, F32 = torch.float64, torch.float32
 PRECONDS = (None, "jacobi", "ic0", "mic0", "ilu0", "amg")
 # the errors a solve may end in: a reported non-convergence, a singular factorisation, a refused input
 REPORTED = (ConvergenceError, SingularMatrixError, FactorizationError, ValueError, TypeError)
-
-
-def _settings(slow: bool, fast_examples: int = 30) -> settings:
-    """The fast (default suite) or slow (``-m slow``, 1,000 examples) settings of one property."""
-    return settings(max_examples=1000 if slow else fast_examples, deadline=None, derandomize=False, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
-
-
-def _twins(prop, fast_examples: int = 30):
-    """(fast test, slow test) of one property taking a Hypothesis ``data`` object."""
-    fast = _settings(False, fast_examples)(given(st.data())(prop))
-    slow = pytest.mark.slow(_settings(True)(given(st.data())(prop)))
-    return fast, slow
 
 
 def _matrix(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,7 +136,7 @@ def _prop_solutions_meet_their_tolerance(data):
     assert np.all(rel[conv] <= bound[conv]), f"converged with relative residual {rel[conv].max():.3e} > {tol:.1e}"
 
 
-test_solutions_meet_their_tolerance, test_solutions_meet_their_tolerance_slow = _twins(
+test_solutions_meet_their_tolerance, test_solutions_meet_their_tolerance_slow = twins(
     _prop_solutions_meet_their_tolerance, 40)
 
 
@@ -196,7 +183,7 @@ def _prop_bad_arguments_are_named(data):
     assert name in str(e.value), str(e.value)
 
 
-test_bad_arguments_are_named, test_bad_arguments_are_named_slow = _twins(_prop_bad_arguments_are_named, 40)
+test_bad_arguments_are_named, test_bad_arguments_are_named_slow = twins(_prop_bad_arguments_are_named, 40)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,7 +232,7 @@ def _prop_dtypes_and_values(data):
                                rtol=1e-8 if da == F64 else 2e-4, atol=0)
 
 
-test_dtypes_and_values, test_dtypes_and_values_slow = _twins(_prop_dtypes_and_values, 40)
+test_dtypes_and_values, test_dtypes_and_values_slow = twins(_prop_dtypes_and_values, 40)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +268,7 @@ def _prop_shapes(data):
     torch.testing.assert_close(Ad @ X, Bv, rtol=1e-8, atol=1e-8)
 
 
-test_shapes, test_shapes_slow = _twins(_prop_shapes, 40)
+test_shapes, test_shapes_slow = twins(_prop_shapes, 40)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,7 +329,7 @@ def _prop_sparse_index_structure(data):
     np.testing.assert_allclose(x.numpy(), np.linalg.solve(dense, b), rtol=1e-7, atol=1e-9)
 
 
-test_sparse_index_structure, test_sparse_index_structure_slow = _twins(_prop_sparse_index_structure, 40)
+test_sparse_index_structure, test_sparse_index_structure_slow = twins(_prop_sparse_index_structure, 40)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,7 +365,7 @@ def _prop_singular_direct_is_never_silent(data):
     assert consistent and rel <= np.finfo(np.float64).eps ** 0.5, f"relative residual {rel:.2e} returned silently"
 
 
-test_singular_direct_is_never_silent, test_singular_direct_is_never_silent_slow = _twins(
+test_singular_direct_is_never_silent, test_singular_direct_is_never_silent_slow = twins(
     _prop_singular_direct_is_never_silent)
 
 
@@ -402,7 +389,7 @@ def _prop_empty_shapes(data):
     torch.testing.assert_close(x, b / 2, rtol=1e-9, atol=0)
 
 
-test_empty_shapes, test_empty_shapes_slow = _twins(_prop_empty_shapes, 20)
+test_empty_shapes, test_empty_shapes_slow = twins(_prop_empty_shapes, 20)
 
 
 # ------------------------------------------------------------------------------------------------
