@@ -221,3 +221,24 @@ def test_nav_lists_every_page_and_only_existing_ones():
     assert len(nav) == len(set(nav)), "a page is listed twice in the nav"
     pages = {str(p.relative_to(DOCS)) for p in PAGES}
     assert not pages - set(nav), f"pages that are not in the nav: {sorted(pages - set(nav))}"
+
+
+def test_raises_sections_name_exceptions():
+    """A parameter written under ``Raises:`` renders as an exception in the API reference: every item there must
+    name an exception class (``ValueError``, ``learnsolve.linalg.ConvergenceError``, ...)."""
+    bad = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        lines = path.read_text().split("\n")
+        for i, line in enumerate(lines):
+            if line.strip() != "Raises:":
+                continue
+            indent = len(lines[i + 1]) - len(lines[i + 1].lstrip())
+            j = i + 1
+            while j < len(lines) and lines[j].strip() and '"""' not in lines[j]:
+                item = lines[j]
+                if len(item) - len(item.lstrip()) == indent:
+                    name = item.strip().split(":")[0].split(".")[-1]
+                    if not re.fullmatch(r"[A-Z]\w*(Error|Warning|Exception|Exit|Interrupt)", name):
+                        bad.append(f"{path.relative_to(ROOT)}:{j + 1}: {item.strip()[:60]}")
+                j += 1
+    assert not bad, bad

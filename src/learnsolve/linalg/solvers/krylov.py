@@ -498,6 +498,7 @@ def fcg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None,
         atol: absolute tolerance.
         maxiter: iteration cap per system (default max(10 n, 100)).
         callback: called as ``callback(X, iteration)`` after each iteration (X: the (B, n, k) block).
+        truncation: number of earlier directions each new one is orthogonalised against.
 
     Returns:
         ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
@@ -506,7 +507,6 @@ def fcg(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=None,
     Raises:
         ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
         TypeError: b not a tensor, or non-floating or mismatched dtypes.
-        truncation: number of earlier directions each new one is orthogonalised against.
     """
     return _public("fcg", A, b, M, x0, rtol, atol, maxiter, callback, truncation=truncation)
 
@@ -574,6 +574,7 @@ def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=Non
         atol: absolute tolerance.
         maxiter: iteration cap per system, counting inner steps (default max(10 n, 100)).
         callback: called as ``callback(X, iteration)`` after each iteration (X: the (B, n, k) block).
+        restart: Krylov subspace size between restarts.
 
     Returns:
         ``(x, info)``: x shaped like ``b``, info a ``SolveInfo`` (per-system iterations, converged flags,
@@ -582,7 +583,6 @@ def gmres(A, b, M=None, x0=None, rtol=None, atol=0.0, maxiter=None, callback=Non
     Raises:
         ValueError: a non-square or empty A, NaN/Inf in A or b, a device mismatch, a bad tolerance.
         TypeError: b not a tensor, or non-floating or mismatched dtypes.
-        restart: Krylov subspace size between restarts.
     """
     return _public("gmres", A, b, M, x0, rtol, atol, maxiter, callback, restart=restart)
 
